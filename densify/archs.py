@@ -1,0 +1,121 @@
+"""Seed architectures that torchvision lacks, with their published layer shapes.
+
+Every builder returns a plain classifier ``nn.Module`` mapping ``(N, C, H, W)`` at its canonical
+input size to logits ``(N, num_classes)``; :func:`densify.convolutionize` turns them into dense nets
+like any torchvision model.
+
+- :func:`lenet5`: LeCun et al. 1998, on 1×28×28 (MNIST) inputs, **no padding** anywhere, so the dense
+  net equals the classifier on every crop exactly (check 4 of the equivalence suite).
+- :func:`zfnet`: Zeiler & Fergus 2013, the larger variant of their Table 2 (conv3-5 with 512/1024/512
+  filters); AlexNet with a 7×7 stride-2 conv1 and a stride-2 conv2.
+- :func:`nin`: Network in Network (Lin et al. 2013), ImageNet layout of the Caffe model zoo / d2l:
+  mlpconv blocks and a global-average-pool head, no fully connected layer.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+__all__ = ["lenet5", "zfnet", "nin"]
+
+
+def lenet5(num_classes: int = 10, in_chans: int = 1) -> nn.Sequential:
+    """LeNet-5 for ``(N, in_chans, 28, 28)``: conv5 6, pool 2, conv5 16, pool 2, FC 256-120-84.
+
+    Shape: 28 → conv 24 → pool 12 → conv 8 → pool 4; the flattened 16×4×4 = 256 features feed the
+    fully connected layers. Output stride 4, window 28, no padding.
+    """
+    return nn.Sequential(
+        nn.Conv2d(in_chans, 6, 5),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Flatten(1),
+        nn.Linear(16 * 4 * 4, 120),
+        nn.ReLU(inplace=True),
+        nn.Linear(120, 84),
+        nn.ReLU(inplace=True),
+        nn.Linear(84, num_classes),
+    )
+
+
+class _AlexLike(nn.Module):
+    """``features`` trunk, then ``avgpool`` and a three-layer ``classifier`` (torchvision's AlexNet)."""
+
+    def __init__(self, features: nn.Module, feat_chans: int, num_classes: int, dropout: float):
+        super().__init__()
+        self.features = features
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = nn.Sequential(
+            nn.Dropout(p=dropout),
+            nn.Linear(feat_chans * 6 * 6, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(p=dropout),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, num_classes),
+        )
+
+    def forward(self, x):
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = x.flatten(1)
+        return self.classifier(x)
+
+
+def zfnet(num_classes: int = 1000, dropout: float = 0.5) -> nn.Module:
+    """ZFNet on ``(N, 3, 224, 224)``.
+
+    Shape: 224 → conv1 7×7/2 110 → pool 55 → conv2 5×5/2 26 → pool 13 → conv3-5 (512, 1024, 512) 13
+    → pool 6; fc6 over 512×6×6, fc7 4096, fc8 ``num_classes``. Output stride 32.
+    """
+    features = nn.Sequential(
+        nn.Conv2d(3, 96, 7, stride=2, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, stride=2, padding=1),
+        nn.Conv2d(96, 256, 5, stride=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, stride=2, padding=1),
+        nn.Conv2d(256, 512, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(512, 1024, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(1024, 512, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, stride=2),
+    )
+    return _AlexLike(features, 512, num_classes, dropout)
+
+
+def _mlpconv(in_chans: int, out_chans: int, kernel: int, stride: int, padding: int) -> nn.Sequential:
+    """One NiN block: a k×k convolution followed by two 1×1 convolutions ("micro network")."""
+    return nn.Sequential(
+        nn.Conv2d(in_chans, out_chans, kernel, stride=stride, padding=padding),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_chans, out_chans, 1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_chans, out_chans, 1),
+        nn.ReLU(inplace=True),
+    )
+
+
+def nin(num_classes: int = 1000, dropout: float = 0.5) -> nn.Sequential:
+    """Network in Network on ``(N, 3, 224, 224)``.
+
+    Shape: 224 → mlpconv 11×11/4 54 → pool 26 → mlpconv 5×5 26 → pool 12 → mlpconv 3×3 12 → pool 5
+    → mlpconv 3×3 to ``num_classes`` maps → global average pool. Output stride 32.
+    """
+    return nn.Sequential(
+        _mlpconv(3, 96, 11, 4, 0),
+        nn.MaxPool2d(3, stride=2),
+        _mlpconv(96, 256, 5, 1, 2),
+        nn.MaxPool2d(3, stride=2),
+        _mlpconv(256, 384, 3, 1, 1),
+        nn.MaxPool2d(3, stride=2),
+        nn.Dropout(dropout),
+        _mlpconv(384, num_classes, 3, 1, 1),
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Flatten(1),
+    )
