@@ -110,8 +110,7 @@ def models(family: str | None, as_json: bool) -> None:
     for name in tqdm(names, desc="models", disable=not sys.stderr.isatty(), leave=False):
         spec = zoo.MODELS[name]
         try:
-            with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-                model = zoo.build_model(name)
+            model = zoo.build_skeleton(name)
             strides = available_strides(model, spec.input_size)
             params = sum(p.numel() for p in model.parameters())
         except ImportError as exc:  # e.g. timm not installed

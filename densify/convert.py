@@ -119,6 +119,21 @@ class DenseNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Exact cells ``(h, w)`` this net produces on a ``height × width`` input (computed on
+        fake tensors: no arithmetic). :meth:`Geometry.output_size` gives the cells whose windows
+        fit entirely; a net whose canonical size has slack (AlexNet: 224 where 195 would do) can
+        produce one more cell whose window overhangs the bottom/right border by less than that
+        slack."""
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        param = next(self.parameters())
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            x = torch.empty(1, self.input_size[0], height, width, dtype=param.dtype,
+                            device=param.device)
+            out = self.net(x)
+        return int(out.shape[-2]), int(out.shape[-1])
+
     def extra_repr(self) -> str:
         g = self.geometry
         return (f"window={g.window}, stride={g.stride}, receptive_field={g.rf_size}, "

@@ -25,8 +25,10 @@ Splits (``split="train"`` or ``"eval"``; scenes also take ``"all"``): the font f
 ``EVAL_FONT_FAMILIES`` (Aileron, Pillow's built-in TrueType font) and the textures ``EVAL_TEXTURES``
 never appear in the training split. Clutter (lines, ellipses, blobs, strokes, rectangles), flat and
 gradient fills are shared by both splits. Training fonts: OpenCV's Hershey faces (note: OpenCV 5
-draws them with its own embedded outline fonts, OpenCV 4 with the Hershey vector fonts) and the
-DejaVu, STIX and Computer Modern fonts that ship with matplotlib (``pip install 'densify[train]'``).
+draws them with its own embedded outline fonts, OpenCV 4 with the Hershey vector fonts), the
+DejaVu, STIX and Computer Modern fonts that ship with matplotlib, and Roboto from the
+``font-roboto`` package (the one training family whose "1" has no foot, like Aileron's, Arial's and
+Helvetica's). Both packages come with ``pip install 'densify[train]'``.
 """
 
 from __future__ import annotations
@@ -81,7 +83,12 @@ _TTF_FAMILIES = {
     "stix": ("STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf",
              "STIXGeneralBolIta.ttf"),
     "computer-modern": ("cmr10.ttf", "cmb10.ttf", "cmss10.ttf", "cmtt10.ttf"),
+    "roboto": ("Roboto-Regular.ttf", "Roboto-Light.ttf", "Roboto-Medium.ttf", "Roboto-Bold.ttf",
+               "Roboto-Black.ttf", "Roboto-Italic.ttf", "Roboto-BoldItalic.ttf"),
 }
+# Where each TrueType family's files live: (Python package, folder inside it).
+_FONT_PACKAGES = {"roboto": ("font_roboto", "files")}
+_DEFAULT_FONT_PACKAGE = ("matplotlib", "mpl-data/fonts/ttf")
 TRAIN_FONT_FAMILIES = ("opencv-hershey", *_TTF_FAMILIES)
 EVAL_FONT_FAMILIES = ("aileron",)
 TRAIN_TEXTURES = ("camera", "coins", "moon", "grass", "astronaut", "coffee", "chelsea",
@@ -96,8 +103,8 @@ class FontStyle:
 
     Attributes:
         family: the unit that splits hold out (``"dejavu-serif"``, ``"aileron"``, ...).
-        source: ``"opencv"`` (``cv2.putText``), ``"matplotlib"`` (a TrueType file bundled with
-            matplotlib) or ``"pillow"`` (Pillow's built-in font).
+        source: ``"opencv"`` (``cv2.putText``), ``"truetype"`` (a font file from a Python
+            package, see ``_FONT_PACKAGES``) or ``"pillow"`` (Pillow's built-in font).
         face: the OpenCV font flags, or the TrueType file name.
         thickness: OpenCV stroke weight, 1 (regular) or 2 (bold); 1 for TrueType styles.
     """
@@ -129,19 +136,21 @@ def font_styles(split: str) -> tuple[FontStyle, ...]:
     if split in ("train", "all"):
         styles += [FontStyle("opencv-hershey", "opencv", face | italic, thickness)
                    for face in _CV_FACES for italic in (0, cv2.FONT_ITALIC) for thickness in (1, 2)]
-        styles += [FontStyle(fam, "matplotlib", f) for fam, files in _TTF_FAMILIES.items()
+        styles += [FontStyle(fam, "truetype", f) for fam, files in _TTF_FAMILIES.items()
                    for f in files]
     if split in ("eval", "all"):
         styles.append(FontStyle("aileron", "pillow", "Aileron-Regular"))
     return tuple(styles)
 
 
-def _matplotlib_fonts() -> Path:
-    spec = importlib.util.find_spec("matplotlib")
+def _font_file(style: FontStyle) -> Path:
+    """The TrueType file of ``style``, found inside its Python package without importing it."""
+    package, folder = _FONT_PACKAGES.get(style.family, _DEFAULT_FONT_PACKAGE)
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the training fonts (DejaVu, STIX, Computer Modern) ship with "
-                          "matplotlib: pip install 'densify[train]'")
-    return Path(list(spec.submodule_search_locations)[0]) / "mpl-data" / "fonts" / "ttf"
+        raise ImportError(f"the {style.family} training font ships with the {package} package: "
+                          "pip install 'densify[train]'")
+    return Path(list(spec.submodule_search_locations)[0]) / folder / str(style.face)
 
 
 @functools.lru_cache(maxsize=64)
@@ -153,7 +162,7 @@ def _truetype(style: FontStyle, size: int):
         if not isinstance(font, ImageFont.FreeTypeFont):
             raise RuntimeError("Pillow was built without FreeType; install Pillow's PyPI wheel")
         return font
-    return ImageFont.truetype(str(_matplotlib_fonts() / str(style.face)), size)
+    return ImageFont.truetype(str(_font_file(style)), size)
 
 
 def _draw_large(text: str, style: FontStyle, px: int) -> np.ndarray:

@@ -27,7 +27,7 @@ from torch import nn
 
 from . import archs
 
-__all__ = ["ModelSpec", "MODELS", "REFUSED", "get_spec", "build_model", "model_names", "WEIGHTS_DIR"]
+__all__ = ["ModelSpec", "MODELS", "REFUSED", "get_spec", "build_model", "build_skeleton", "model_names", "WEIGHTS_DIR"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -190,3 +190,15 @@ def build_model(name: str, num_classes: int | None = None) -> nn.Module:
     """Build ``name`` with random weights, in eval mode."""
     spec = get_spec(name)
     return spec.builder(num_classes or spec.num_classes).eval()
+
+
+def build_skeleton(name: str) -> nn.Module:
+    """``name`` with parameters on the meta device (shapes only: no memory, no initialisation),
+    or on the CPU for builders that compute on tensors (RegNet's block widths)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return build_model(name)
+    except NotImplementedError:
+        return build_model(name)

@@ -1,0 +1,314 @@
+"""Exact tiling: run a dense net on a large image in pieces of bounded memory, same output.
+
+    tiles = plan_tiles(dense, 3000, 4000, parse_bytes("3GB"))     # list[Tile], pure
+    logits = forward_tiled(dense, x, max_bytes=parse_bytes("3GB"))  # == dense(x)
+
+Alignment: every tile starts at a multiple of ``U``, the least common multiple of the strides of
+every layer of the net (``U = S``, the output stride, for every chain of layers whose strides
+multiply up to ``S``; branches that meet at the same stride, as in ResNet and Inception, keep it
+so). A layer of cumulative stride ``s`` samples the input at ``o + i·s``; cut the image at ``a``
+and the tile's own grid samples ``a + o + i'·s``, which is the untiled grid shifted by ``a / s``
+whole positions only if ``s`` divides ``a``. Cut anywhere else and every layer samples pixels the
+untiled net never combines (pooling windows straddle other pixels): no overlap can repair that.
+Nets whose intermediate strides do not divide ``S`` (a stride-3 branch in a stride-32 net) need
+their lcm, which :func:`alignment` computes from the graph.
+
+Overlap: cell ``j`` reads input pixels ``[rf_offset + j·S, rf_offset + j·S + rf_size)`` (zero
+padding makes ``rf_offset`` negative). The tile for cells ``[j0, j1)`` spans
+``[floor_U(j0·S + min(rf_offset, offset)), (j1 - 1)·S + max(offset + W, rf_offset + rf_size))``
+clipped to the image: that is ``-rf_offset`` pixels of context before (rounded up so the origin
+stays aligned) and ``rf_size + rf_offset - W`` after (no rounding needed: the end does not move
+the grid). Where the tile reaches the image's border the tile edge *is* the image edge, so zero
+padding happens exactly where it happens untiled; elsewhere every cell kept reads only real
+pixels, because a position any layer computes from padding has a receptive field that crosses
+the tile's edge. Tiles' cells partition the output, so stitching is a copy.
+
+Memory model (:func:`estimate_bytes`): the graph runs on fake tensors (shapes only, no memory,
+no arithmetic) and the peak of the bytes held by live tensors is recorded, node by node, in the
+order the ``torch.fx`` code runs and frees them (in-place ops and views share storage and count
+once; the input counts throughout: the caller holds it). Work buffers inside a layer (oneDNN
+weight reorders, ``DilatedAvgPool2d``'s phase copies) are not in the graph; :func:`plan_tiles`
+leaves them the ``headroom`` fraction of the budget. ``densify bench`` reports the measured peak
+RSS next to this estimate.
+
+Convention: inputs ``(N, C, H, W)``, sizes ``(H, W)``, boxes ``(x1, y1, x2, y2)`` with x2/y2
+exclusive, cell ranges half-open ``[start, stop)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+
+from .convert import DenseNet, _walk_fields
+
+__all__ = ["Tile", "TilingError", "parse_bytes", "format_bytes", "alignment", "tile_boxes",
+           "estimate_bytes", "plan_tiles", "forward_tiled"]
+
+log = logging.getLogger(__name__)
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": 2**20, "mib": 2**20,
+          "mb": 10**6, "g": 2**30, "gib": 2**30, "gb": 10**9, "t": 2**40, "tib": 2**40,
+          "tb": 10**12}
+#: Fraction of ``max_bytes`` left for work buffers the graph does not show (see module docstring).
+HEADROOM = 0.2
+
+
+class TilingError(ValueError):
+    """The net cannot be tiled exactly, or the budget is too small (one-line message)."""
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One piece of a tiled forward pass.
+
+    Attributes:
+        rows, cols: output cells ``[start, stop)`` this tile produces, in the untiled map.
+        box: ``(x1, y1, x2, y2)`` input pixels the net runs on (x2/y2 exclusive); ``x1``/``y1``
+            are multiples of :func:`alignment`.
+    """
+
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+    box: tuple[int, int, int, int]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)`` of the tile's input."""
+        return self.box[3] - self.box[1], self.box[2] - self.box[0]
+
+
+def parse_bytes(text: str | int) -> int:
+    """``"3GB"`` → 3·10⁹, ``"512MiB"`` / ``"512M"`` → 512·2²⁰, ``"2.5G"``, ``"1000"`` (bytes).
+
+    KB/MB/GB/TB are decimal, KiB/MiB/GiB/TiB and the bare letters K/M/G/T binary. Case and
+    spaces are ignored. Raises ``ValueError`` (one line) for anything else.
+    """
+    if isinstance(text, int) and text > 0:
+        return text
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS or float(match.group(1)) <= 0:
+        raise ValueError(f"cannot read memory size {text!r}; write a positive number with an "
+                         "optional unit, e.g. 3GB, 512MiB or 2.5G")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def format_bytes(n: float) -> str:
+    """``3_000_000_000`` → ``"2.79 GiB"`` (binary units)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _check_tileable(dense: DenseNet) -> None:
+    g = dense.geometry
+    if dense.global_context or g.rf_size is None:
+        names = ", ".join(dense.global_context[:2]) or "a global pool"
+        raise TilingError(f"cannot tile exactly: {names} pool(s) the whole input (squeeze-and-"
+                          "excitation), so every cell depends on every pixel; run untiled")
+
+
+def alignment(dense: DenseNet) -> tuple[int, int]:
+    """``(uy, ux)``: lcm of every layer's cumulative stride; tile origins are multiples of it."""
+    fields = _walk_fields(dense.net)
+    uy = math.lcm(*(f.stride[0] for f in fields.values()), dense.geometry.stride[0])
+    ux = math.lcm(*(f.stride[1] for f in fields.values()), dense.geometry.stride[1])
+    return uy, ux
+
+
+def _axis_spans(cells: int, size: int, per_tile: int, axis: int, dense: DenseNet,
+                unit: int) -> list[tuple[int, int, int, int]]:
+    """``(c0, c1, p0, p1)`` along one axis: cells ``[c0, c1)`` from pixels ``[p0, p1)``."""
+    g = dense.geometry
+    s = g.stride[axis]
+    start = min(g.rf_offset[axis], g.offset[axis])
+    end = max(g.offset[axis] + g.window[axis], g.rf_offset[axis] + g.rf_size[axis])
+    spans = []
+    for c0 in range(0, cells, per_tile):
+        c1 = min(cells, c0 + per_tile)
+        p0 = max(0, (c0 * s + start) // unit * unit)
+        p1 = min(size, (c1 - 1) * s + end)
+        spans.append((c0, c1, p0, p1))
+    return spans
+
+
+def tile_boxes(dense: DenseNet, height: int, width: int,
+               tile_cells: int | tuple[int, int]) -> list[Tile]:
+    """Tiles of at most ``tile_cells`` ``(rows, cols)`` output cells covering a ``height × width``
+    input, row-major. The last row/column of tiles holds the remainder.
+    """
+    _check_tileable(dense)
+    th, tw = (tile_cells, tile_cells) if isinstance(tile_cells, int) else tile_cells
+    if th < 1 or tw < 1:
+        raise TilingError(f"tile_cells must be at least 1 cell per side, got {(th, tw)}")
+    h, w = dense.output_size(height, width)
+    if h < 1 or w < 1:
+        raise TilingError(f"a {height}x{width} input is smaller than the {dense.geometry.window} "
+                          "window: nothing to tile")
+    uy, ux = alignment(dense)
+    rows = _axis_spans(h, height, th, 0, dense, uy)
+    cols = _axis_spans(w, width, tw, 1, dense, ux)
+    return [Tile((r0, r1), (c0, c1), (x0, y0, x1, y1))
+            for r0, r1, y0, y1 in rows for c0, c1, x0, x1 in cols]
+
+
+# ------------------------------------------------------------------------------ memory model
+
+
+class _LiveBytes(fx.Interpreter):
+    """Runs a graph on fake tensors, freeing values after their last use as the generated code
+    does, and records the peak of the bytes held by live (fake) tensors."""
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm, garbage_collect_values=True)
+        self.peak = 0
+        self.held: dict[int, int] = {}  # storages the caller holds throughout (the input)
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        live = dict(self.held)
+        for value in [*self.env.values(), out]:
+            for t in _fake_tensors(value):
+                storage = t.untyped_storage()
+                live[storage._cdata] = storage.nbytes()
+        self.peak = max(self.peak, sum(live.values()))
+        if n.op == "placeholder":
+            self.held.update(live)
+        return out
+
+
+def _fake_tensors(value):
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    if isinstance(value, FakeTensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _fake_tensors(v)
+
+
+def estimate_bytes(dense: DenseNet, height: int, width: int,
+                   dtype: torch.dtype = torch.float32, batch: int = 1) -> int:
+    """Peak bytes of activations (input included, weights excluded) when ``dense`` runs on a
+    ``(batch, C, height, width)`` input whose activations are ``dtype``.
+
+    Counted on fake tensors (see the module docstring), in the parameters' dtype and scaled to
+    ``dtype``'s item size (under bf16 autocast the activations are bf16). Deterministic and
+    cached per net; it does not see work buffers inside layers.
+    """
+    cache = dense.__dict__.setdefault("_densify_live_bytes", {})
+    key = (int(height), int(width), int(batch))
+    if key not in cache:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        param = next(dense.parameters())
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            x = torch.empty(batch, dense.input_size[0], height, width, dtype=param.dtype,
+                            device=param.device)
+            counter = _LiveBytes(dense.net)
+            counter.run(x)
+        cache[key] = (counter.peak, param.dtype.itemsize)
+    peak, itemsize = cache[key]
+    return peak * dtype.itemsize // itemsize
+
+
+# -------------------------------------------------------------------------------- planning
+
+
+def plan_tiles(dense: DenseNet, height: int, width: int, max_bytes: int,
+               dtype: torch.dtype = torch.float32, batch: int = 1,
+               headroom: float = HEADROOM) -> list[Tile]:
+    """The fewest-tiles plan found greedily whose largest tile's :func:`estimate_bytes` fits in
+    ``(1 - headroom) · max_bytes``; one tile (the whole image) when it fits.
+
+    The tile count grows along the axis whose tiles are longer in pixels, so tiles stay close to
+    square (least overlap per cell). Raises :class:`TilingError` when a single-cell tile does not
+    fit.
+    """
+    _check_tileable(dense)
+    budget = int(max_bytes * (1.0 - headroom))
+    h, w = dense.output_size(height, width)
+    ny = nx = 1
+    while True:
+        cells = (-(-h // ny), -(-w // nx))
+        tiles = tile_boxes(dense, height, width, cells)
+        th = max(t.size[0] for t in tiles)
+        tw = max(t.size[1] for t in tiles)
+        need = estimate_bytes(dense, th, tw, dtype, batch)
+        if need <= budget:
+            log.info("%d tile(s) of %s cells, largest input %dx%d, %s estimated", len(tiles),
+                     cells, th, tw, format_bytes(need))
+            return tiles
+        if cells == (1, 1):
+            raise TilingError(
+                f"max memory {format_bytes(max_bytes)} is too small: one {th}x{tw} tile needs "
+                f"{format_bytes(need / (1 - headroom))}; raise --max-memory")
+        if cells[1] == 1 or (cells[0] > 1 and th >= tw):
+            ny = _next_count(h, ny)
+        else:
+            nx = _next_count(w, nx)
+
+
+def _next_count(cells: int, count: int) -> int:
+    """The next tile count that actually shrinks ``ceil(cells / count)``."""
+    per = -(-cells // count)
+    while count < cells and -(-cells // count) == per:
+        count += 1
+    return count
+
+
+# -------------------------------------------------------------------------------- forward
+
+
+def forward_tiled(dense: DenseNet, x: torch.Tensor, max_bytes: int | str | None = None,
+                  tile_cells: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """``dense(x)`` computed tile by tile: ``(N, C, H, W) -> (N, K, h, w)``.
+
+    Give ``max_bytes`` (int or a string for :func:`parse_bytes`; the tiles come from
+    :func:`plan_tiles`) or ``tile_cells`` (output cells per tile side). Equal to ``dense(x)`` up
+    to floating-point summation order; ``x``'s memory format (``channels_last``) is kept per tile.
+    """
+    if (max_bytes is None) == (tile_cells is None):
+        raise ValueError("pass exactly one of max_bytes (e.g. '3GB') or tile_cells")
+    if x.ndim != 4:
+        raise ValueError(f"expected an (N, C, H, W) input, got shape {tuple(x.shape)}")
+    n, _, height, width = x.shape
+    if tile_cells is None:
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(
+            x.device.type) else x.dtype
+        tiles = plan_tiles(dense, height, width, parse_bytes(max_bytes), dtype, n)
+    else:
+        tiles = tile_boxes(dense, height, width, tile_cells)
+    if len(tiles) == 1:
+        return dense(x)
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
+    out = None
+    for t in tiles:
+        x1, y1, x2, y2 = t.box
+        piece = x[:, :, y1:y2, x1:x2]
+        if channels_last:
+            piece = piece.contiguous(memory_format=torch.channels_last)
+        y = _tile_cells(dense(piece), t, dense.geometry.stride)
+        if out is None:
+            h, w = tiles[-1].rows[1], tiles[-1].cols[1]
+            out = y.new_empty(n, y.shape[1], h, w)
+        out[:, :, t.rows[0]:t.rows[1], t.cols[0]:t.cols[1]] = y
+    return out
+
+
+def _tile_cells(y: torch.Tensor, t: Tile, stride: tuple[int, int]) -> torch.Tensor:
+    """The cells ``t`` is responsible for, out of the tile's own output ``y``."""
+    i0, j0 = t.rows[0] - t.box[1] // stride[0], t.cols[0] - t.box[0] // stride[1]
+    i1, j1 = i0 + t.rows[1] - t.rows[0], j0 + t.cols[1] - t.cols[0]
+    if i0 < 0 or j0 < 0 or y.shape[-2] < i1 or y.shape[-1] < j1:
+        raise RuntimeError(f"tile {t} gave {tuple(y.shape[-2:])} cells, needs rows {i0}:{i1}, "
+                           f"cols {j0}:{j1}: the net's geometry is inconsistent")
+    return y[:, :, i0:i1, j0:j1]

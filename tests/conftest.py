@@ -1,0 +1,78 @@
+"""Shared test configuration: device from the environment, TF32 off, the model lists.
+
+``DENSIFY_TEST_DEVICE`` picks the device (default ``cpu``). Per-model overrides live in one dict
+(the torchvision test-suite pattern): the small canonical input each model is tested at.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+
+from densify import zoo
+
+DEVICE = torch.device(os.environ.get("DENSIFY_TEST_DEVICE", "cpu"))
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+warnings.filterwarnings("ignore", message=".*TorchScript.*")
+
+try:
+    import timm  # noqa: F401
+
+    HAVE_TIMM = True
+except ImportError:
+    HAVE_TIMM = False
+
+#: Models whose head flattens a fixed k×k map must be tested at their real canonical input.
+FULL_SIZE = {"alexnet", "zfnet", "lenet5"} | {n for n in zoo.MODELS if n.startswith("vgg")}
+#: Smallest inputs giving a ≥ 2×2 final feature map (so the head pool is a real k×k pool).
+SMALL_SIZE = {"inception_v3": 139, "inception_v4": 139, "googlenet": 64, "nin": 96}
+#: Too large for routine CI (644M parameters); covered by the README table run.
+SLOW = {"regnet_y_128gf"}
+#: Check 3 needs an input larger than the receptive field; for these it costs 3.6-84 TFLOP
+#: (scripts/equivalence_table.py --estimate prints the figures), so they run in the slow tier.
+SLOW_STRIDE_CHECK = {"resnext101_64x4d", "resnext101_32x8d", "wide_resnet101_2", "resnet152",
+                     "inception_v4", "densenet169", "densenet201", "densenet161", "convnext_small",
+                     "convnext_base", "convnext_large"}
+
+
+def size_for(name: str) -> tuple[int, int, int]:
+    """The canonical input a model is tested at (small where the architecture allows)."""
+    spec = zoo.MODELS[name]
+    if name in FULL_SIZE or spec.family == "project":
+        return spec.input_size
+    size = SMALL_SIZE.get(name, 64)
+    return (spec.input_size[0], size, size)
+
+
+def model_params(names, slow=frozenset()):
+    """``pytest.param`` per model, marked slow / needing timm where that applies."""
+    params = []
+    for name in names:
+        marks = []
+        if name in SLOW or name in slow:
+            marks.append(pytest.mark.slow)
+        if zoo.MODELS[name].family == "timm":
+            marks.append(pytest.mark.skipif(not HAVE_TIMM, reason="needs the timm extra"))
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
+ALL_MODELS = [n for n in zoo.MODELS if zoo.MODELS[n].family != "project"]
+
+
+def build(name: str, dtype=torch.float64, seed: int = 0):
+    torch.manual_seed(seed)
+    return zoo.build_model(name).to(device=DEVICE, dtype=dtype).eval()
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("-m") or os.environ.get("DENSIFY_SLOW"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with DENSIFY_SLOW=1 or -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

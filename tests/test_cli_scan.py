@@ -1,0 +1,246 @@
+"""``densify heatmap`` and ``densify detect``: photos, weights files, bad inputs, usage errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from badfiles import BAD_KEYS, GOOD_KEYS, make_bad_inputs
+from click.testing import CliRunner
+
+from densify import zoo
+from densify.cli_scan import detect_command, heatmap_command
+from densify.image import read_image, resize, sample_image
+
+PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
+FAST = ["--model", "squeezenet1_1", "--device", "cpu", "-q"]
+LENET = ["--model", "lenet5", "--weights", "random", "--scales", "2", "-q"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _invoke(command, args: list) -> object:
+    return CliRunner().invoke(command, [str(a) for a in args])
+
+
+def _one_line_error(result, *words: str) -> None:
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """The four skimage photos, shrunk to a 240 px short side to keep the scans fast."""
+    root = tmp_path_factory.mktemp("photos")
+    for name in PHOTOS:
+        rgb = sample_image(name)
+        factor = 240 / min(rgb.shape[:2])
+        size = (round(rgb.shape[0] * factor), round(rgb.shape[1] * factor))
+        cv2.imwrite(str(root / f"{name}.jpg"), resize(rgb, size)[..., ::-1])
+    return root
+
+
+@pytest.fixture(scope="module")
+def heatmap_run(photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("heatmaps")
+    torch.manual_seed(0)
+    result = _invoke(heatmap_command, [photos, *FAST, "--weights", "random", "--scales", "2",
+                                       "--json", "-o", out])
+    return result, out
+
+
+def test_heatmap_writes_registered_maps_for_real_photos(heatmap_run, photos):
+    result, out = heatmap_run
+    assert result.exit_code == 0, result.stderr
+    records = json.loads(result.stdout)
+    assert [Path(r["image"]).stem for r in records] == sorted(PHOTOS)
+    for r in records:
+        stem, height, width = Path(r["image"]).stem, *r["size"]
+        assert read_image(photos / f"{stem}.jpg").shape[:2] == (height, width)
+        assert read_image(out / f"{stem}_heatmap.png").shape[:2] == (height, width)
+        assert len(r["top"]) == 5 and len(r["factors"]) == 2 and r["output_stride"] == 16
+        assert r["class"] == r["top"][0]["name"]
+
+
+def test_npz_round_trips_without_pickle(heatmap_run):
+    _, out = heatmap_run
+    with np.load(out / "coffee_heatmap.npz", allow_pickle=False) as npz:
+        data = {k: npz[k] for k in npz.files}
+    height, width = data["image_size"]
+    assert data["heatmaps"].shape == (5, height, width) and data["heatmaps"].dtype == np.float32
+    assert len(data["categories"]) == 1000 and data["class_names"].shape == (5,)
+    assert data["window"].tolist() == [224, 224] and data["stride"].tolist() == [16, 16]
+    for i in range(len(data["factors"])):
+        probs, boxes = data[f"probs_{i}"], data[f"boxes_{i}"]
+        assert np.allclose(probs.sum(0), 1, atol=1e-4)
+        assert boxes.shape == (probs.shape[1] * probs.shape[2], 4)
+        assert boxes[:, 2].max() <= width and boxes[:, 3].max() <= height
+
+
+def test_heatmap_with_a_weights_file_and_a_class(photos, tmp_path):
+    torch.manual_seed(3)
+    weights = tmp_path / "squeeze.pt"
+    torch.save(zoo.build_model("squeezenet1_1").state_dict(), weights)
+    result = _invoke(heatmap_command, [photos / "chelsea.jpg", photos / "coffee.jpg", *FAST,
+                                       "--weights", weights, "--scales", "0.9,1.1", "--class",
+                                       "Egyptian", "--top-k", "2", "-o", tmp_path / "o"])
+    assert result.exit_code == 0, result.stderr
+    assert "Egyptian cat" in result.stdout and "random" not in result.stdout
+    assert "scale(s) 0.9-1.1" in result.stdout
+    with np.load(tmp_path / "o" / "chelsea_heatmap.npz") as npz:
+        assert npz["class_names"][0] == "Egyptian cat" and npz["heatmaps"].shape[0] == 3
+
+
+def test_bad_inputs_cost_one_line_each(tmp_path):
+    paths = make_bad_inputs(tmp_path)
+    out = tmp_path / "out"
+    result = _invoke(heatmap_command, [*paths.values(), *LENET, "-o", out])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == len(BAD_KEYS) + 1  # one per bad input, then the count
+    for key in BAD_KEYS:
+        assert sum(str(paths[key]) in line for line in errors) == 1, key
+    for key in GOOD_KEYS:
+        stem = paths[key].stem
+        assert read_image(out / f"{stem}_heatmap.png").shape == read_image(paths[key]).shape
+        assert (out / f"{stem}_heatmap.npz").is_file()
+    written = {p.name.split("_heatmap")[0] for p in out.iterdir()}
+    assert written == {paths[k].stem for k in GOOD_KEYS}
+    assert "upscaled" in result.stdout  # the 16 x 24 images are smaller than the window
+
+
+def test_bad_inputs_as_a_subprocess(tmp_path):
+    paths = make_bad_inputs(tmp_path)
+    args = [str(paths["truncated_jpeg"]), str(paths["normal_jpeg"]), *LENET, "-o",
+            str(tmp_path / "out")]
+    if (ROOT / "densify" / "__main__.py").is_file():
+        cmd = [sys.executable, "-m", "densify", "heatmap", *args]
+    else:  # before the group registers the command
+        cmd = [sys.executable, "-c", "from densify.cli_scan import heatmap_command as c; c()",
+               *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if str(paths["truncated_jpeg"]) in line]
+    assert len(errors) == 1 and "truncated JPEG" in errors[0]
+    assert (tmp_path / "out" / "normal_heatmap.png").is_file()
+    assert not (tmp_path / "out" / "truncated_heatmap.png").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--scales", "0"], ["--scales", "positive"]),
+    (["--scales", "0.5,-1"], ["--scales", "positive"]),
+    (["--scales", "x"], ["--scales"]),
+    (["--model", "squeezenet1_2"], ["--model", "squeezenet1_1"]),
+    (["--class", "zebraa"], ["--class", "'zebra'"]),
+    (["--class", "5000"], ["--class", "out of range"]),
+    (["--device", "cuda:99x"], ["--device"]),
+    (["--colormap", "rainbow-ish"], ["--colormap"]),
+])
+def test_usage_errors_are_one_line(photos, tmp_path, args, words):
+    base = ["--model", "squeezenet1_1", "--weights", "random", "-q", "-o", tmp_path]
+    result = _invoke(heatmap_command, [photos / "coffee.jpg", *base, *args])
+    _one_line_error(result, *words)
+    assert not list(tmp_path.glob("*_heatmap.*"))
+
+
+def test_unwritable_output_dir(photos, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = _invoke(heatmap_command, [photos / "coffee.jpg", *LENET, "-o", blocker / "sub"])
+    _one_line_error(result, "file is in the way", "-o")
+
+
+def test_weights_for_another_architecture(photos, tmp_path):
+    weights = tmp_path / "lenet.pt"
+    torch.save(zoo.build_model("lenet5").state_dict(), weights)
+    result = _invoke(heatmap_command, [photos / "coffee.jpg", "--model", "squeezenet1_1",
+                                       "--weights", weights, "-q", "-o", tmp_path])
+    _one_line_error(result, "another architecture", "--model")
+
+
+def test_missing_default_model_names_the_fix(photos, tmp_path, monkeypatch):
+    monkeypatch.delitem(zoo.MODELS, "lenet5-digits", raising=False)
+    result = _invoke(heatmap_command, [photos / "coffee.jpg", "-q", "-o", tmp_path])
+    _one_line_error(result, "--model")
+
+
+def test_progress_bars_unless_quiet(photos, tmp_path):
+    args = [photos / "coffee.jpg", "--model", "lenet5", "--weights", "random", "--scales", "1",
+            "-o", tmp_path]
+    assert "images" in _invoke(heatmap_command, args).stderr
+    assert "images" not in _invoke(heatmap_command, [*args, "-q"]).stderr
+
+
+def test_same_stems_do_not_overwrite(tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        cv2.imwrite(str(tmp_path / sub / "x.png"), np.full((30, 40, 3), 90, np.uint8))
+    result = _invoke(heatmap_command, [tmp_path / "a", tmp_path / "b", *LENET, "-o",
+                                       tmp_path / "out"])
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "out" / "x_heatmap.png").is_file()
+    assert (tmp_path / "out" / "x-2_heatmap.png").is_file()
+
+
+def test_detect_writes_coco_results_and_drawings(photos, tmp_path):
+    paths = make_bad_inputs(tmp_path)
+    results_file = tmp_path / "results" / "coco.json"
+    (tmp_path / "results").mkdir()
+    result = _invoke(detect_command, [photos / "rocket.jpg", paths["zero_byte"], *LENET,
+                                      "--threshold", "0.05", "--json", results_file, "-o",
+                                      tmp_path / "out"])
+    assert result.exit_code == 1 and "zero.jpg" in result.stderr
+    entries = json.loads(results_file.read_text())
+    assert entries and {e["image_id"] for e in entries} == {"rocket"}
+    for e in entries:
+        assert set(e) == {"image_id", "category_id", "category_name", "bbox", "score"}
+        assert len(e["bbox"]) == 4 and e["bbox"][2] > 0 and 0.05 <= e["score"] <= 1
+        assert e["category_name"] == str(e["category_id"])
+    drawn = read_image(tmp_path / "out" / "rocket_detections.png")
+    assert drawn.shape == read_image(photos / "rocket.jpg").shape
+    assert not (tmp_path / "out" / "zero_detections.png").exists()
+
+
+@pytest.fixture()
+def digits_card(monkeypatch):
+    """A stand-in for the trained ``lenet5-digits`` entry (random weights, same card keys)."""
+    categories = [str(d) for d in range(10)] + ["background"]
+    spec = zoo.ModelSpec(
+        "lenet5-digits", "project", lambda k: zoo.archs.lenet5(k), (1, 28, 28), 11, (0.5,),
+        (0.5,), weights="missing_digits.pt", categories_from="card",
+        extra={"categories": categories, "background_class": 10, "digit_height": 20.0,
+               "box_aspect": 0.6})
+    monkeypatch.setitem(zoo.MODELS, "lenet5-digits", spec)
+    return spec
+
+
+def test_default_model_boxes_objects_never_background(digits_card, photos, tmp_path):
+    torch.manual_seed(0)
+    result = _invoke(detect_command, [photos / "coffee.jpg", "--weights", "random", "--scales",
+                                      "0.1,0.2", "--threshold", "0.09", "-q", "-o", tmp_path])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("lenet5-digits:")
+    entries = json.loads((tmp_path / "detections.json").read_text())
+    assert entries and all(e["category_id"] != 10 for e in entries)
+    for e in entries:  # 12 x 20 window pixels: 0.6 times as wide as tall, unless clipped
+        x, y, w, h = e["bbox"]
+        assert w == pytest.approx(0.6 * h, abs=0.05) or x <= 0 or y <= 0
+    refused = _invoke(detect_command, [photos / "coffee.jpg", "--weights", "random", "--class",
+                                       "background", "-q", "-o", tmp_path])
+    _one_line_error(refused, "background")
+
+
+def test_default_weights_missing_is_one_line(digits_card, photos, tmp_path):
+    result = _invoke(heatmap_command, [photos / "coffee.jpg", "-q", "-o", tmp_path])
+    _one_line_error(result, "missing_digits.pt")
