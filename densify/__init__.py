@@ -17,6 +17,10 @@ from .weights import Classifier, WeightsError, load_classifier
 from .convert import ConversionError, DenseNet, available_strides, convolutionize
 from .geometry import Geometry
 from .verify import check_canonical, check_crops, check_head, check_output_stride
+from .pyramid import Level, levels, parse_scales
+from .scan import Scanner
+from .result import ClassScore, ScaleMap, ScanResult
+from .detect import Detections
 
 __all__ = [
     "MODELS", "ModelSpec", "get_spec", "build_model",
@@ -24,5 +28,7 @@ __all__ = [
     "convolutionize", "DenseNet", "ConversionError", "available_strides",
     "Geometry",
     "check_canonical", "check_head", "check_output_stride", "check_crops",
+    "levels", "Level", "parse_scales",
+    "Scanner", "ScanResult", "ScaleMap", "ClassScore", "Detections",
 ]
 __version__ = "0.1.0"

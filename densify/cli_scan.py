@@ -28,7 +28,7 @@ from .detect import Detections
 from .draw import COLORMAPS, draw_boxes, draw_caption, overlay_heatmap
 from .files import OutputError, atomic_output, ensure_output_dir, write_image, write_json
 from .image import ImageError, expand_inputs, read_image
-from .pyramid import parse_scales
+from .pyramid import object_range, parse_scales
 from .result import ScanResult, class_index
 from .scan import PRECISIONS, Scanner, resolve_device
 from .weights import WeightsError
@@ -64,6 +64,18 @@ def _model_name(value: str | None) -> str:
     return DEFAULT_MODEL
 
 
+def _object_sizes(value: str | None):
+    if value is None:
+        return None
+    try:
+        small, large = (float(v) for v in value.split(":"))
+    except ValueError:
+        raise ValueError(f"cannot read object sizes {value!r}; give MIN:MAX pixels, e.g. 24:120"
+                         ) from None
+    object_range(1.0, (small, large))  # validates
+    return small, large
+
+
 def _device_name(value: str) -> str:
     resolve_device(value)
     return value
@@ -85,8 +97,12 @@ def scan_options(fn: Callable) -> Callable:
         click.option("--weights", "-w", default="DEFAULT", show_default=True,
                      help="DEFAULT (pretrained / the project's file), random, or a PATH."),
         click.option("--scales", default="6", show_default=True, callback=_callback(parse_scales),
-                     help="N scales from 'short side = window' up (densify.pyramid), factors "
-                          "0.5,1,2, or a range lo:hi:n."),
+                     help="N scales (from the card's object sizes, or from 'short side = window' "
+                          "up; densify.pyramid), factors 0.5,1,2, or a range lo:hi:n."),
+        click.option("--object-sizes", default=None, callback=_callback(_object_sizes),
+                     metavar="MIN:MAX",
+                     help="Heights in pixels of the objects to find: N scales then map them "
+                          "onto the model's trained object size (default: the model card's)."),
         click.option("--output-stride", "-s", type=click.IntRange(min=1), default=16,
                      show_default=True, help="Pixels between cells (native if unreachable)."),
         click.option("--device", default="auto", show_default=True,
@@ -122,9 +138,11 @@ def _expand(inputs: Iterable[Path]) -> tuple[list[Path], int]:
     return found, failed
 
 
-def _scanner(model, weights, scales, output_stride, device, precision) -> Scanner:
+def _scanner(model, weights, scales, output_stride, device, precision,
+             object_sizes=None) -> Scanner:
     try:
-        return Scanner(model, scales, output_stride, device, precision, weights)
+        return Scanner(model, scales, output_stride, device, precision, weights,
+                       object_sizes=object_sizes)
     except (WeightsError, ConversionError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc).splitlines()[0]) from None
 
@@ -279,7 +297,7 @@ def _heatmap_table(records: list[dict]) -> str:
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--colormap", default="jet", show_default=True, callback=_check_colormap)
 @command_errors
-def heatmap_command(inputs, model, weights, scales, output_stride, device, precision,
+def heatmap_command(inputs, model, weights, scales, object_sizes, output_stride, device, precision,
                     output_dir, quiet, class_, top_k, as_json, alpha, colormap) -> None:
     """Class heat maps registered to each image: a PNG overlay and an NPZ of the maps.
 
@@ -289,7 +307,7 @@ def heatmap_command(inputs, model, weights, scales, output_stride, device, preci
     scales.
     """
     out = ensure_output_dir(output_dir)
-    scanner = _scanner(model, weights, scales, output_stride, device, precision)
+    scanner = _scanner(model, weights, scales, output_stride, device, precision, object_sizes)
     chosen = _resolve_class(scanner, class_)
     paths, failed = _expand(inputs)
     work = functools.partial(_heatmap_one, scanner, out, chosen, top_k, alpha, colormap)
@@ -341,7 +359,7 @@ def _detect_lines(records: list[dict]) -> str:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="COCO results file [default: OUTDIR/detections.json].")
 @command_errors
-def detect_command(inputs, model, weights, scales, output_stride, device, precision,
+def detect_command(inputs, model, weights, scales, object_sizes, output_stride, device, precision,
                    output_dir, quiet, threshold, nms_iou, classes, window_boxes, json_path
                    ) -> None:
     """Detect objects: boxes from every window above --threshold, merged by NMS.
@@ -353,7 +371,7 @@ def detect_command(inputs, model, weights, scales, output_stride, device, precis
     out = ensure_output_dir(output_dir)
     json_path = json_path or out / "detections.json"
     ensure_output_dir(json_path.parent)
-    scanner = _scanner(model, weights, scales, output_stride, device, precision)
+    scanner = _scanner(model, weights, scales, output_stride, device, precision, object_sizes)
     chosen = [_resolve_class(scanner, c) for c in classes] or None
     if chosen and scanner.background_class in chosen:
         raise click.BadParameter("the background class never yields boxes", param_hint="--class")

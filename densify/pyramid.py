@@ -23,6 +23,13 @@ Default range (``scales=N``), per image:
   neighbouring scales, so each octave of object size gets the same number of scales); ``N = 1``
   gives ``hi`` alone: one scan at the image's own size.
 
+Object-size range: a model card may say how tall its object is inside the window
+(``object_height``, e.g. 20 px of LeNet's 28) and which object sizes the model is meant to find
+in an image (``object_sizes = (min, max)`` px, e.g. digits 24-120 px tall). Then ``scales=N``
+spans ``object_height / max`` to ``object_height / min`` instead, so every scale maps some
+wanted object size onto the trained one (``scale_range`` in :func:`scale_factors`; the CLI's
+``--object-sizes MIN:MAX`` overrides the card).
+
 Explicit factors (``scales=[0.5, 1.0]``, or ``"0.5,1"`` / ``"lo:hi:n"`` strings from the command
 line) are used as given, in the given order; each must be positive and finite.
 
@@ -51,7 +58,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = ["MAX_LEVEL_PIXELS", "Level", "default_range", "geometric_factors", "parse_scales",
-           "scale_factors", "resized_size", "levels"]
+           "object_range", "scale_factors", "resized_size", "levels"]
 
 MAX_LEVEL_PIXELS = 64_000_000
 """Largest resized image (``H·W`` after scaling) accepted: about 8000 × 8000."""
@@ -167,12 +174,24 @@ def _check_factor(value: float) -> float:
     return factor
 
 
+def object_range(object_height: float, object_sizes: Sequence[float]) -> tuple[float, float]:
+    """``(lo, hi)`` factors that map objects ``object_sizes = (min, max)`` px tall in the image
+    onto the ``object_height`` px the model was trained on (module docstring)."""
+    small, large = (float(v) for v in object_sizes)
+    if not (0 < small <= large and math.isfinite(large)) or object_height <= 0:
+        raise ValueError(f"object sizes must satisfy 0 < min <= max, got {small:g}:{large:g}; "
+                         "pass e.g. --object-sizes 24:120")
+    return object_height / large, object_height / small
+
+
 def scale_factors(image_hw: Sequence[int], window_hw: Sequence[int],
-                  scales: int | str | Sequence[float] = 6) -> tuple[float, ...]:
-    """The factors for one image: ``scales`` parsed, a count expanded over :func:`default_range`."""
+                  scales: int | str | Sequence[float] = 6,
+                  scale_range: tuple[float, float] | None = None) -> tuple[float, ...]:
+    """The factors for one image: ``scales`` parsed, a count expanded over ``scale_range`` (from
+    :func:`object_range`) or else :func:`default_range`."""
     parsed = parse_scales(scales)
     if isinstance(parsed, int):
-        return geometric_factors(parsed, *default_range(image_hw, window_hw))
+        return geometric_factors(parsed, *(scale_range or default_range(image_hw, window_hw)))
     return parsed
 
 
@@ -195,7 +214,8 @@ def _padding(size: int, window: int, stride: int) -> tuple[int, int]:
 
 
 def levels(image_hw: Sequence[int], window_hw: Sequence[int], stride_hw: Sequence[int],
-           scales: int | str | Sequence[float] = 6) -> list[Level]:
+           scales: int | str | Sequence[float] = 6,
+           scale_range: tuple[float, float] | None = None) -> list[Level]:
     """The pyramid for one image: one :class:`Level` per factor (module docstring).
 
     Shape:
@@ -204,7 +224,7 @@ def levels(image_hw: Sequence[int], window_hw: Sequence[int], stride_hw: Sequenc
     image_hw, window_hw = _pair(image_hw, "image size"), _pair(window_hw, "window")
     stride_hw = _pair(stride_hw, "stride")
     out = []
-    for factor in scale_factors(image_hw, window_hw, scales):
+    for factor in scale_factors(image_hw, window_hw, scales, scale_range):
         size = resized_size(image_hw, factor)
         pad_y = _padding(size[0], window_hw[0], stride_hw[0])
         pad_x = _padding(size[1], window_hw[1], stride_hw[1])

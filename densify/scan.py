@@ -24,7 +24,6 @@ Output stride: ``output_stride=16`` applies OverFeat's stride-1 final pooling
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,10 +37,10 @@ from tqdm.auto import tqdm
 from .convert import ConversionError, DenseNet, convolutionize
 from .detect import object_region
 from .image import read_array, read_image, resize, to_tensor
-from .pyramid import Level, levels, parse_scales
+from .pyramid import Level, levels, object_range, parse_scales
 from .result import ScaleMap, ScanResult
 from .weights import Classifier, load_classifier
-from .zoo import IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_DIR, ModelSpec
+from .zoo import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
 __all__ = ["PRECISIONS", "Scanner", "resolve_device", "as_rgb"]
 
@@ -97,6 +96,10 @@ class Scanner:
             supply) the catalogue's values; ``categories`` default to ``"0"``, ``"1"``, ...
         object_box: ``(x1, y1, x2, y2)`` of the object inside the window, for tighter boxes;
             ``"auto"`` reads it from the model card (``digit_height``, ``box_aspect``).
+        object_sizes: ``(min, max)`` heights in image pixels of the objects to find; with
+            ``scales=N`` the pyramid then spans the factors that map them onto the trained
+            object height (:func:`densify.pyramid.object_range`). Default: the card's
+            ``object_sizes``, if any; otherwise the whole-image range.
         progress: show a tqdm bar over scales.
     """
 
@@ -105,12 +108,14 @@ class Scanner:
                  precision: str = "fp32", weights: str | Path = "random", *,
                  input_size: Sequence[int] | None = None, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, categories: Sequence[str] | None = None,
-                 background_class: int | None = None, object_box="auto", progress: bool = False):
+                 background_class: int | None = None, object_box="auto", object_sizes=None,
+                 progress: bool = False):
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
         self.scales = parse_scales(scales)
         self.device = resolve_device(device)
         self.precision = precision
+        self._check_autocast()
         self.progress = progress
         self.classifier = load_classifier(model, weights) if isinstance(model, str) else (
             model if isinstance(model, Classifier) else None)
@@ -122,7 +127,7 @@ class Scanner:
         self.requested_stride = output_stride
         self._set_preprocessing(spec, mean, std)
         self._set_classes(spec, categories, background_class, object_box)
-        self._check_autocast()
+        self.scale_range = card_scale_range(spec, object_sizes)
 
     @property
     def geometry(self):
@@ -136,6 +141,12 @@ class Scanner:
     def in_chans(self) -> int:
         return self.dense.input_size[0]
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dense net's parameter dtype (inputs are cast to it)."""
+        param = next(self.dense.parameters(), None)
+        return torch.float32 if param is None else param.dtype
+
     def _set_preprocessing(self, spec: ModelSpec | None, mean, std) -> None:
         default = (spec.mean, spec.std) if spec else (None, None)
         if self.in_chans == 3:
@@ -148,7 +159,8 @@ class Scanner:
 
     def _set_classes(self, spec, categories, background_class, object_box) -> None:
         with torch.inference_mode():
-            canonical = torch.zeros(1, *self.dense.input_size, device=self.device)
+            canonical = torch.zeros(1, *self.dense.input_size, device=self.device,
+                                    dtype=self.dtype)
             num = self.dense(canonical).shape[1]
         if categories is None:
             categories = self.classifier.categories if self.classifier else range(num)
@@ -175,14 +187,20 @@ class Scanner:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def levels(self, image_hw: Sequence[int], scales=None) -> list[Level]:
+    def levels(self, image_hw: Sequence[int], scales: int | str | Sequence[float] | None = None
+               ) -> list[Level]:
         """The pyramid this scanner would use for an image of ``image_hw``."""
         g = self.geometry
-        return levels(image_hw, g.window, g.stride, self.scales if scales is None else scales)
+        return levels(image_hw, g.window, g.stride, self.scales if scales is None else scales,
+                      self.scale_range)
 
-    def __call__(self, image: str | Path | np.ndarray | torch.Tensor, scales=None,
+    def __call__(self, image: str | Path | np.ndarray | torch.Tensor,
+                 scales: int | str | Sequence[float] | None = None,
                  progress: bool | None = None) -> ScanResult:
-        """Scan one image (a path, an RGB ``uint8`` array or a tensor, see :func:`as_rgb`)."""
+        """Scan one image (a path, an RGB ``uint8`` array or a tensor, see :func:`as_rgb`).
+
+        ``scales`` and ``progress`` override the scanner's defaults for this call.
+        """
         rgb, source = as_rgb(image)
         pyramid = self.levels(rgb.shape[:2], scales)
         show = self.progress if progress is None else progress
@@ -203,7 +221,8 @@ class Scanner:
         top, bottom, left, right = level.padding
         if any(level.padding):
             x = F.pad(x, (left, right, top, bottom), value=0.0)
-        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        x = x.to(self.device, self.dtype, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last)
         logits = self.dense(x)
         h, w = self.geometry.output_size(*level.input_size)
         if logits.shape[-2] < h or logits.shape[-1] < w:
@@ -235,13 +254,28 @@ def _card_object_box(spec: ModelSpec | None, window: Sequence[int]):
     and ``box_aspect``), or None."""
     if spec is None:
         return None
-    card = dict(spec.extra)
-    if spec.family == "project" and spec.weights and not {"digit_height", "object_height"} & set(
-            card):
-        path = WEIGHTS_DIR / (Path(spec.weights).stem + ".json")
-        with contextlib.suppress(OSError, ValueError):
-            card = {**json.loads(path.read_text()), **card}
-    height = card.get("object_height", card.get("digit_height"))
+    height = _object_height(spec)
     if height is None:
         return None
-    return object_region(window, float(height), float(card.get("box_aspect", 1.0)))
+    return object_region(window, height, float(spec.extra.get("box_aspect", 1.0)))
+
+
+def _object_height(spec: ModelSpec | None) -> float | None:
+    """The object's height inside the window, from the model card, or None."""
+    if spec is None:
+        return None
+    height = spec.extra.get("object_height", spec.extra.get("digit_height"))
+    return None if height is None else float(height)
+
+
+def card_scale_range(spec: ModelSpec | None, object_sizes=None) -> tuple[float, float] | None:
+    """The factor range for ``scales=N`` from object sizes (given, or the card's), or None."""
+    height = _object_height(spec)
+    sizes = object_sizes if object_sizes is not None else (spec.extra.get("object_sizes")
+                                                           if spec else None)
+    if sizes is None:
+        return None
+    if height is None:
+        raise ValueError("object sizes need a model whose card gives object_height; pass "
+                         "explicit --scales factors instead")
+    return object_range(height, sizes)

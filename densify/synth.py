@@ -540,10 +540,10 @@ def _negative_layout(rng: np.random.Generator, mask: np.ndarray, glyph: GlyphFn
         return [_put(mask, glyph(d), d, _log_uniform(rng, 4.0, NEGATIVE_HEIGHTS[0] - 0.1),
                      *rng.uniform(2, WINDOW - 2, 2))[0] for d in digits]
     if kind == "large":
-        top = 40.0 if near_miss else 130.0
+        top = 45.0 if near_miss else 130.0
         g, height = glyph(digit), _log_uniform(rng, NEGATIVE_HEIGHTS[1] + 0.5, top)
         width = g.shape[1] * height / g.shape[0]
-        cx, cy = _CENTRE + rng.uniform(-0.5, 0.5, 2) * (width, height) * (0.3 if near_miss else 1)
+        cx, cy = _CENTRE + rng.uniform(-0.5, 0.5, 2) * (width, height) * (0.7 if near_miss else 1)
         return [_put(mask, g, digit, height, cx, cy)[0]]
     return []
 

@@ -165,11 +165,11 @@ def tile_boxes(dense: DenseNet, height: int, width: int,
 
 class _LiveBytes(fx.Interpreter):
     """Runs a graph on fake tensors, freeing values after their last use as the generated code
-    does, and records the peak of the bytes held by live (fake) tensors."""
+    does, and records per node ``(live bytes, convolution weight elements, output bytes)``."""
 
     def __init__(self, gm: fx.GraphModule):
         super().__init__(gm, garbage_collect_values=True)
-        self.peak = 0
+        self.rows: list[tuple[int, int, int]] = []
         self.held: dict[int, int] = {}  # storages the caller holds throughout (the input)
 
     def run_node(self, n: fx.Node):
@@ -179,9 +179,11 @@ class _LiveBytes(fx.Interpreter):
             for t in _fake_tensors(value):
                 storage = t.untyped_storage()
                 live[storage._cdata] = storage.nbytes()
-        self.peak = max(self.peak, sum(live.values()))
         if n.op == "placeholder":
             self.held.update(live)
+        m = self.module.get_submodule(n.target) if n.op == "call_module" else None
+        weights = m.weight.numel() if isinstance(m, torch.nn.Conv2d) else 0
+        self.rows.append((sum(live.values()), weights, sum(t.nbytes for t in _fake_tensors(out))))
         return out
 
 
@@ -195,15 +197,9 @@ def _fake_tensors(value):
             yield from _fake_tensors(v)
 
 
-def estimate_bytes(dense: DenseNet, height: int, width: int,
-                   dtype: torch.dtype = torch.float32, batch: int = 1) -> int:
-    """Peak bytes of activations (input included, weights excluded) when ``dense`` runs on a
-    ``(batch, C, height, width)`` input whose activations are ``dtype``.
-
-    Counted on fake tensors (see the module docstring), in the parameters' dtype and scaled to
-    ``dtype``'s item size (under bf16 autocast the activations are bf16). Deterministic and
-    cached per net; it does not see work buffers inside layers.
-    """
+def _node_bytes(dense: DenseNet, height: int, width: int, batch: int) -> list:
+    """:class:`_LiveBytes` rows for one input size in the parameters' dtype, and the input's
+    bytes (cached)."""
     cache = dense.__dict__.setdefault("_densify_live_bytes", {})
     key = (int(height), int(width), int(batch))
     if key not in cache:
@@ -215,9 +211,43 @@ def estimate_bytes(dense: DenseNet, height: int, width: int,
                             device=param.device)
             counter = _LiveBytes(dense.net)
             counter.run(x)
-        cache[key] = (counter.peak, param.dtype.itemsize)
-    peak, itemsize = cache[key]
-    return peak * dtype.itemsize // itemsize
+        cache[key] = (counter.rows, x.nbytes)
+    return cache[key]
+
+
+def _is_channels_last(dense: DenseNet) -> bool:
+    w = next((m.weight for m in dense.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    return w is not None and w.is_contiguous(memory_format=torch.channels_last) and (
+        not w.is_contiguous())
+
+
+def estimate_bytes(dense: DenseNet, height: int, width: int,
+                   dtype: torch.dtype = torch.float32, batch: int = 1,
+                   channels_last: bool | None = None) -> int:
+    """Peak bytes a forward pass of ``dense`` allocates on a ``(batch, C, height, width)`` input
+    whose activations are ``dtype`` (``torch.bfloat16`` under bf16 autocast; the input itself stays
+    in the parameters' dtype), input included, weights excluded.
+
+    ``max`` over the graph's nodes of: the bytes of live tensors (counted on fake tensors, see the
+    module docstring) plus the node's work buffers as oneDNN allocates them on CPU: a re-laid-out
+    copy of each convolution's weight (cast first under autocast: two copies) and, unless the
+    net and input are ``channels_last`` (default: read from the net's weights), a re-laid-out
+    copy of its output. Deterministic; the fake-tensor pass is cached per net and size.
+    """
+    param = next(dense.parameters())
+    scale = dtype.itemsize / param.dtype.itemsize
+    copies = 1 if dtype == param.dtype else 2
+    if channels_last is None:
+        channels_last = _is_channels_last(dense)
+    rows, held = _node_bytes(dense, height, width, batch)
+    peak = 0.0
+    for live, weights, out in rows:
+        work = weights * dtype.itemsize * copies
+        if weights and not channels_last:
+            work += out * scale
+        # The caller's input keeps its dtype under autocast; activations take ``dtype``.
+        peak = max(peak, held + (live - held) * scale + work)
+    return int(peak)
 
 
 # -------------------------------------------------------------------------------- planning

@@ -27,7 +27,8 @@ from torch import nn
 
 from . import archs
 
-__all__ = ["ModelSpec", "MODELS", "REFUSED", "get_spec", "build_model", "build_skeleton", "model_names", "WEIGHTS_DIR"]
+__all__ = ["ModelSpec", "MODELS", "REFUSED", "get_spec", "build_model", "build_skeleton", "model_names",
+           "WEIGHTS_DIR"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -140,6 +141,12 @@ def _timm_specs() -> dict[str, ModelSpec]:
     return specs
 
 
+#: Card keys the scanner uses: class names, the background class, the object's height and box
+#: aspect inside the window, and the object sizes (px in an image) the model is meant to find.
+_CARD_EXTRA = ("categories", "background_class", "digit_height", "object_height", "box_aspect",
+               "object_sizes")
+
+
 def _project_specs() -> dict[str, ModelSpec]:
     """Models trained by this project; metadata lives next to the weights (``weights/*.json``)."""
     specs = {}
@@ -152,7 +159,7 @@ def _project_specs() -> dict[str, ModelSpec]:
             functools.partial(_build_project, arch, in_chans),
             tuple(card["input_size"]), len(card["categories"]),
             tuple(card["mean"]), tuple(card["std"]), weights=card["file"], categories_from="card",
-            extra={k: card[k] for k in ("categories", "background_class") if k in card},
+            extra={k: card[k] for k in _CARD_EXTRA if k in card},
         )
     return specs
 

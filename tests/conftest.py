@@ -39,6 +39,12 @@ SLOW_STRIDE_CHECK = {"resnext101_64x4d", "resnext101_32x8d", "wide_resnet101_2",
                      "convnext_base", "convnext_large"}
 
 
+#: Grouped/depthwise convolutions have no fast float64 kernel on the CPU (EfficientNet-B7 takes
+#: 13 s per 64-px forward pass): these families run the float64 checks in the slow tier and the
+#: float32 ones (dtype tolerance table) in the default run.
+GROUPED = ("efficientnet", "mobilenet", "mnasnet", "regnet", "shufflenet", "convnext", "resnext")
+
+
 def size_for(name: str) -> tuple[int, int, int]:
     """The canonical input a model is tested at (small where the architecture allows)."""
     spec = zoo.MODELS[name]
@@ -62,6 +68,19 @@ def model_params(names, slow=frozenset()):
 
 
 ALL_MODELS = [n for n in zoo.MODELS if zoo.MODELS[n].family != "project"]
+
+
+def dtype_params(names):
+    """``(name, dtype)`` pairs: float64 for every model (slow tier for grouped convolutions),
+    plus float32 in the default run for the grouped ones."""
+    params = []
+    for p in model_params(names, {n for n in names if n.startswith(GROUPED)}):
+        params.append(pytest.param(p.values[0], torch.float64, marks=p.marks,
+                                   id=f"{p.id}-float64"))
+        if p.id.startswith(GROUPED):
+            params.append(pytest.param(p.values[0], torch.float32, id=f"{p.id}-float32",
+                                       marks=[m for m in p.marks if m.name != "slow"]))
+    return params
 
 
 def build(name: str, dtype=torch.float64, seed: int = 0):

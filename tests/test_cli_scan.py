@@ -233,9 +233,11 @@ def test_default_model_boxes_objects_never_background(digits_card, photos, tmp_p
     assert result.stdout.startswith("lenet5-digits:")
     entries = json.loads((tmp_path / "detections.json").read_text())
     assert entries and all(e["category_id"] != 10 for e in entries)
+    height, width = read_image(photos / "coffee.jpg").shape[:2]
     for e in entries:  # 12 x 20 window pixels: 0.6 times as wide as tall, unless clipped
         x, y, w, h = e["bbox"]
-        assert w == pytest.approx(0.6 * h, abs=0.05) or x <= 0 or y <= 0
+        clipped = x <= 0 or y <= 0 or x + w >= width - 0.01 or y + h >= height - 0.01
+        assert w == pytest.approx(0.6 * h, abs=0.05) or clipped
     refused = _invoke(detect_command, [photos / "coffee.jpg", "--weights", "random", "--class",
                                        "background", "-q", "-o", tmp_path])
     _one_line_error(refused, "background")

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ALL_MODELS, DEVICE, SLOW_STRIDE_CHECK, build, model_params, size_for
+from conftest import (
+    ALL_MODELS,
+    DEVICE,
+    SLOW_STRIDE_CHECK,
+    build,
+    dtype_params,
+    model_params,
+    size_for,
+)
 from torch import nn
 
 from densify import verify, zoo
@@ -15,10 +23,10 @@ from densify.convert import ConversionError, DenseNet, available_strides, convol
 from densify.layers import DilatedAvgPool2d
 
 
-@pytest.mark.parametrize("name", model_params(ALL_MODELS))
-def test_canonical_and_head(name):
-    """Check 1 at the (small) canonical input and check 2 on a 3-cells-larger input, float64."""
-    model = build(name)
+@pytest.mark.parametrize("name, dtype", dtype_params(ALL_MODELS))
+def test_canonical_and_head(name, dtype):
+    """Check 1 at the (small) canonical input and check 2 on a 3-cells-larger input."""
+    model = build(name, dtype)
     dense = convolutionize(model, size_for(name))
     c1 = verify.check_canonical(model, dense)
     c2 = verify.check_head(model, dense)

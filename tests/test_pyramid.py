@@ -128,3 +128,26 @@ def test_realized_scale_is_size_over_image():
 def test_scale_factors_count_vs_list():
     assert scale_factors((400, 600), (224, 224), 2) == pytest.approx((0.56, 1.12))
     assert scale_factors((400, 600), (224, 224), "0.5,2") == (0.5, 2.0)
+
+
+def test_object_range_maps_wanted_sizes_onto_the_trained_height():
+    from densify.pyramid import object_range
+
+    lo, hi = object_range(20.0, (24, 120))
+    assert (lo, hi) == (20 / 120, 20 / 24)
+    factors = scale_factors((1200, 1600), (28, 28), 6, (lo, hi))
+    assert factors[0] == pytest.approx(lo) and factors[-1] == pytest.approx(hi)
+    # each scale maps some object size between 24 and 120 px onto 20 px
+    assert all(24 <= 20 / f <= 120 for f in factors)
+    for bad in [(0, 10), (50, 20)]:
+        with pytest.raises(ValueError, match="24:120"):
+            object_range(20.0, bad)
+
+
+def test_cli_rejects_bad_object_sizes():
+    from click.testing import CliRunner
+
+    from densify.cli import main
+
+    result = CliRunner().invoke(main, ["heatmap", "x.png", "-m", "lenet5", "--object-sizes", "9"])
+    assert result.exit_code == 2 and "MIN:MAX" in result.output
