@@ -31,6 +31,18 @@ def annotations(scene: synth.Scene) -> list[dict]:
     return out
 
 
+def _dump(truth: dict) -> str:
+    """JSON with one line per list item (readable diffs), otherwise compact."""
+    lines = []
+    for key, value in truth.items():
+        if isinstance(value, list):
+            items = ",\n".join(f"    {json.dumps(v)}" for v in value)
+            lines.append(f"  {json.dumps(key)}: [\n{items}\n  ]")
+        else:
+            lines.append(f"  {json.dumps(key)}: {json.dumps(value)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
 @click.command()
 @click.option("--out-dir", default=Path(__file__).resolve().parent, show_default=True,
               type=click.Path(file_okay=False, path_type=Path))
@@ -52,7 +64,7 @@ def main(out_dir: Path, seed: int) -> None:
         "categories": [{"id": i, "name": n} for i, n in enumerate(synth.CATEGORIES[:10])],
         "annotations": annotations(scene),
     }
-    (out_dir / "digits_scene.json").write_text(json.dumps(truth, indent=1) + "\n")
+    (out_dir / "digits_scene.json").write_text(_dump(truth))
     click.echo(f"wrote {png} ({png.stat().st_size / 1e6:.1f} MB) with {len(scene.labels)} digits")
 
 

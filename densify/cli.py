@@ -200,7 +200,8 @@ def convert(model, weights, output_stride, input_size, output) -> None:
 
 def _register() -> None:
     """Commands that live in their own modules."""
-    for module, names in (("cli_scan", ("heatmap", "detect")), ("bench", ("bench",))):
+    for module, names in (("cli_scan", ("heatmap", "detect")), ("bench", ("bench",)),
+                          ("cli_eval", ("evaluate",))):
         try:
             mod = __import__(f"densify.{module}", fromlist=list(names))
         except ImportError:

@@ -256,43 +256,59 @@ def estimate_bytes(dense: DenseNet, height: int, width: int,
 def plan_tiles(dense: DenseNet, height: int, width: int, max_bytes: int,
                dtype: torch.dtype = torch.float32, batch: int = 1,
                headroom: float = HEADROOM) -> list[Tile]:
-    """The fewest-tiles plan found greedily whose largest tile's :func:`estimate_bytes` fits in
-    ``(1 - headroom) · max_bytes``; one tile (the whole image) when it fits.
+    """Tiles whose largest :func:`estimate_bytes` fits in ``(1 - headroom) · max_bytes``, chosen
+    to minimise the pixels the net runs on in total (overlap is recomputed work); fewer tiles
+    break ties. One tile (the whole image) when it fits.
 
-    The tile count grows along the axis whose tiles are longer in pixels, so tiles stay close to
-    square (least overlap per cell). Raises :class:`TilingError` when a single-cell tile does not
-    fit.
+    Searches the grids ``ny × nx`` along the fitting frontier: for each ``ny`` the least ``nx``
+    that fits, which never grows as ``ny`` grows. Raises :class:`TilingError` when a single-cell
+    tile does not fit.
     """
     _check_tileable(dense)
     budget = int(max_bytes * (1.0 - headroom))
     h, w = dense.output_size(height, width)
-    ny = nx = 1
-    while True:
-        cells = (-(-h // ny), -(-w // nx))
-        tiles = tile_boxes(dense, height, width, cells)
-        th = max(t.size[0] for t in tiles)
-        tw = max(t.size[1] for t in tiles)
+    rows, cols = _counts(h), _counts(w)
+
+    def fits(ny: int, nx: int) -> tuple[bool, list[Tile], int]:
+        tiles = tile_boxes(dense, height, width, (-(-h // ny), -(-w // nx)))
+        th, tw = max(t.size[0] for t in tiles), max(t.size[1] for t in tiles)
         need = estimate_bytes(dense, th, tw, dtype, batch)
-        if need <= budget:
-            log.info("%d tile(s) of %s cells, largest input %dx%d, %s estimated", len(tiles),
-                     cells, th, tw, format_bytes(need))
-            return tiles
-        if cells == (1, 1):
-            raise TilingError(
-                f"max memory {format_bytes(max_bytes)} is too small: one {th}x{tw} tile needs "
-                f"{format_bytes(need / (1 - headroom))}; raise --max-memory")
-        if cells[1] == 1 or (cells[0] > 1 and th >= tw):
-            ny = _next_count(h, ny)
-        else:
-            nx = _next_count(w, nx)
+        return need <= budget, tiles, need
+
+    lo, k = 0, len(cols) - 1  # binary search: the least nx that fits with one row of tiles
+    while lo < k:
+        mid = (lo + k) // 2
+        lo, k = (lo, mid) if fits(rows[0], cols[mid])[0] else (mid + 1, k)
+    best = None
+    for ny in rows:
+        while k > 0 and fits(ny, cols[k - 1])[0]:
+            k -= 1
+        ok, tiles, _ = fits(ny, cols[k])
+        if ok:
+            cost = (sum(t.size[0] * t.size[1] for t in tiles), len(tiles))
+            best = min(best, (cost, tiles), key=lambda b: b[0]) if best else (cost, tiles)
+            if k == 0:
+                break
+    if best is None:
+        need = fits(rows[-1], cols[-1])[2]
+        raise TilingError(
+            f"max memory {format_bytes(max_bytes)} is too small: a one-cell tile needs "
+            f"{format_bytes(need / (1 - headroom))}; raise --max-memory")
+    tiles = best[1]
+    log.info("%d tile(s), %d pixels in all for %d in the image", len(tiles), best[0][0],
+             height * width)
+    return tiles
 
 
-def _next_count(cells: int, count: int) -> int:
-    """The next tile count that actually shrinks ``ceil(cells / count)``."""
-    per = -(-cells // count)
-    while count < cells and -(-cells // count) == per:
-        count += 1
-    return count
+def _counts(cells: int) -> list[int]:
+    """Tile counts ``n`` (ascending) giving distinct tile sizes ``ceil(cells / n)``."""
+    counts, last = [], None
+    for n in range(1, cells + 1):
+        per = -(-cells // n)
+        if per != last:
+            counts.append(n)
+            last = per
+    return counts
 
 
 # -------------------------------------------------------------------------------- forward

@@ -32,6 +32,7 @@ from densify import archs, synth
 MEAN, STD = 0.5, 0.25
 CHUNK = 5000
 SCALE_STEP = 2 ** 0.25
+OBJECT_SIZES = (24.0, 120.0)  # digit heights (px) in the mining scenes: what the model should find
 
 
 def _chunk(args: tuple[int, int, str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,11 +130,12 @@ def mine(model: torch.nn.Module, scenes: int, seed: int, per_scene: int) -> torc
     """Background windows of training-split scenes that ``model`` scores highest as digits."""
     found = []
     for k in tqdm(range(scenes), desc="mining", unit="scene"):
-        scene = synth.make_scene(seed + k, size=(480, 640), split="train", n_digits=14)
+        scene = synth.make_scene(seed + k, size=(480, 640), split="train", heights=OBJECT_SIZES,
+                                 n_digits=14)
         gray = cv2.cvtColor(scene.image, cv2.COLOR_RGB2GRAY)
         scores, crops = [], []
-        scale = synth.DIGIT_HEIGHT / 24
-        while scale * 120 >= synth.DIGIT_HEIGHT / SCALE_STEP:
+        scale = synth.DIGIT_HEIGHT / OBJECT_SIZES[0]
+        while scale * OBJECT_SIZES[1] >= synth.DIGIT_HEIGHT / SCALE_STEP:
             s, c = scan_scene(model, gray, scale)
             keep = far_from_digits(scene, scale, *s.shape)
             scores.append(s[keep])
@@ -168,6 +170,7 @@ def write_card(out: Path, model: torch.nn.Module, seed: int, accuracy: dict, rec
         "digit_height_range": list(synth.POSITIVE_HEIGHTS),
         "max_center_offset": synth.POSITIVE_SHIFT,
         "box_aspect": synth.BOX_ASPECT,
+        "object_sizes": list(OBJECT_SIZES),
         "held_out": {"fonts": list(synth.EVAL_FONT_FAMILIES),
                      "textures": list(synth.EVAL_TEXTURES)},
         "seed": seed,

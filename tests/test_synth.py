@@ -47,6 +47,12 @@ def test_positive_windows_hold_a_centred_digit_of_trained_height(monkeypatch):
         assert synth.POSITIVE_HEIGHTS[0] <= height <= synth.POSITIVE_HEIGHTS[1]
 
 
+def _assert_background(placements):
+    for _, height, cx, cy in placements:
+        on_scale = synth.NEGATIVE_HEIGHTS[0] <= height <= synth.NEGATIVE_HEIGHTS[1]
+        assert not on_scale or max(abs(cx - 14), abs(cy - 14)) >= synth.NEGATIVE_SHIFT
+
+
 @pytest.mark.parametrize("split", ["train", "eval"])
 def test_layouts_follow_the_labelling_contract(split):
     rng = np.random.default_rng(7)
@@ -57,10 +63,11 @@ def test_layouts_follow_the_labelling_contract(split):
         digit, height, cx, cy = placed[0]
         assert digit == 4 and max(abs(cx - 14), abs(cy - 14)) <= synth.POSITIVE_SHIFT
         assert synth.POSITIVE_HEIGHTS[0] <= height <= synth.POSITIVE_HEIGHTS[1]
-        negatives = synth._negative_layout(rng, mask, synth._glyph_sampler(rng, bank))
-        for _, height, cx, cy in negatives:
-            on_scale = synth.NEGATIVE_HEIGHTS[0] <= height <= synth.NEGATIVE_HEIGHTS[1]
-            assert not on_scale or max(abs(cx - 14), abs(cy - 14)) >= synth.NEGATIVE_SHIFT
+        _assert_background(synth._negative_layout(rng, mask, synth._glyph_sampler(rng, bank)))
+        # The near misses and gaps sit closest to the boundary: check many of each.
+        _assert_background(synth._gap_layout(rng, mask, synth._glyph_sampler(rng, bank)))
+        _assert_background(synth._shifted_layout(rng, mask, synth._glyph_sampler(rng, bank),
+                                                 1, near_miss=True))
 
 
 def test_render_glyph_is_an_exact_tight_crop():
