@@ -713,7 +713,10 @@ def _place(rng: np.random.Generator, size: tuple[int, int], shape: tuple[int, in
            taken: list[tuple[float, float, float, float]], margin: float
            ) -> tuple[int, int] | None:
     """Top-left ``(y, x)`` for a ``shape`` block inside ``size`` that keeps ``margin`` pixels
-    away from every ``taken`` (x1, y1, x2, y2) box; ``None`` after 30 tries."""
+    away from every ``taken`` (x1, y1, x2, y2) box; ``None`` after 30 tries, or at once when the
+    block is larger than the image (a long number in a small scene)."""
+    if shape[0] > size[0] or shape[1] > size[1]:
+        return None
     for _ in range(30):
         y = int(rng.integers(0, size[0] - shape[0] + 1))
         x = int(rng.integers(0, size[1] - shape[1] + 1))

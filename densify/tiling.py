@@ -153,9 +153,13 @@ def tile_boxes(dense: DenseNet, height: int, width: int,
     if h < 1 or w < 1:
         raise TilingError(f"a {height}x{width} input is smaller than the {dense.geometry.window} "
                           "window: nothing to tile")
-    uy, ux = alignment(dense)
-    rows = _axis_spans(h, height, th, 0, dense, uy)
-    cols = _axis_spans(w, width, tw, 1, dense, ux)
+    return _grid(dense, height, width, (h, w), (th, tw), alignment(dense))
+
+
+def _grid(dense: DenseNet, height: int, width: int, cells: tuple[int, int],
+          per_tile: tuple[int, int], unit: tuple[int, int]) -> list[Tile]:
+    rows = _axis_spans(cells[0], height, per_tile[0], 0, dense, unit[0])
+    cols = _axis_spans(cells[1], width, per_tile[1], 1, dense, unit[1])
     return [Tile((r0, r1), (c0, c1), (x0, y0, x1, y1))
             for r0, r1, y0, y1 in rows for c0, c1, x0, x1 in cols]
 
@@ -267,10 +271,13 @@ def plan_tiles(dense: DenseNet, height: int, width: int, max_bytes: int,
     _check_tileable(dense)
     budget = int(max_bytes * (1.0 - headroom))
     h, w = dense.output_size(height, width)
-    rows, cols = _counts(h), _counts(w)
+    if h < 1 or w < 1:
+        raise TilingError(f"a {height}x{width} input is smaller than the {dense.geometry.window} "
+                          "window: nothing to tile")
+    rows, cols, unit = _counts(h), _counts(w), alignment(dense)
 
     def fits(ny: int, nx: int) -> tuple[bool, list[Tile], int]:
-        tiles = tile_boxes(dense, height, width, (-(-h // ny), -(-w // nx)))
+        tiles = _grid(dense, height, width, (h, w), (-(-h // ny), -(-w // nx)), unit)
         th, tw = max(t.size[0] for t in tiles), max(t.size[1] for t in tiles)
         need = estimate_bytes(dense, th, tw, dtype, batch)
         return need <= budget, tiles, need

@@ -151,3 +151,12 @@ def test_bad_arguments_raise():
         synth.make_batch(4, 0, split="test")
     with pytest.raises(ValueError, match="heights"):
         synth.make_scene(0, size=(100, 100), heights=(24, 120))
+
+
+def test_small_scene_skips_numbers_wider_than_the_image():
+    """Regression: a 4-digit number wider than a small scene is skipped, not a crash."""
+    for seed in range(90_120, 90_130):
+        scene = synth.make_scene(seed, size=(120, 160), split="eval", heights=(24.0, 60.0))
+        assert len(scene.boxes) == len(scene.labels)
+        centres = (scene.boxes[:, :2] + scene.boxes[:, 2:]) / 2  # boxes may be widened past edges
+        assert ((centres >= 0) & (centres <= torch.tensor([160.0, 120.0]))).all()

@@ -1,0 +1,80 @@
+"""The shipped default model, ``lenet5-digits``, with its trained weights in ``weights/``.
+
+Exactness on trained weights (LeNet-5 has no padding: every dense cell equals LeNet on the crop),
+detection quality on the demo scene and on held-out generated scenes, and the weights card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from densify import synth, verify, zoo
+from densify.cli import main
+from densify.cli_eval import evaluate_scenes
+from densify.convert import convolutionize
+from densify.evaluate import evaluate
+from densify.image import read_image, to_tensor
+from densify.scan import Scanner
+from densify.weights import load_classifier
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif("lenet5-digits" not in zoo.MODELS,
+                                reason="weights/lenet5_digits.json not trained")
+
+
+@pytest.fixture(scope="module")
+def clf():
+    return load_classifier("lenet5-digits", "DEFAULT")
+
+
+def test_card_matches_the_weights_file():
+    card = json.loads((ROOT / "weights" / "lenet5_digits.json").read_text())
+    digest = hashlib.sha256((ROOT / "weights" / card["file"]).read_bytes()).hexdigest()
+    assert digest == card["sha256"]
+    spec = zoo.MODELS["lenet5-digits"]
+    assert spec.extra["categories"][spec.extra["background_class"]] == "background"
+    assert spec.input_size == (1, 28, 28)
+
+
+@pytest.mark.parametrize("stride", [None, 2])
+def test_dense_cells_equal_lenet_on_crops_of_real_scenes(clf, stride):
+    """Trained weights, float64, every cell of a held-out scene and of the demo scene."""
+    model = clf.model.double()
+    dense = convolutionize(model, (1, 28, 28), output_stride=stride)
+    scene = synth.make_scene(90_123, size=(120, 160), split="eval", heights=(24.0, 60.0)).image
+    demo = read_image(ROOT / "demos" / "digits_scene.png")[300:420, 560:720]
+    for rgb in (scene, demo):
+        x = to_tensor(rgb, clf.spec.mean, clf.spec.std, 1).double()
+        check = verify.check_crops(model, dense, x=x)
+        assert check.passed and check.count > 500, check
+
+
+def test_demo_scene_digits_are_found(clf):
+    truth = json.loads((ROOT / "demos" / "digits_scene.json").read_text())
+    boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in
+                          (a["bbox"] for a in truth["annotations"])])
+    labels = torch.tensor([a["category_id"] for a in truth["annotations"]])
+    result = Scanner(clf, device="cpu")(ROOT / "demos" / "digits_scene.png")
+    det = result.detections(threshold=0.05)
+    metrics = evaluate([{"boxes": det.boxes, "scores": det.scores, "labels": det.labels}],
+                       [{"boxes": boxes, "labels": labels}], num_classes=10)
+    assert metrics.mean_ap >= 0.85, metrics
+    assert (det.labels != 10).all()
+
+
+def test_held_out_scenes_and_the_evaluate_command(clf):
+    report = evaluate_scenes(Scanner(clf, device="cpu"), scenes=2, size=(480, 640))
+    assert report["map"] >= 0.75 and 0 < report["recall"] <= 1
+    result = CliRunner().invoke(main, ["evaluate", "--scenes", "1", "--size", "240x320",
+                                       "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert set(out["ap"]) == {str(d) for d in range(10)} and out["ground_truth"] > 0
+    bad = CliRunner().invoke(main, ["evaluate", "--size", "12x12"])
+    assert bad.exit_code == 2 and "HxW" in bad.output
