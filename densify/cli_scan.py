@@ -147,6 +147,14 @@ def _scanner(model, weights, scales, output_stride, device, precision,
         raise click.ClickException(str(exc).splitlines()[0]) from None
 
 
+def _default_threshold(scanner: Scanner, threshold: float | None) -> float:
+    """``--threshold``, else the model card's recommended one, else 0.5."""
+    if threshold is not None:
+        return threshold
+    spec = scanner.classifier.spec if scanner.classifier else None
+    return float(spec.extra.get("threshold", 0.5)) if spec else 0.5
+
+
 def _resolve_class(scanner: Scanner, query: str | None) -> int | None:
     if query is None:
         return None
@@ -349,8 +357,9 @@ def _detect_lines(records: list[dict]) -> str:
 
 @click.command("detect")
 @scan_options
-@click.option("--threshold", "-t", type=click.FloatRange(0, 1, min_open=True), default=0.5,
-              show_default=True, help="Smallest probability of a cell that proposes a box.")
+@click.option("--threshold", "-t", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Smallest probability of a cell that proposes a box (default: the model "
+                   "card's recommended threshold, else 0.5).")
 @click.option("--nms-iou", type=click.FloatRange(0, 1), default=0.3, show_default=True,
               help="Boxes overlapping a better one of the same class by more are dropped.")
 @click.option("--class", "classes", multiple=True, help="Only this class (repeatable).")
@@ -375,7 +384,7 @@ def detect_command(inputs, model, weights, scales, object_sizes, output_stride, 
     chosen = [_resolve_class(scanner, c) for c in classes] or None
     if chosen and scanner.background_class in chosen:
         raise click.BadParameter("the background class never yields boxes", param_hint="--class")
-    opts = {"threshold": threshold, "iou": nms_iou, "classes": chosen,
+    opts = {"threshold": _default_threshold(scanner, threshold), "iou": nms_iou, "classes": chosen,
             "window_boxes": window_boxes}
     paths, failed = _expand(inputs)
     work = functools.partial(_detect_one, scanner, out, opts)

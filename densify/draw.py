@@ -118,7 +118,9 @@ def draw_boxes(rgb: np.ndarray, boxes: np.ndarray | torch.Tensor, labels: Sequen
         box_color = color if color is not None else _label_color(labels[i])
         cv2.rectangle(image, p1, p2, box_color, thickness)
         text = labels[i] if scores_np is None else f"{labels[i]} {float(scores_np[i]):.2f}"
-        _draw_label(image, text, p1, box_color, scale, max(1, thickness // 2))
+        # Tags no taller than about half the box, so small boxes are not buried under text.
+        tag = min(scale, max(0.3, (p2[1] - p1[1]) / 60))
+        _draw_label(image, text, p1, box_color, tag, max(1, round(thickness * tag / scale) // 2))
     return image
 
 

@@ -144,7 +144,7 @@ def _timm_specs() -> dict[str, ModelSpec]:
 #: Card keys the scanner uses: class names, the background class, the object's height and box
 #: aspect inside the window, and the object sizes (px in an image) the model is meant to find.
 _CARD_EXTRA = ("categories", "background_class", "digit_height", "object_height", "box_aspect",
-               "object_sizes")
+               "object_sizes", "threshold")
 
 
 def _project_specs() -> dict[str, ModelSpec]:
