@@ -88,6 +88,34 @@ def build(name: str, dtype=torch.float64, seed: int = 0):
     return zoo.build_model(name).to(device=DEVICE, dtype=dtype).eval()
 
 
+_RECORD: list[dict] = []
+
+
+@pytest.fixture
+def record():
+    """``record(model, dtype, check)``: keep a check's measured errors; with ``DENSIFY_RECORD=FILE``
+    they are written there as JSON at the end of the session (the README table is rendered from
+    it by ``scripts/equivalence_table.py --from-record FILE``)."""
+
+    def add(model: str, dtype: torch.dtype, check, size=None) -> None:
+        _RECORD.append({"model": model, "dtype": str(dtype).replace("torch.", ""),
+                        "check": check.name, "max_rel": check.max_rel, "max_abs": check.max_abs,
+                        "count": check.count, "passed": check.passed, "note": check.note,
+                        "size": list(size) if size else None})
+
+    return add
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = os.environ.get("DENSIFY_RECORD")
+    if path and _RECORD:
+        import json
+
+        previous = json.loads(open(path).read()) if os.path.exists(path) else []
+        with open(path, "w") as f:
+            json.dump(previous + _RECORD, f, indent=1)
+
+
 def pytest_collection_modifyitems(config, items):
     if config.getoption("-m") or os.environ.get("DENSIFY_SLOW"):
         return

@@ -24,22 +24,28 @@ from densify.layers import DilatedAvgPool2d
 
 
 @pytest.mark.parametrize("name, dtype", dtype_params(ALL_MODELS))
-def test_canonical_and_head(name, dtype):
-    """Check 1 at the (small) canonical input and check 2 on a 3-cells-larger input."""
+def test_canonical_and_head(name, dtype, record):
+    """Check 1 at the (small) canonical input and check 2 on a 3-cells-larger input; the crop
+    gap (check 4) is measured alongside (exact only for unpadded nets: test_geometry.py)."""
     model = build(name, dtype)
     dense = convolutionize(model, size_for(name))
     c1 = verify.check_canonical(model, dense)
     c2 = verify.check_head(model, dense)
+    c4 = verify.check_crops(model, dense)
+    for c in (c1, c2, c4):
+        record(name, dtype, c, size_for(name))
     assert c1.passed, c1
     assert c2.passed and c2.count >= 16, c2
+    assert c4.count == 9 and c4.max_rel == c4.max_rel  # measured, finite (not NaN)
 
 
 @pytest.mark.parametrize("name", model_params(ALL_MODELS))
-def test_canonical_true_size_float32(name):
+def test_canonical_true_size_float32(name, record):
     """Check 1 at the model's real canonical input in float32 (dtype tolerance table)."""
     model = build(name, torch.float32)
     dense = convolutionize(model, zoo.MODELS[name].input_size)
     c1 = verify.check_canonical(model, dense)
+    record(name, torch.float32, c1, zoo.MODELS[name].input_size)
     assert c1.passed, c1
     assert dense.geometry.window == zoo.MODELS[name].input_size[1:]
 
@@ -54,12 +60,13 @@ _CONTEXT = {n for n in ALL_MODELS if n.startswith(("efficientnet", "mobilenet_v3
 
 
 @pytest.mark.parametrize("name", model_params(_stride_models(), SLOW_STRIDE_CHECK))
-def test_output_stride_halved(name):
+def test_output_stride_halved(name, record):
     """Check 3: stride S/2 equals stride S on the image shifted by S/2, on interior cells."""
     dtype = torch.float64 if name in {"lenet5", "alexnet", "zfnet", "nin", "resnet18",
                                       "squeezenet1_1", "vgg11"} else torch.float32
     model = build(name, dtype)
     c3 = verify.check_output_stride(model, size_for(name))
+    record(name, dtype, c3, size_for(name))
     assert c3.passed, c3
     assert c3.count >= 4
 
