@@ -29,6 +29,7 @@ from .draw import COLORMAPS, draw_boxes, draw_caption, overlay_heatmap
 from .files import OutputError, atomic_output, ensure_output_dir, write_image, write_json
 from .image import ImageError, expand_inputs, read_image
 from .pyramid import object_range, parse_scales
+from .tiling import parse_bytes
 from .result import ScanResult, class_index
 from .scan import PRECISIONS, Scanner, resolve_device
 from .weights import WeightsError
@@ -76,6 +77,10 @@ def _object_sizes(value: str | None):
     return small, large
 
 
+def _memory(value: str | None):
+    return None if value is None else parse_bytes(value)
+
+
 def _device_name(value: str) -> str:
     resolve_device(value)
     return value
@@ -112,6 +117,9 @@ def scan_options(fn: Callable) -> Callable:
                      show_default=True),
         click.option("--output-dir", "-o", type=click.Path(path_type=Path), default=Path("out"),
                      show_default=True, help="Where the images and maps go."),
+        click.option("--max-memory", default=None, callback=_callback(_memory), metavar="SIZE",
+                     help="Bound one forward pass's memory (e.g. 3GB): larger scales are computed "
+                          "in exact overlapping tiles."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
     ]
     for option in reversed(options):
@@ -139,10 +147,10 @@ def _expand(inputs: Iterable[Path]) -> tuple[list[Path], int]:
 
 
 def _scanner(model, weights, scales, output_stride, device, precision,
-             object_sizes=None) -> Scanner:
+             object_sizes=None, max_memory=None) -> Scanner:
     try:
         return Scanner(model, scales, output_stride, device, precision, weights,
-                       object_sizes=object_sizes)
+                       object_sizes=object_sizes, max_memory=max_memory)
     except (WeightsError, ConversionError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc).splitlines()[0]) from None
 
@@ -306,6 +314,7 @@ def _heatmap_table(records: list[dict]) -> str:
 @click.option("--colormap", default="jet", show_default=True, callback=_check_colormap)
 @command_errors
 def heatmap_command(inputs, model, weights, scales, object_sizes, output_stride, device, precision,
+                    max_memory,
                     output_dir, quiet, class_, top_k, as_json, alpha, colormap) -> None:
     """Class heat maps registered to each image: a PNG overlay and an NPZ of the maps.
 
@@ -315,7 +324,8 @@ def heatmap_command(inputs, model, weights, scales, object_sizes, output_stride,
     scales.
     """
     out = ensure_output_dir(output_dir)
-    scanner = _scanner(model, weights, scales, output_stride, device, precision, object_sizes)
+    scanner = _scanner(model, weights, scales, output_stride, device, precision, object_sizes,
+                       max_memory)
     chosen = _resolve_class(scanner, class_)
     paths, failed = _expand(inputs)
     work = functools.partial(_heatmap_one, scanner, out, chosen, top_k, alpha, colormap)
@@ -369,6 +379,7 @@ def _detect_lines(records: list[dict]) -> str:
               default=None, help="COCO results file [default: OUTDIR/detections.json].")
 @command_errors
 def detect_command(inputs, model, weights, scales, object_sizes, output_stride, device, precision,
+                   max_memory,
                    output_dir, quiet, threshold, nms_iou, classes, window_boxes, json_path
                    ) -> None:
     """Detect objects: boxes from every window above --threshold, merged by NMS.
@@ -380,7 +391,8 @@ def detect_command(inputs, model, weights, scales, object_sizes, output_stride, 
     out = ensure_output_dir(output_dir)
     json_path = json_path or out / "detections.json"
     ensure_output_dir(json_path.parent)
-    scanner = _scanner(model, weights, scales, output_stride, device, precision, object_sizes)
+    scanner = _scanner(model, weights, scales, output_stride, device, precision, object_sizes,
+                       max_memory)
     chosen = [_resolve_class(scanner, c) for c in classes] or None
     if chosen and scanner.background_class in chosen:
         raise click.BadParameter("the background class never yields boxes", param_hint="--class")

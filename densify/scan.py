@@ -38,6 +38,7 @@ from .convert import ConversionError, DenseNet, convolutionize
 from .detect import object_region
 from .image import read_array, read_image, resize, to_tensor
 from .pyramid import Level, levels, object_range, parse_scales
+from .tiling import estimate_bytes, format_bytes, forward_tiled, parse_bytes
 from .result import ScaleMap, ScanResult
 from .weights import Classifier, load_classifier
 from .zoo import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
@@ -96,6 +97,9 @@ class Scanner:
             supply) the catalogue's values; ``categories`` default to ``"0"``, ``"1"``, ...
         object_box: ``(x1, y1, x2, y2)`` of the object inside the window, for tighter boxes;
             ``"auto"`` reads it from the model card (``digit_height``, ``box_aspect``).
+        max_memory: bound on one forward pass's activation memory (bytes, or a string such as
+            ``"3GB"``): a scale whose estimate exceeds it is computed in stride-aligned,
+            overlapping tiles that give the same cells (:func:`densify.tiling.forward_tiled`).
         object_sizes: ``(min, max)`` heights in image pixels of the objects to find; with
             ``scales=N`` the pyramid then spans the factors that map them onto the trained
             object height (:func:`densify.pyramid.object_range`). Default: the card's
@@ -109,7 +113,7 @@ class Scanner:
                  input_size: Sequence[int] | None = None, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, categories: Sequence[str] | None = None,
                  background_class: int | None = None, object_box="auto", object_sizes=None,
-                 progress: bool = False):
+                 max_memory: int | str | None = None, progress: bool = False):
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
         self.scales = parse_scales(scales)
@@ -128,6 +132,7 @@ class Scanner:
         self._set_preprocessing(spec, mean, std)
         self._set_classes(spec, categories, background_class, object_box)
         self.scale_range = card_scale_range(spec, object_sizes)
+        self.max_memory = None if max_memory is None else parse_bytes(max_memory)
 
     @property
     def geometry(self):
@@ -214,6 +219,9 @@ class Scanner:
         return ScanResult(tuple(rgb.shape[:2]), self.categories, maps, self.background_class,
                           self.object_box, source)
 
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _forward_bounded(self, x)
+
     def _scan_level(self, rgb: np.ndarray, level: Level) -> torch.Tensor:
         """``(K, h, w)`` float32 softmax on the device for one level."""
         resized = rgb if level.size == rgb.shape[:2] else resize(rgb, level.size)
@@ -223,13 +231,26 @@ class Scanner:
             x = F.pad(x, (left, right, top, bottom), value=0.0)
         x = x.to(self.device, self.dtype, non_blocking=True)
         x = x.contiguous(memory_format=torch.channels_last)
-        logits = self.dense(x)
+        logits = self._forward(x)
         h, w = self.geometry.output_size(*level.input_size)
         if logits.shape[-2] < h or logits.shape[-1] < w:
             raise RuntimeError(f"the dense net gave {tuple(logits.shape[-2:])} cells on a "
                                f"{level.input_size} input, its geometry says {(h, w)}")
         # Padded nets add cells whose window lies past the input's end: keep the geometry's.
         return logits[0, :, :h, :w].float().softmax(dim=0)
+
+
+def _forward_bounded(scanner: Scanner, x: torch.Tensor) -> torch.Tensor:
+    """The dense net on ``x``, tiled when its estimated memory exceeds ``scanner.max_memory``."""
+    if scanner.max_memory is None:
+        return scanner.dense(x)
+    dtype = PRECISIONS[scanner.precision] or x.dtype
+    need = estimate_bytes(scanner.dense, x.shape[-2], x.shape[-1], dtype)
+    if need <= scanner.max_memory:
+        return scanner.dense(x)
+    log.info("scale %dx%d needs ~%s: tiling to fit %s", x.shape[-2], x.shape[-1],
+             format_bytes(need), format_bytes(scanner.max_memory))
+    return forward_tiled(scanner.dense, x, scanner.max_memory)
 
 
 def _convert(model: nn.Module, input_size, output_stride: int | None) -> DenseNet:

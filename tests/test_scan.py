@@ -174,3 +174,22 @@ def test_digits_model_knows_background_and_object_box():
     scanner = Scanner("lenet5-digits", weights="DEFAULT", device="cpu")
     assert scanner.background_class == 10 and scanner.categories[10] == "background"
     assert scanner.object_box is not None
+
+
+def test_max_memory_tiles_a_scale_and_gives_the_same_maps(photo, caplog):
+    """A bound below one scale's estimated need makes the scanner tile it: same probabilities."""
+    import logging
+
+    from densify.tiling import estimate_bytes
+
+    torch.manual_seed(2)
+    clf = load_classifier("lenet5")
+    plain = Scanner(clf, scales=[2.0], device="cpu")
+    (level,) = plain.levels(photo.shape[:2])
+    need = estimate_bytes(plain.dense, *level.input_size)
+    bounded = Scanner(clf, scales=[2.0], device="cpu", max_memory=need // 2)
+    with caplog.at_level(logging.INFO, logger="densify.scan"):
+        (tiled,) = bounded(photo).maps
+    (whole,) = plain(photo).maps
+    assert "tiling" in caplog.text
+    assert torch.allclose(tiled.probs, whole.probs, atol=1e-6)
