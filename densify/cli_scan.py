@@ -29,9 +29,9 @@ from .draw import COLORMAPS, draw_boxes, draw_caption, overlay_heatmap
 from .files import OutputError, atomic_output, ensure_output_dir, write_image, write_json
 from .image import ImageError, expand_inputs, read_image
 from .pyramid import object_range, parse_scales
-from .tiling import parse_bytes
 from .result import ScanResult, class_index
 from .scan import PRECISIONS, Scanner, resolve_device
+from .tiling import parse_bytes
 from .weights import WeightsError
 
 __all__ = ["heatmap_command", "detect_command", "DEFAULT_MODEL"]

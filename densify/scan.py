@@ -38,8 +38,8 @@ from .convert import ConversionError, DenseNet, convolutionize
 from .detect import object_region
 from .image import read_array, read_image, resize, to_tensor
 from .pyramid import Level, levels, object_range, parse_scales
-from .tiling import estimate_bytes, format_bytes, forward_tiled, parse_bytes
 from .result import ScaleMap, ScanResult
+from .tiling import estimate_bytes, format_bytes, forward_tiled, parse_bytes
 from .weights import Classifier, load_classifier
 from .zoo import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
