@@ -39,7 +39,7 @@ from .detect import object_region
 from .image import read_array, read_image, resize, to_tensor
 from .pyramid import Level, levels, object_range, parse_scales
 from .result import ScaleMap, ScanResult
-from .tiling import estimate_bytes, format_bytes, forward_tiled, parse_bytes
+from .tiling import HEADROOM, estimate_bytes, format_bytes, forward_tiled, parse_bytes
 from .weights import Classifier, load_classifier
 from .zoo import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
@@ -246,7 +246,7 @@ def _forward_bounded(scanner: Scanner, x: torch.Tensor) -> torch.Tensor:
         return scanner.dense(x)
     dtype = PRECISIONS[scanner.precision] or x.dtype
     need = estimate_bytes(scanner.dense, x.shape[-2], x.shape[-1], dtype)
-    if need <= scanner.max_memory:
+    if need <= (1 - HEADROOM) * scanner.max_memory:  # the same headroom plan_tiles keeps
         return scanner.dense(x)
     log.info("scale %dx%d needs ~%s: tiling to fit %s", x.shape[-2], x.shape[-1],
              format_bytes(need), format_bytes(scanner.max_memory))

@@ -121,8 +121,9 @@ def format_bytes(n: float) -> str:
 def _check_tileable(dense: DenseNet) -> None:
     g = dense.geometry
     if dense.global_context or g.rf_size is None:
-        names = ", ".join(dense.global_context[:2]) or "a global pool"
-        raise TilingError(f"cannot tile exactly: {names} pool(s) the whole input (squeeze-and-"
+        what = (f"layer(s) {', '.join(dense.global_context[:2])}" if dense.global_context
+                else "a global pool")
+        raise TilingError(f"cannot tile exactly: {what} pool the whole input (squeeze-and-"
                           "excitation), so every cell depends on every pixel; run untiled")
 
 
@@ -215,11 +216,11 @@ def _node_bytes(dense: DenseNet, height: int, width: int, batch: int) -> list:
     """:class:`_LiveBytes` rows for one input size in the parameters' dtype, and the input's
     bytes (cached)."""
     cache = dense.__dict__.setdefault("_densify_live_bytes", {})
-    key = (int(height), int(width), int(batch))
+    param = next(dense.parameters())
+    key = (int(height), int(width), int(batch), param.dtype)
     if key not in cache:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
-        param = next(dense.parameters())
         with FakeTensorMode(allow_non_fake_inputs=True):
             x = torch.empty(batch, dense.input_size[0], height, width, dtype=param.dtype,
                             device=param.device)
