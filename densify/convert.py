@@ -40,7 +40,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .geometry import Field, Geometry, compose, merge
-from .layers import ChannelLayerNorm, DilatedAvgPool2d
+from .layers import ChannelLayerNorm, DilatedAvgPool2d, DilatedMaxPool2d
 
 __all__ = ["ConversionError", "DenseNet", "convolutionize", "available_strides"]
 
@@ -51,7 +51,7 @@ class ConversionError(ValueError):
     """The model cannot be convolutionized; the message names the layer and what to do."""
 
 
-_SLIDING = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, DilatedAvgPool2d)
+_SLIDING = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, DilatedAvgPool2d, DilatedMaxPool2d)
 _ADAPTIVE = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _LEAVES = _SLIDING + _ADAPTIVE + (nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
 _POINTWISE_MODULES = (
@@ -666,6 +666,11 @@ def _dilate(gm: fx.GraphModule, node: fx.Node, factor: tuple[int, int]) -> None:
             raise ConversionError(f"{node.target}: ceil_mode average pooling cannot be dilated")
         _set_module(gm, node.target, DilatedAvgPool2d(kernel, new_dil, new_pad,
                                                       m.count_include_pad))
+        return
+    if isinstance(m, (nn.MaxPool2d, DilatedMaxPool2d)) and max(
+            new_pad[a] - kernel[a] // 2 for a in (0, 1)) > 0:
+        # nn.MaxPool2d caps padding at half the undilated kernel: pad with -inf explicitly.
+        _set_module(gm, node.target, DilatedMaxPool2d(kernel, new_dil, new_pad, m.ceil_mode))
         return
     m.dilation = new_dil
     if not isinstance(m.padding, str):

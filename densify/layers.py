@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["dilated_avg_pool2d", "DilatedAvgPool2d", "ChannelLayerNorm"]
+__all__ = ["dilated_avg_pool2d", "DilatedAvgPool2d", "DilatedMaxPool2d", "ChannelLayerNorm"]
 
 
 def _pair(v) -> tuple[int, int]:
@@ -102,3 +102,29 @@ class ChannelLayerNorm(nn.LayerNorm):
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
+
+
+class DilatedMaxPool2d(nn.Module):
+    """Stride-1 dilated max pooling with padding larger than half the kernel.
+
+    ``nn.MaxPool2d`` refuses ``padding > kernel_size // 2`` even when dilation makes the effective
+    kernel larger (a 3×3 pool with padding 1 dilated by 2 needs padding 2). Max pooling pads with
+    ``-inf``, so padding explicitly with ``-inf`` and pooling without padding is the same operation.
+    """
+
+    def __init__(self, kernel_size, dilation=1, padding=0, ceil_mode: bool = False):
+        super().__init__()
+        self.kernel_size: tuple[int, int] = _pair(kernel_size)
+        self.dilation: tuple[int, int] = _pair(dilation)
+        self.padding: tuple[int, int] = _pair(padding)
+        self.stride: tuple[int, int] = (1, 1)
+        self.ceil_mode = ceil_mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ph, pw = self.padding
+        x = F.pad(x, [pw, pw, ph, ph], value=float("-inf"))
+        return F.max_pool2d(x, list(self.kernel_size), [1, 1], [0, 0], list(self.dilation),
+                            self.ceil_mode)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, dilation={self.dilation}, padding={self.padding}"
