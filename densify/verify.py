@@ -225,6 +225,10 @@ def probe_geometry(dense: DenseNet, pixels: list[tuple[int, int]] | None = None,
     For each probed pixel returns ``changed``, ``in_window`` (cells whose window holds the pixel)
     and ``in_field`` (cells whose receptive field holds it), as bool masks ``(h, w)``. The geometry
     is right when ``in_window ⊆ changed ⊆ in_field``.
+
+    The default pixels stay ``S`` pixels off the bottom edge: floor arithmetic can leave up to
+    ``S - 1`` trailing input rows unread by any layer when the canonical size has slack (NiN's
+    11×11/4 conv1 never reads the last row of a 224 window).
     """
     chans, wh, ww = dense.input_size
     g = dense.geometry
@@ -234,7 +238,7 @@ def probe_geometry(dense: DenseNet, pixels: list[tuple[int, int]] | None = None,
     h, w = base.shape[-2:]
     if pixels is None:
         pixels = [(height // 2, width // 2), (g.stride[0] + 1, width - g.stride[1] - 2),
-                  (height - 1, 0), (wh - 1, ww // 3)]
+                  (height - g.stride[0], 0), (wh - 2, ww // 3)]
     results = []
     for y, xx in pixels:
         # Rectifiers and max pools can hide one bump; bumps of both signs and sizes rarely all hide.
@@ -243,10 +247,8 @@ def probe_geometry(dense: DenseNet, pixels: list[tuple[int, int]] | None = None,
             bumped = x.clone()
             bumped[:, :, y, xx] += bump
             changed |= (dense(bumped) - base).abs().amax(dim=1)[0] > 0
-        results.append({
-            "pixel": (y, xx), "changed": changed,
-            "in_window": g.cells_containing(y, xx, h, w),
-            "in_field": g.cells_containing(y, xx, h, w, receptive_field=True)
-            if g.rf_size is not None else torch.ones(h, w, dtype=torch.bool),
-        })
+        field = (g.cells_containing(y, xx, h, w, receptive_field=True) if g.rf_size is not None
+                 else torch.ones(h, w, dtype=torch.bool))
+        results.append({"pixel": (y, xx), "changed": changed, "in_field": field,
+                        "in_window": g.cells_containing(y, xx, h, w)})
     return results

@@ -56,9 +56,10 @@ def test_probe_single_pixels(name, output_stride):
     native = convolutionize(model, size_for(name)).output_stride
     dense = convolutionize(model, size_for(name),
                            output_stride=native // 2 if output_stride else None)
-    for probe in verify.probe_geometry(dense, extra_cells=2):
+    probes = verify.probe_geometry(dense, extra_cells=2)
+    assert sum(int(p["in_window"].sum()) for p in probes) >= 4  # the checks below bite
+    for probe in probes:
         changed, window, field = probe["changed"], probe["in_window"], probe["in_field"]
-        assert changed.any(), probe["pixel"]
         assert not (window & ~changed).any(), f"window cells unchanged at {probe['pixel']}"
         assert not (changed & ~field).any(), f"cells outside the field changed at {probe['pixel']}"
 
