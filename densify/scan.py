@@ -220,7 +220,16 @@ class Scanner:
                           self.object_box, source)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _forward_bounded(self, x)
+        """The dense net on ``x``, tiled when its estimated memory exceeds ``self.max_memory``."""
+        if self.max_memory is None:
+            return self.dense(x)
+        dtype = PRECISIONS[self.precision] or x.dtype
+        need = estimate_bytes(self.dense, x.shape[-2], x.shape[-1], dtype)
+        if need <= (1 - HEADROOM) * self.max_memory:  # the same headroom plan_tiles keeps
+            return self.dense(x)
+        log.info("scale %dx%d needs ~%s: tiling to fit %s", x.shape[-2], x.shape[-1],
+                 format_bytes(need), format_bytes(self.max_memory))
+        return forward_tiled(self.dense, x, self.max_memory)
 
     def _scan_level(self, rgb: np.ndarray, level: Level) -> torch.Tensor:
         """``(K, h, w)`` float32 softmax on the device for one level."""
@@ -238,19 +247,6 @@ class Scanner:
                                f"{level.input_size} input, its geometry says {(h, w)}")
         # Padded nets add cells whose window lies past the input's end: keep the geometry's.
         return logits[0, :, :h, :w].float().softmax(dim=0)
-
-
-def _forward_bounded(scanner: Scanner, x: torch.Tensor) -> torch.Tensor:
-    """The dense net on ``x``, tiled when its estimated memory exceeds ``scanner.max_memory``."""
-    if scanner.max_memory is None:
-        return scanner.dense(x)
-    dtype = PRECISIONS[scanner.precision] or x.dtype
-    need = estimate_bytes(scanner.dense, x.shape[-2], x.shape[-1], dtype)
-    if need <= (1 - HEADROOM) * scanner.max_memory:  # the same headroom plan_tiles keeps
-        return scanner.dense(x)
-    log.info("scale %dx%d needs ~%s: tiling to fit %s", x.shape[-2], x.shape[-1],
-             format_bytes(need), format_bytes(scanner.max_memory))
-    return forward_tiled(scanner.dense, x, scanner.max_memory)
 
 
 def _convert(model: nn.Module, input_size, output_stride: int | None) -> DenseNet:

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from conftest import ALL_MODELS, size_for  # noqa: E402
+from conftest import ALL_MODELS, GLOBAL_CONTEXT, size_for  # noqa: E402
 
 from densify import zoo  # noqa: E402
 from densify.convert import available_strides, convolutionize  # noqa: E402
@@ -60,17 +60,14 @@ def markdown(path: Path) -> str:
         pick = {
             "1 full": [r for r in mine if r["check"] == "canonical" and r["size"] == full
                        and r["dtype"] == "float32"],
-            "1 reduced": [r for r in mine if r["check"] == "canonical" and r["size"] != full
-                          or (r["check"] == "canonical" and r["dtype"] == "float64")],
+            "1 reduced": [r for r in mine if r["check"] == "canonical"
+                          and (r["size"] != full or r["dtype"] == "float64")],
             "2": [r for r in mine if r["check"] == "head"],
             "3": [r for r in mine if r["check"] == "output_stride"],
             "4": [r for r in mine if r["check"] == "crops"][:1],
         }
-        if not pick["3"]:
-            pick["3"] = []
         third = _cell(pick["3"]) if pick["3"] else (
-            "global context" if name.startswith(("efficientnet", "mobilenet_v3", "regnet_y",
-                                                 "seresnet")) else "slow tier")
+            "global context" if name.startswith(GLOBAL_CONTEXT) else "slow tier")
         gap = _cell(pick["4"]).split(" ")[0]
         lines.append(f"| {name} | {spec.input_size[1]} | {strides} | {_cell(pick['1 full'])} | "
                      f"{_cell(pick['1 reduced'])} | {_cell(pick['2'])} | {third} | {gap} |")

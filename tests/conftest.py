@@ -43,6 +43,8 @@ SLOW_STRIDE_CHECK = {"resnext101_64x4d", "resnext101_32x8d", "wide_resnet101_2",
 #: 13 s per 64-px forward pass): these families run the float64 checks in the slow tier and the
 #: float32 ones (dtype tolerance table) in the default run.
 GROUPED = ("efficientnet", "mobilenet", "mnasnet", "regnet", "shufflenet", "convnext", "resnext")
+#: Families with squeeze-and-excitation (global-context) layers: check 3 does not apply to them.
+GLOBAL_CONTEXT = ("efficientnet", "mobilenet_v3", "regnet_y", "seresnet")
 
 
 def size_for(name: str) -> tuple[int, int, int]:

@@ -10,6 +10,7 @@ import torch
 from conftest import (
     ALL_MODELS,
     DEVICE,
+    GLOBAL_CONTEXT,
     SLOW_STRIDE_CHECK,
     build,
     dtype_params,
@@ -55,8 +56,7 @@ def _stride_models():
     return [n for n in ALL_MODELS if n not in _CONTEXT]
 
 
-_CONTEXT = {n for n in ALL_MODELS if n.startswith(("efficientnet", "mobilenet_v3", "regnet_y",
-                                                   "seresnet"))}
+_CONTEXT = {n for n in ALL_MODELS if n.startswith(GLOBAL_CONTEXT)}
 
 
 @pytest.mark.parametrize("name", model_params(_stride_models(), SLOW_STRIDE_CHECK))
