@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 import cv2
 
-from densify import synth
+from densify.digits import synth
 
 SEED = 2024
 SIZE = (1200, 1600)  # (H, W)

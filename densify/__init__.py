@@ -10,25 +10,67 @@ The data flow in five lines::
 
 The scanner wraps that for photos: ``densify.Scanner("vgg19", scales=6)(path)`` returns per-scale
 class-probability maps with their geometry, heatmaps registered to the image, and detections.
+
+Layers, each importing only those below it: :mod:`densify.cli` → :mod:`densify.scan` →
+:mod:`densify.convert`, :mod:`densify.models`, :mod:`densify.io` → :mod:`densify.errors`.
+The public names below load on first use, so ``import densify`` (and ``densify --help``) does not
+import torch.
 """
 
-from .zoo import MODELS, ModelSpec, build_model, get_spec  # noqa: I001  (data-flow order)
-from .weights import Classifier, WeightsError, load_classifier
-from .convert import ConversionError, DenseNet, available_strides, convolutionize
-from .geometry import Geometry
-from .verify import check_canonical, check_crops, check_head, check_output_stride
-from .pyramid import Level, levels, parse_scales
-from .scan import Scanner
-from .result import ClassScore, ScaleMap, ScanResult
-from .detect import Detections
+from __future__ import annotations
 
-__all__ = [
-    "MODELS", "ModelSpec", "get_spec", "build_model",
-    "load_classifier", "Classifier", "WeightsError",
-    "convolutionize", "DenseNet", "ConversionError", "available_strides",
-    "Geometry",
-    "check_canonical", "check_head", "check_output_stride", "check_crops",
-    "levels", "Level", "parse_scales",
-    "Scanner", "ScanResult", "ScaleMap", "ClassScore", "Detections",
+import importlib
+from typing import TYPE_CHECKING
+
+from .errors import ConversionError, DensifyError, ImageError, ModelError, OutputError, WeightsError
+
+__version__ = "0.2.0"
+
+#: public name -> module that defines it, in data-flow order.
+_LAZY = {
+    "MODELS": "models.catalogue", "ModelSpec": "models.catalogue", "get_spec": "models.catalogue",
+    "build_model": "models.catalogue",
+    "load_classifier": "models.weights", "Classifier": "models.weights",
+    "convolutionize": "convert.dense", "DenseNet": "convert.dense",
+    "available_strides": "convert.dense",
+    "Geometry": "convert.geometry",
+    "check_canonical": "convert.verify", "check_head": "convert.verify",
+    "check_output_stride": "convert.verify", "check_crops": "convert.verify",
+    "levels": "scan.pyramid", "Level": "scan.pyramid", "parse_scales": "scan.pyramid",
+    "Scanner": "scan.scanner",
+    "ScanResult": "scan.result", "ClassScore": "scan.result", "ScaleMap": "scan.maps",
+    "Detections": "scan.detect",
+}
+
+__all__ = [  # the names of _LAZY, then the errors
+    "MODELS", "ModelSpec", "get_spec", "build_model", "load_classifier", "Classifier",
+    "convolutionize", "DenseNet", "available_strides", "Geometry", "check_canonical", "check_head",
+    "check_output_stride", "check_crops", "levels", "Level", "parse_scales", "Scanner",
+    "ScanResult", "ClassScore", "ScaleMap", "Detections",
+    "DensifyError", "ConversionError", "ModelError", "WeightsError", "ImageError", "OutputError",
 ]
-__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'densify' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .convert.dense import DenseNet, available_strides, convolutionize
+    from .convert.geometry import Geometry
+    from .convert.verify import check_canonical, check_crops, check_head, check_output_stride
+    from .models.catalogue import MODELS, ModelSpec, build_model, get_spec
+    from .models.weights import Classifier, load_classifier
+    from .scan.detect import Detections
+    from .scan.maps import ScaleMap
+    from .scan.pyramid import Level, levels, parse_scales
+    from .scan.result import ClassScore, ScanResult
+    from .scan.scanner import Scanner

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from conftest import ALL_MODELS, GLOBAL_CONTEXT, size_for  # noqa: E402
 
-from densify import zoo  # noqa: E402
-from densify.convert import available_strides, convolutionize  # noqa: E402
+from densify.convert.dense import available_strides, convolutionize  # noqa: E402
+from densify.models import catalogue as zoo
 
 SHORT = {"float64": "f64", "float32": "f32"}
 

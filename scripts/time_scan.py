@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from densify.image import resize, sample_image
-from densify.scan import Scanner
+from densify.io.image import resize, sample_image
+from densify.scan.scanner import Scanner
 
 
 def main() -> None:

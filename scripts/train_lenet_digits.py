@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from densify import archs, synth
+from densify.digits import synth
+from densify.models import archs
 
 MEAN, STD = 0.5, 0.25
 CHUNK = 5000

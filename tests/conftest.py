@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from densify import zoo
+from densify.models import catalogue as zoo
 
 DEVICE = torch.device(os.environ.get("DENSIFY_TEST_DEVICE", "cpu"))
 torch.backends.cudnn.allow_tf32 = False

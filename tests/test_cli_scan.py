@@ -14,9 +14,10 @@ import torch
 from badfiles import BAD_KEYS, GOOD_KEYS, make_bad_inputs
 from click.testing import CliRunner
 
-from densify import zoo
-from densify.cli_scan import detect_command, heatmap_command
-from densify.image import read_image, resize, sample_image
+from densify.cli import main
+from densify.io.image import read_image, resize, sample_image
+from densify.models import archs
+from densify.models import catalogue as zoo
 
 PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
 FAST = ["--model", "squeezenet1_1", "--device", "cpu", "-q"]
@@ -24,8 +25,9 @@ LENET = ["--model", "lenet5", "--weights", "random", "--scales", "2", "-q"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _invoke(command, args: list) -> object:
-    return CliRunner().invoke(command, [str(a) for a in args])
+def _invoke(command: str, args: list) -> object:
+    """``densify COMMAND ARGS...`` in-process, through the group (which turns errors into lines)."""
+    return CliRunner().invoke(main, [command, *(str(a) for a in args)])
 
 
 def _one_line_error(result, *words: str) -> None:
@@ -53,7 +55,7 @@ def photos(tmp_path_factory) -> Path:
 def heatmap_run(photos, tmp_path_factory):
     out = tmp_path_factory.mktemp("heatmaps")
     torch.manual_seed(0)
-    result = _invoke(heatmap_command, [photos, *FAST, "--weights", "random", "--scales", "2",
+    result = _invoke("heatmap", [photos, *FAST, "--weights", "random", "--scales", "2",
                                        "--json", "-o", out])
     return result, out
 
@@ -90,7 +92,7 @@ def test_heatmap_with_a_weights_file_and_a_class(photos, tmp_path):
     torch.manual_seed(3)
     weights = tmp_path / "squeeze.pt"
     torch.save(zoo.build_model("squeezenet1_1").state_dict(), weights)
-    result = _invoke(heatmap_command, [photos / "chelsea.jpg", photos / "coffee.jpg", *FAST,
+    result = _invoke("heatmap", [photos / "chelsea.jpg", photos / "coffee.jpg", *FAST,
                                        "--weights", weights, "--scales", "0.9,1.1", "--class",
                                        "Egyptian", "--top-k", "2", "-o", tmp_path / "o"])
     assert result.exit_code == 0, result.stderr
@@ -103,7 +105,7 @@ def test_heatmap_with_a_weights_file_and_a_class(photos, tmp_path):
 def test_bad_inputs_cost_one_line_each(tmp_path):
     paths = make_bad_inputs(tmp_path)
     out = tmp_path / "out"
-    result = _invoke(heatmap_command, [*paths.values(), *LENET, "-o", out])
+    result = _invoke("heatmap", [*paths.values(), *LENET, "-o", out])
     assert result.exit_code == 1
     assert "Traceback" not in result.output + result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -123,11 +125,7 @@ def test_bad_inputs_as_a_subprocess(tmp_path):
     paths = make_bad_inputs(tmp_path)
     args = [str(paths["truncated_jpeg"]), str(paths["normal_jpeg"]), *LENET, "-o",
             str(tmp_path / "out")]
-    if (ROOT / "densify" / "__main__.py").is_file():
-        cmd = [sys.executable, "-m", "densify", "heatmap", *args]
-    else:  # before the group registers the command
-        cmd = [sys.executable, "-c", "from densify.cli_scan import heatmap_command as c; c()",
-               *args]
+    cmd = [sys.executable, "-m", "densify", "heatmap", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -149,7 +147,7 @@ def test_bad_inputs_as_a_subprocess(tmp_path):
 ])
 def test_usage_errors_are_one_line(photos, tmp_path, args, words):
     base = ["--model", "squeezenet1_1", "--weights", "random", "-q", "-o", tmp_path]
-    result = _invoke(heatmap_command, [photos / "coffee.jpg", *base, *args])
+    result = _invoke("heatmap", [photos / "coffee.jpg", *base, *args])
     _one_line_error(result, *words)
     assert not list(tmp_path.glob("*_heatmap.*"))
 
@@ -157,36 +155,36 @@ def test_usage_errors_are_one_line(photos, tmp_path, args, words):
 def test_unwritable_output_dir(photos, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = _invoke(heatmap_command, [photos / "coffee.jpg", *LENET, "-o", blocker / "sub"])
+    result = _invoke("heatmap", [photos / "coffee.jpg", *LENET, "-o", blocker / "sub"])
     _one_line_error(result, "file is in the way", "-o")
 
 
 def test_weights_for_another_architecture(photos, tmp_path):
     weights = tmp_path / "lenet.pt"
     torch.save(zoo.build_model("lenet5").state_dict(), weights)
-    result = _invoke(heatmap_command, [photos / "coffee.jpg", "--model", "squeezenet1_1",
+    result = _invoke("heatmap", [photos / "coffee.jpg", "--model", "squeezenet1_1",
                                        "--weights", weights, "-q", "-o", tmp_path])
     _one_line_error(result, "another architecture", "--model")
 
 
 def test_missing_default_model_names_the_fix(photos, tmp_path, monkeypatch):
     monkeypatch.delitem(zoo.MODELS, "lenet5-digits", raising=False)
-    result = _invoke(heatmap_command, [photos / "coffee.jpg", "-q", "-o", tmp_path])
+    result = _invoke("heatmap", [photos / "coffee.jpg", "-q", "-o", tmp_path])
     _one_line_error(result, "--model")
 
 
 def test_progress_bars_unless_quiet(photos, tmp_path):
     args = [photos / "coffee.jpg", "--model", "lenet5", "--weights", "random", "--scales", "1",
             "-o", tmp_path]
-    assert "images" in _invoke(heatmap_command, args).stderr
-    assert "images" not in _invoke(heatmap_command, [*args, "-q"]).stderr
+    assert "images" in _invoke("heatmap", args).stderr
+    assert "images" not in _invoke("heatmap", [*args, "-q"]).stderr
 
 
 def test_same_stems_do_not_overwrite(tmp_path):
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()
         cv2.imwrite(str(tmp_path / sub / "x.png"), np.full((30, 40, 3), 90, np.uint8))
-    result = _invoke(heatmap_command, [tmp_path / "a", tmp_path / "b", *LENET, "-o",
+    result = _invoke("heatmap", [tmp_path / "a", tmp_path / "b", *LENET, "-o",
                                        tmp_path / "out"])
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "out" / "x_heatmap.png").is_file()
@@ -197,7 +195,7 @@ def test_detect_writes_coco_results_and_drawings(photos, tmp_path):
     paths = make_bad_inputs(tmp_path)
     results_file = tmp_path / "results" / "coco.json"
     (tmp_path / "results").mkdir()
-    result = _invoke(detect_command, [photos / "rocket.jpg", paths["zero_byte"], *LENET,
+    result = _invoke("detect", [photos / "rocket.jpg", paths["zero_byte"], *LENET,
                                       "--threshold", "0.05", "--json", results_file, "-o",
                                       tmp_path / "out"])
     assert result.exit_code == 1 and "zero.jpg" in result.stderr
@@ -217,7 +215,7 @@ def digits_card(monkeypatch):
     """A stand-in for the trained ``lenet5-digits`` entry (random weights, same card keys)."""
     categories = [str(d) for d in range(10)] + ["background"]
     spec = zoo.ModelSpec(
-        "lenet5-digits", "project", lambda k: zoo.archs.lenet5(k), (1, 28, 28), 11, (0.5,),
+        "lenet5-digits", "project", lambda k: archs.lenet5(k), (1, 28, 28), 11, (0.5,),
         (0.5,), weights="missing_digits.pt", categories_from="card",
         extra={"categories": categories, "background_class": 10, "digit_height": 20.0,
                "box_aspect": 0.6})
@@ -227,7 +225,7 @@ def digits_card(monkeypatch):
 
 def test_default_model_boxes_objects_never_background(digits_card, photos, tmp_path):
     torch.manual_seed(0)
-    result = _invoke(detect_command, [photos / "coffee.jpg", "--weights", "random", "--scales",
+    result = _invoke("detect", [photos / "coffee.jpg", "--weights", "random", "--scales",
                                       "0.1,0.2", "--threshold", "0.09", "-q", "-o", tmp_path])
     assert result.exit_code == 0, result.stderr
     assert result.stdout.startswith("lenet5-digits:")
@@ -238,11 +236,11 @@ def test_default_model_boxes_objects_never_background(digits_card, photos, tmp_p
         x, y, w, h = e["bbox"]
         clipped = x <= 0 or y <= 0 or x + w >= width - 0.01 or y + h >= height - 0.01
         assert w == pytest.approx(0.6 * h, abs=0.05) or clipped
-    refused = _invoke(detect_command, [photos / "coffee.jpg", "--weights", "random", "--class",
+    refused = _invoke("detect", [photos / "coffee.jpg", "--weights", "random", "--class",
                                        "background", "-q", "-o", tmp_path])
     _one_line_error(refused, "background")
 
 
 def test_default_weights_missing_is_one_line(digits_card, photos, tmp_path):
-    result = _invoke(heatmap_command, [photos / "coffee.jpg", "-q", "-o", tmp_path])
+    result = _invoke("heatmap", [photos / "coffee.jpg", "-q", "-o", tmp_path])
     _one_line_error(result, "missing_digits.pt")

@@ -19,9 +19,11 @@ from conftest import (
 )
 from torch import nn
 
-from densify import verify, zoo
-from densify.convert import ConversionError, DenseNet, available_strides, convolutionize
-from densify.layers import DilatedAvgPool2d
+from densify.convert import verify
+from densify.convert.dense import DenseNet, available_strides, convolutionize
+from densify.convert.layers import DilatedAvgPool2d
+from densify.errors import ConversionError
+from densify.models import catalogue as zoo
 
 
 @pytest.mark.parametrize("name, dtype", dtype_params(ALL_MODELS))

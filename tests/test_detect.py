@@ -9,12 +9,12 @@ import pytest
 import torch
 from squares import CATEGORIES, SIDE, WINDOW, square_detector, square_image
 
-from densify import detect as detect_module
-from densify.detect import coco_results, detect, object_region
-from densify.geometry import Geometry
-from densify.pyramid import levels
-from densify.result import ScaleMap
-from densify.scan import Scanner
+from densify.convert.geometry import Geometry
+from densify.scan import detect as detect_module
+from densify.scan.detect import coco_results, detect, object_region
+from densify.scan.pyramid import levels
+from densify.scan.result import ScaleMap
+from densify.scan.scanner import Scanner
 
 GEOMETRY = Geometry(window=(8, 8), stride=(4, 4))
 
@@ -76,7 +76,7 @@ def test_classes_restrict_the_output():
 def test_candidates_are_capped_before_nms(monkeypatch, caplog):
     monkeypatch.setattr(detect_module, "MAX_CANDIDATES", 4)
     probs = torch.full((2, 3, 3), 0.5)
-    with caplog.at_level(logging.INFO, logger="densify.detect"):
+    with caplog.at_level(logging.INFO, logger="densify.scan.detect"):
         det = detect([_map(probs)], threshold=0.5, iou=1.0)
     assert len(det) == 4 and "keeping the best 4" in caplog.text
 

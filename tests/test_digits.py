@@ -1,4 +1,4 @@
-"""The shipped default model, ``lenet5-digits``, with its trained weights in ``weights/``.
+"""The shipped default model, ``lenet5-digits``, with its trained weights shipped in ``densify/models/data/``.
 
 Exactness on trained weights (LeNet-5 has no padding: every dense cell equals LeNet on the crop),
 detection quality on the demo scene and on held-out generated scenes, and the weights card.
@@ -14,18 +14,20 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from densify import synth, verify, zoo
 from densify.cli import main
-from densify.cli_eval import evaluate_scenes
-from densify.convert import convolutionize
-from densify.evaluate import evaluate
-from densify.image import read_image, to_tensor
-from densify.scan import Scanner
-from densify.weights import load_classifier
+from densify.digits.evaluation import evaluate_scenes
+from densify.convert import verify
+from densify.convert.dense import convolutionize
+from densify.digits import synth
+from densify.digits.metrics import evaluate
+from densify.io.image import read_image, to_tensor
+from densify.models import catalogue as zoo
+from densify.models.weights import load_classifier
+from densify.scan.scanner import Scanner
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif("lenet5-digits" not in zoo.MODELS,
-                                reason="weights/lenet5_digits.json not trained")
+                                reason="densify/models/data/lenet5_digits.json not trained")
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +36,8 @@ def clf():
 
 
 def test_card_matches_the_weights_file():
-    card = json.loads((ROOT / "weights" / "lenet5_digits.json").read_text())
-    digest = hashlib.sha256((ROOT / "weights" / card["file"]).read_bytes()).hexdigest()
+    card = json.loads((zoo.WEIGHTS_DIR / "lenet5_digits.json").read_text())
+    digest = hashlib.sha256((zoo.WEIGHTS_DIR / card["file"]).read_bytes()).hexdigest()
     assert digest == card["sha256"]
     spec = zoo.MODELS["lenet5-digits"]
     assert spec.extra["categories"][spec.extra["background_class"]] == "background"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from densify.draw import COLORMAPS, colormap_lut, draw_boxes, draw_caption, overlay_heatmap
+from densify.io.draw import COLORMAPS, colormap_lut, draw_boxes, draw_caption, overlay_heatmap
 
 GREEN = (0, 255, 0)
 

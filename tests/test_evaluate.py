@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from densify.evaluate import average_precision, evaluate, match_image, precision_recall
+from densify.digits.metrics import average_precision, evaluate, match_image, precision_recall
 
 
 def _pred(boxes, scores, labels):

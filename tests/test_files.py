@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from densify.files import OutputError, atomic_output, ensure_output_dir, write_image, write_json
-from densify.image import read_image
+from densify.errors import OutputError
+from densify.io.files import atomic_output, ensure_output_dir, write_image, write_json
+from densify.io.image import read_image
 
 
 def test_atomic_output_success_replaces_and_leaves_no_temp(tmp_path):

@@ -7,9 +7,10 @@ import pytest
 import torch
 from conftest import build, model_params, size_for
 
-from densify import verify
-from densify.convert import convolutionize
-from densify.geometry import Field, Geometry, compose, merge
+from densify.convert import verify
+from densify.convert.dense import convolutionize
+from densify.convert.fields import Field, compose, merge
+from densify.convert.geometry import Geometry
 
 
 def test_cell_boxes_row_major_xyxy():

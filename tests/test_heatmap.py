@@ -6,11 +6,11 @@ import pytest
 import torch
 from squares import CATEGORIES, WINDOW, square_detector, square_image
 
-from densify.geometry import Geometry
-from densify.heatmap import centre_weights, heatmaps, image_scores, peak, scale_heatmap
-from densify.pyramid import levels
-from densify.result import ScaleMap
-from densify.scan import Scanner
+from densify.convert.geometry import Geometry
+from densify.scan.heatmap import centre_weights, heatmaps, image_scores, peak, scale_heatmap
+from densify.scan.pyramid import levels
+from densify.scan.result import ScaleMap
+from densify.scan.scanner import Scanner
 
 FACTORS = (0.75, 1.0, 1.5)
 CENTRES = ((61, 87), (100, 143))  # square centres (y, x) in a 160 x 200 image

@@ -12,10 +12,10 @@ import torch
 from badfiles import BAD_KEYS, GRAY_VALUE, PALETTE, RGBA_COLOR, make_bad_inputs, smooth_bgr
 from PIL import Image, ImageOps
 
-from densify.image import (
+from densify.errors import ImageError
+from densify.io.image import (
     IMAGE_SUFFIXES,
     SAMPLE_IMAGES,
-    ImageError,
     expand_inputs,
     read_array,
     read_image,

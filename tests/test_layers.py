@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from densify.layers import ChannelLayerNorm, DilatedAvgPool2d, DilatedMaxPool2d, dilated_avg_pool2d
+from densify.convert.layers import ChannelLayerNorm, DilatedAvgPool2d, DilatedMaxPool2d, dilated_avg_pool2d
 
 
 @pytest.mark.parametrize("k, d, p", [(3, 2, 2), (7, 2, 0), (3, 3, 3), (2, 2, 0), (7, 4, 12)])

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from densify.image import resize
-from densify.pyramid import (
+from densify.io.image import resize
+from densify.scan.pyramid import (
     MAX_LEVEL_PIXELS,
     default_range,
     geometric_factors,
@@ -131,7 +131,7 @@ def test_scale_factors_count_vs_list():
 
 
 def test_object_range_maps_wanted_sizes_onto_the_trained_height():
-    from densify.pyramid import object_range
+    from densify.scan.pyramid import object_range
 
     lo, hi = object_range(20.0, (24, 120))
     assert (lo, hi) == (20 / 120, 20 / 24)

@@ -10,12 +10,13 @@ import pytest
 import torch
 from squares import CATEGORIES, WINDOW, square_detector, square_image
 
-from densify import zoo
-from densify.convert import ConversionError, convolutionize
-from densify.image import ImageError, to_tensor
-from densify.result import ScanResult
-from densify.scan import Scanner, _card_object_box, as_rgb, resolve_device
-from densify.weights import load_classifier
+from densify.convert.dense import convolutionize
+from densify.errors import ConversionError, ImageError
+from densify.io.image import to_tensor
+from densify.models import catalogue as zoo
+from densify.models.weights import load_classifier
+from densify.scan.result import ScanResult
+from densify.scan.scanner import Scanner, _card_object_box, as_rgb, resolve_device
 
 SQUARE_ARGS = {"input_size": (WINDOW, WINDOW), "mean": (0, 0, 0), "std": (1, 1, 1),
                "categories": CATEGORIES, "background_class": 0, "device": "cpu"}
@@ -180,7 +181,7 @@ def test_max_memory_tiles_a_scale_and_gives_the_same_maps(photo, caplog):
     """A bound below one scale's estimated need makes the scanner tile it: same probabilities."""
     import logging
 
-    from densify.tiling import estimate_bytes
+    from densify.scan.tiling import estimate_bytes
 
     torch.manual_seed(2)
     clf = load_classifier("lenet5")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from densify import synth
+from densify.digits import synth
 
 SMALL_SCENE = {"size": (240, 320), "heights": (24.0, 60.0), "n_digits": 6}
 

@@ -9,9 +9,9 @@ from conftest import DEVICE
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor
 
-from densify import zoo
-from densify.convert import convolutionize
-from densify.tiling import (
+from densify.convert.dense import convolutionize
+from densify.models import catalogue as zoo
+from densify.scan.tiling import (
     TilingError,
     alignment,
     estimate_bytes,

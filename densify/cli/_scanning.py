@@ -1,0 +1,150 @@
+"""The flow shared by the scanning commands (``heatmap``, ``detect``).
+
+Both take image files and directories (expanded to their images), convert the model once, and
+process each image on its own: a bad image costs one line on stderr naming the file and the
+problem, writes nothing, and makes the exit status 1 once the others are done. Usage errors
+(unknown model, bad ``--scales``, unwritable ``-o``, weights for another architecture, an unknown
+``--class``) stop before any image with one line and a non-zero status, no traceback. Outputs are
+written atomically (:mod:`densify.io.files`). A bug (any other exception) stops the batch.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import DensifyError, ImageError, OutputError
+from ..io.files import atomic_output
+from ..io.image import expand_inputs, read_image
+from ..scan.result import ScanResult, class_index
+from ..scan.scanner import Scanner
+
+#: What costs one image, not the batch: bad input and running out of memory on one image.
+PER_IMAGE_ERRORS = (DensifyError, torch.OutOfMemoryError)
+
+
+
+def fail(message: str) -> None:
+    tqdm.write(f"error: {message}", file=sys.stderr)
+
+
+def expand(inputs: Iterable[Path]) -> tuple[list[Path], int]:
+    """Image files of every input; a missing path or an empty directory is reported here."""
+    found, failed = [], 0
+    for path in inputs:
+        try:
+            found.extend(expand_inputs([path]))
+        except ImageError as exc:
+            fail(str(exc))
+            failed += 1
+    return found, failed
+
+
+def make_scanner(model, weights, scales, output_stride, device, precision, object_sizes=None,
+                 max_memory=None, threads=None) -> Scanner:
+    """The scanner every scanning command uses (stride 16 unless ``--output-stride``)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return Scanner(model, scales, 16 if output_stride is None else output_stride, device,
+                   precision, weights, object_sizes=object_sizes, max_memory=max_memory)
+
+
+def default_threshold(scanner: Scanner, threshold: float | None) -> float:
+    """``--threshold``, else the model card's recommended one, else 0.5."""
+    if threshold is not None:
+        return threshold
+    spec = scanner.classifier.spec if scanner.classifier else None
+    return float(spec.extra.get("threshold", 0.5)) if spec else 0.5
+
+
+def resolve_class(scanner: Scanner, query: str | None) -> int | None:
+    if query is None:
+        return None
+    try:
+        return class_index(scanner.categories, query)
+    except DensifyError as exc:
+        raise click.BadParameter(str(exc), param_hint="--class") from None
+
+
+def stems(paths: list[Path]) -> list[str]:
+    """File stems, made unique (``photo``, ``photo-2``) so outputs never overwrite each other."""
+    seen: dict[str, int] = {}
+    out = []
+    for path in paths:
+        seen[path.stem] = seen.get(path.stem, 0) + 1
+        out.append(path.stem if seen[path.stem] == 1 else f"{path.stem}-{seen[path.stem]}")
+    return out
+
+
+def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[..., dict]
+                ) -> tuple[list[dict], int]:
+    """Read and scan each image, then ``work(path, stem, rgb, result)``; a failure is one line."""
+    records, failed = [], 0
+    for path, stem in tqdm(list(zip(paths, stems(paths), strict=True)), desc="images",
+                           unit="image", disable=quiet):
+        try:
+            rgb = read_image(path)
+            records.append(work(path, stem, rgb, scanner(rgb, progress=not quiet)))
+        except PER_IMAGE_ERRORS as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            fail(message if str(path) in message else f"{path}: {message}")
+            failed += 1
+    return records, failed
+
+
+def write_all(outputs: dict[Path, Callable[[Path], object]]) -> list[str]:
+    """Write every output (each atomically); if one fails, remove those already written."""
+    done: list[Path] = []
+    try:
+        for path, write in outputs.items():
+            write(path)
+            done.append(path)
+    except OSError as exc:
+        for path in done:
+            path.unlink(missing_ok=True)
+        raise exc if isinstance(exc, OutputError) else OutputError(f"{path}: {exc}") from None
+    return [str(p) for p in done]
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with atomic_output(path) as tmp:
+        np.savez_compressed(tmp, **arrays)
+
+
+def notes(result: ScanResult, scanner: Scanner) -> list[str]:
+    notes = []
+    if result.padded_to_window:
+        small = [f"{m.factor:.3g}" for m in result.maps if m.level.padded_to_window]
+        notes.append(f"smaller than the {scanner.geometry.window[1]} px window at factor(s) "
+                     f"{', '.join(small)}: padded with the mean colour")
+    if result.upscaled:
+        big = [f"{m.factor:.3g}" for m in result.maps if m.level.upscaled]
+        notes.append(f"upscaled at factor(s) {', '.join(big)}")
+    return notes
+
+
+def summary(path: Path, result: ScanResult, scanner: Scanner) -> dict:
+    return {"image": str(path), "size": list(result.image_size), "factors": list(result.factors),
+            "output_stride": scanner.output_stride, "notes": notes(result, scanner),
+            "padded_to_window": result.padded_to_window, "upscaled": result.upscaled}
+
+
+def finish(failed: int, total: int) -> None:
+    if failed:
+        fail(f"{failed} of {total} input(s) failed")
+        raise SystemExit(1)
+
+
+def header(scanner: Scanner, weights: str) -> str:
+    stride = scanner.output_stride
+    asked = scanner.requested_stride
+    fallback = f" (native; {asked} not reachable)" if asked and asked != stride else ""
+    clf = scanner.classifier
+    source = ("random weights" if clf.random else f"weights {clf.weights}") if clf else weights
+    return f"model window {scanner.geometry.window[1]} px, stride {stride}{fallback}, {source}"

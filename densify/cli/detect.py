@@ -1,0 +1,95 @@
+"""``densify detect``: boxes from every window above the threshold, merged."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from . import options
+
+if TYPE_CHECKING:
+    from ..scan.result import ScanResult
+    from ..scan.scanner import Scanner
+
+__all__ = ["detect"]
+
+
+
+def _detect_one(scanner: Scanner, out: Path, opts: dict, path: Path, stem: str,
+                rgb, result: ScanResult) -> dict:
+    from ..io.draw import draw_boxes
+    from ..io.files import write_image
+    from ._scanning import summary, write_all
+
+    det = result.detections(opts["threshold"], opts["iou"], opts["classes"],
+                                        refine=not opts["window_boxes"])
+    names = [result.categories[c] for c in det.labels.tolist()]
+    vis = draw_boxes(rgb, det.boxes, names, det.scores)
+    files = write_all({out / f"{stem}_detections.png": lambda p: write_image(p, vis)})
+    return {**summary(path, result, scanner), "detections": det.to_coco(stem, result.categories),
+            "files": files}
+
+
+def _detect_lines(records: list[dict]) -> str:
+    lines = []
+    for r in records:
+        found = r["detections"]
+        best = ", ".join(f"{d['category_name']} {d['score']:.2f}" for d in found[:5])
+        more = f", ... ({len(found) - 5} more)" if len(found) > 5 else ""
+        lines.append(f"{r['image']}: {len(found)} detection(s){': ' + best if found else ''}"
+                     f"{more}")
+        lines.extend(f"  note: {n}" for n in r["notes"])
+    return "\n".join(lines)
+
+
+@click.command()
+@options.scan_options
+@options.threshold
+@options.nms_iou
+@click.option("--class", "classes", multiple=True, help="Only this class (repeatable).")
+@click.option("--window-boxes", is_flag=True,
+              help="Whole windows as boxes, even where the model card gives the object's size.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="COCO results file [default: OUTDIR/detections.json].")
+def detect(inputs, model, weights, scales, object_sizes, output_stride, device, precision,
+           output_dir, max_memory, threads, quiet, threshold, nms_iou, classes, window_boxes,
+           json_path) -> None:
+    """Detect objects: boxes from every window above --threshold, merged by NMS.
+
+    Writes OUTDIR/<stem>_detections.png per image and one COCO results file (image_id = file
+    stem, category_id = class index, bbox = [x, y, w, h] pixels). The background class never
+    yields boxes.
+    """
+    from ..io.files import ensure_output_dir, write_json
+    from ._scanning import (
+        default_threshold,
+        each_image,
+        expand,
+        finish,
+        header,
+        make_scanner,
+        resolve_class,
+    )
+
+    out = ensure_output_dir(output_dir)
+    json_path = json_path or out / "detections.json"
+    ensure_output_dir(json_path.parent)
+    scanner = make_scanner(model, weights, scales, output_stride, device, precision, object_sizes,
+                           max_memory, threads)
+    chosen = [resolve_class(scanner, c) for c in classes] or None
+    if chosen and scanner.background_class in chosen:
+        raise click.BadParameter("the background class never yields boxes", param_hint="--class")
+    opts = {"threshold": default_threshold(scanner, threshold), "iou": nms_iou, "classes": chosen,
+            "window_boxes": window_boxes}
+    paths, failed = expand(inputs)
+    work = functools.partial(_detect_one, scanner, out, opts)
+    records, bad = each_image(scanner, paths, quiet, work)
+    write_json(json_path, [d for r in records for d in r["detections"]])
+    click.echo(f"{model}: {header(scanner, weights)}")
+    if records:
+        click.echo(_detect_lines(records))
+    click.echo(f"wrote {json_path}")
+    finish(failed + bad, len(paths) + failed)

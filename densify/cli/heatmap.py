@@ -1,0 +1,108 @@
+"""``densify heatmap``: class heat maps registered to each image."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from . import options
+
+if TYPE_CHECKING:
+    from ..scan.result import ScanResult
+    from ..scan.scanner import Scanner
+
+__all__ = ["heatmap"]
+
+
+
+def _colormap(value: str) -> str:
+    from ..io.draw import COLORMAPS
+
+    if value not in COLORMAPS:
+        raise ValueError(f"unknown colormap {value!r}; e.g. jet, turbo, inferno, viridis")
+    return value
+
+
+def _heatmap_one(scanner: Scanner, out: Path, chosen: int | None, top_k: int, alpha: float,
+                 colormap: str, path: Path, stem: str, rgb, result: ScanResult
+                 ) -> dict:
+    from ..io.draw import draw_boxes, draw_caption, overlay_heatmap
+    from ..io.files import write_image
+    from ._scanning import save_npz, summary, write_all
+
+    top = result.top_classes(top_k)
+    cls = chosen if chosen is not None else (top[0].index if top else 0)
+    classes = [cls] + [t.index for t in top if t.index != cls]
+    maps = result.heatmaps(classes).numpy()
+    best = result.best(cls)
+    vis = overlay_heatmap(rgb, maps[0], alpha, colormap)
+    vis = draw_boxes(vis, [best.box], [best.name], [best.score])
+    vis = draw_caption(vis, f"{best.name} {best.score:.3f}")
+    files = write_all({
+        out / f"{stem}_heatmap.png": lambda p: write_image(p, vis),
+        out / f"{stem}_heatmap.npz": lambda p: save_npz(p, result.arrays(classes, maps)),
+    })
+    rows = [{"index": t.index, "name": t.name, "score": t.score, "box": list(t.box),
+             "factor": t.factor} for t in top]
+    return {**summary(path, result, scanner), "class": best.name, "top": rows, "files": files}
+
+
+def _heatmap_table(records: list[dict]) -> str:
+    lines = []
+    for r in records:
+        factors = r["factors"]
+        lines.append(f"{r['image']} ({r['size'][0]}x{r['size'][1]}): {len(factors)} scale(s) "
+                     f"{min(factors):.3g}-{max(factors):.3g}, map of {r['class']!r}")
+        lines.append(f"  {'#':>2}  {'class':24s} {'score':>6}  {'best window x1,y1,x2,y2':24s} "
+                     "scale")
+        for i, t in enumerate(r["top"], 1):
+            lines.append(f"  {i:2d}  {t['name'][:24]:24s} {t['score']:6.3f}  "
+                         f"{','.join(f'{v:.0f}' for v in t['box']):24s} {t['factor']:.3g}")
+        lines.extend(f"  note: {n}" for n in r["notes"])
+        lines.append(f"  wrote {', '.join(r['files'])}")
+    return "\n".join(lines)
+
+
+@click.command()
+@options.scan_options
+@click.option("--class", "class_", default=None,
+              help="Class to paint: a name (any case; an unambiguous part is enough) or an "
+                   "index. Default: the top class.")
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Classes listed and kept in the .npz.")
+@options.as_json
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--colormap", default="jet", show_default=True, callback=options.callback(
+    _colormap), help="Any OpenCV colormap: jet, turbo, inferno, viridis, ...")
+def heatmap(inputs, model, weights, scales, object_sizes, output_stride, device, precision,
+            output_dir, max_memory, threads, quiet, class_, top_k, as_json, alpha, colormap) -> None:
+    """Class heat maps registered to each image: a PNG overlay and an NPZ of the maps.
+
+    Writes OUTDIR/<stem>_heatmap.png and OUTDIR/<stem>_heatmap.npz per image. A window's
+    probability sits at the window's centre, interpolated between centres and averaged over
+    scales (densify.heatmap). Scores are OverFeat's: the best window per scale, averaged over
+    scales.
+    """
+    from ..io.files import ensure_output_dir
+    from ._scanning import each_image, expand, finish, header, make_scanner, resolve_class
+
+    out = ensure_output_dir(output_dir)
+    scanner = make_scanner(model, weights, scales, output_stride, device, precision, object_sizes,
+                           max_memory, threads)
+    chosen = resolve_class(scanner, class_)
+    paths, failed = expand(inputs)
+    work = functools.partial(_heatmap_one, scanner, out, chosen, top_k, alpha, colormap)
+    records, bad = each_image(scanner, paths, quiet, work)
+    if as_json:
+        click.echo(json.dumps(records, indent=2, allow_nan=False))
+    else:
+        click.echo(f"{model}: {header(scanner, weights)}")
+        if records:
+            click.echo(_heatmap_table(records))
+    finish(failed + bad, len(paths) + failed)
+
+

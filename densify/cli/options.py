@@ -1,0 +1,171 @@
+"""Every option shared by two or more commands, defined once (rasterio's ``rio/options.py``).
+
+Each option's docstring-comment lists the commands that use it. Values are parsed by callbacks
+that raise :class:`click.BadParameter`, so a bad value stops the command before any work with one
+line naming the option and the fix. Nothing here imports torch: ``densify --help`` stays fast;
+callbacks that need the library import it when they run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from .._parse import parse_bytes, parse_hw
+from ..errors import DensifyError
+
+__all__ = [
+    "DEFAULT_MODEL", "callback", "model", "weights", "output_stride", "input_size", "scales",
+    "object_sizes", "device", "precision", "output_dir", "max_memory", "quiet", "as_json",
+    "threshold", "nms_iou", "image_size", "threads", "scan_options",
+]
+
+#: The model every command uses when ``--model`` is not given: the project's digit spotter,
+#: shipped inside the package (``densify/models/data``).
+DEFAULT_MODEL = "lenet5-digits"
+
+
+def callback(parse: Callable) -> Callable:
+    """A click callback: ``parse(value)`` (skipped for ``None``), its errors as ``BadParameter``."""
+
+    def run(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except (DensifyError, ValueError) as exc:
+            raise click.BadParameter(str(exc).splitlines()[0]) from None
+
+    return run
+
+
+def _model_name(value: str) -> str:
+    from ..models.catalogue import get_spec
+
+    return get_spec(value).name
+
+
+def _scales(value: str):
+    from ..scan.pyramid import parse_scales
+
+    return parse_scales(value)
+
+
+def _object_sizes(value: str) -> tuple[float, float]:
+    from ..scan.pyramid import object_range
+
+    try:
+        small, large = (float(v) for v in value.split(":"))
+    except ValueError:
+        raise ValueError(f"cannot read object sizes {value!r}; give MIN:MAX pixels, e.g. 24:120"
+                         ) from None
+    object_range(1.0, (small, large))  # validates
+    return small, large
+
+
+def _device(value: str) -> str:
+    from ..scan.scanner import resolve_device
+
+    resolve_device(value)
+    return value
+
+
+# Used by: models (NAME argument aside), verify, convert, heatmap, detect, evaluate, bench.
+model = click.option(
+    "--model", "-m", default=DEFAULT_MODEL, show_default=True, callback=callback(_model_name),
+    help="Catalogue name (densify models lists them).")
+
+# Used by: verify, convert, heatmap, detect, evaluate, bench.
+weights = click.option(
+    "--weights", "-w", default="DEFAULT", show_default=True,
+    help="DEFAULT (torchvision/timm pretrained, or the project's shipped file), random, or a "
+         "PATH to a state dict.")
+
+# Used by: verify, convert, heatmap, detect, bench.
+output_stride = click.option(
+    "--output-stride", "-s", type=click.IntRange(min=1), default=None,
+    help="Pixels between output cells; half the native stride applies stride-1 final pooling. "
+         "Default: 16 when scanning (the native stride where 16 is unreachable); the native "
+         "stride for convert and bench; verify's check 3 tests half the native stride.")
+
+# Used by: verify, convert, bench.
+input_size = click.option(
+    "--input-size", default=None, metavar="HxW", callback=callback(
+        lambda v: parse_hw(v, "input size")),
+    help="Canonical input to convert at, HxW or N (default: the model's own).")
+
+# Used by: heatmap, detect, evaluate.
+scales = click.option(
+    "--scales", default="6", show_default=True, callback=callback(_scales),
+    help="N scales (from the card's object sizes, or from 'short side = window' up; "
+         "densify.scan.pyramid), factors 0.5,1,2, or a range lo:hi:n.")
+
+# Used by: heatmap, detect.
+object_sizes = click.option(
+    "--object-sizes", default=None, metavar="MIN:MAX", callback=callback(_object_sizes),
+    help="Heights in pixels of the objects to find: N scales then map them onto the model's "
+         "trained object size (default: the model card's).")
+
+# Used by: heatmap, detect, evaluate.
+device = click.option(
+    "--device", default="auto", show_default=True, callback=callback(_device),
+    help="auto (CUDA if available), cpu, cuda, cuda:N.")
+
+# Used by: heatmap, detect, bench.
+precision = click.option(
+    "--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+    show_default=True, help="Autocast precision of the dense pass (softmax stays float32).")
+
+# Used by: heatmap, detect.
+output_dir = click.option(
+    "--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path),
+    default="out", show_default=True, help="Where the images, maps and summaries go.")
+
+# Used by: heatmap, detect, bench.
+max_memory = click.option(
+    "--max-memory", default=None, metavar="SIZE", callback=callback(parse_bytes),
+    help="Memory budget, e.g. 3GB or 512MiB: larger scales are computed in exact overlapping "
+         "tiles.")
+
+# Used by: heatmap, detect, evaluate.
+quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+
+# Used by: models, heatmap, evaluate, bench.
+as_json = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+# Used by: detect, evaluate.
+threshold = click.option(
+    "--threshold", "-t", type=click.FloatRange(0, 1, min_open=True), default=None,
+    help="Smallest probability of a cell that proposes a box (default: the model card's "
+         "recommended threshold, else 0.5).")
+
+# Used by: detect, evaluate.
+nms_iou = click.option(
+    "--nms-iou", type=click.FloatRange(0, 1), default=0.3, show_default=True,
+    help="Boxes overlapping a better one of the same class by more are dropped.")
+
+# Used by: evaluate, bench.
+image_size = click.option(
+    "--size", "size", default=None, metavar="HxW", callback=callback(
+        lambda v: parse_hw(v, "image size")),
+    help="Image HxW in pixels, e.g. 960x1280.")
+
+# Used by: heatmap, detect, bench.
+threads = click.option(
+    "--threads", type=click.IntRange(min=1), default=None,
+    help="Intra-op CPU threads (default: torch's).")
+
+
+def scan_options(fn: Callable) -> Callable:
+    """The options of every scanning command (heatmap, detect), in --help order."""
+    stack = [
+        click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_DIR...",
+                       type=click.Path(path_type=Path)),
+        model, weights, scales, object_sizes, output_stride, device, precision, output_dir,
+        max_memory, threads, quiet,
+    ]
+    for option in reversed(stack):
+        fn = option(fn)
+    return fn

@@ -1,0 +1,48 @@
+"""``densify verify``: prove the dense net equals the classifier (checks 1-3, optionally 4)."""
+
+from __future__ import annotations
+
+import click
+
+from . import options
+
+__all__ = ["verify"]
+
+DTYPES = ("float64", "float32")
+
+
+@click.command()
+@options.model
+@options.weights
+@options.output_stride
+@options.input_size
+@click.option("--dtype", type=click.Choice(DTYPES), default="float64", show_default=True)
+@click.option("--crops", is_flag=True, help="Also measure dense cells against window crops.")
+def verify(model, weights, output_stride, input_size, dtype, crops) -> None:
+    """Prove the dense net equals the classifier: checks 1-3 (exit 1 if any fails)."""
+    import torch
+
+    from ..convert import verify as checks
+    from ..convert.dense import convolutionize
+    from ..models.weights import load_classifier
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    clf = load_classifier(model, weights)
+    net = clf.model.to(getattr(torch, dtype))
+    size = clf.spec.input_size if input_size is None else (clf.spec.input_size[0], *input_size)
+    dense = convolutionize(net, size)
+    results = [checks.check_canonical(net, dense), checks.check_head(net, dense),
+               checks.check_output_stride(net, size, output_stride)]
+    if crops:
+        results.append(checks.check_crops(net, dense))
+    failed = False
+    for r in results:
+        applies = r.count > 0
+        status = ("ok" if r.passed else "FAIL") if applies else "n/a"
+        informational = r.name == "crops" and dense.geometry.rf_size != dense.geometry.window
+        failed |= applies and not r.passed and not informational
+        click.echo(f"{r.name:14s} {status:4s} max_rel {r.max_rel:9.2e}  max_abs {r.max_abs:9.2e}  "
+                   f"tol {r.tolerance:.0e}  cells {r.count:5d}  {r.note}")
+    if failed:
+        raise SystemExit(1)

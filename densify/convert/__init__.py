@@ -1,0 +1,16 @@
+"""Stage 1, classifier → dense net: :func:`convolutionize` and the proof that it is exact.
+
+Modules, in the order a conversion uses them: :mod:`.graph` (the torch.fx toolkit), :mod:`.head`
+(where the head starts and its rewrite), :mod:`.stride` (stride-1 final pooling), :mod:`.fields`
+and :mod:`.geometry` (where each cell looks), :mod:`.dense` (:class:`DenseNet`,
+:func:`convolutionize`), :mod:`.verify` (checks 1-5), :mod:`.export` (TorchScript / ONNX).
+"""
+
+from ..errors import ConversionError
+from .dense import DenseNet, available_strides, convolutionize
+from .geometry import Geometry
+from .verify import TOLERANCE, Check, check_canonical, check_crops, check_head, check_output_stride
+
+__all__ = ["convolutionize", "DenseNet", "available_strides", "ConversionError", "Geometry",
+           "Check", "TOLERANCE", "check_canonical", "check_head", "check_output_stride",
+           "check_crops"]

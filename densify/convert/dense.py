@@ -1,0 +1,162 @@
+"""Convolutionization: turn a classifier into a fully convolutional dense net.
+
+``convolutionize(model)`` traces the classifier with ``torch.fx``, finds where its trunk's
+``(N, C, h, w)`` feature map is collapsed into vectors (a flatten, or a global pooling layer), and
+rewrites everything after that point to act on maps instead:
+
+- the first fully connected layer after a flatten of a ``C × k × k`` map becomes a ``k × k``
+  convolution (weights reshaped, every shape checked); later ones become ``1 × 1`` convolutions;
+- a global average (max) pool becomes a stride-1 ``k × k`` average (max) pool, ``k`` being the
+  trunk's feature size at the canonical input: the pool runs first and the ``1 × 1`` convolution
+  after it, the classifier's own order, which keeps norms and activations between them exact
+  (ConvNeXt, MobileNetV3) and costs ``C·k² + C·K`` per cell against ``C·K + K·k²`` the other way
+  round (a 2 % difference for ResNet-50, in favour of pooling first whenever ``C ≤ K``);
+- dropout goes; batch/layer norms over pooled features become per-cell norms;
+- an ``AdaptiveAvgPool2d`` never stays in the dense path: at the canonical size it is the identity
+  (AlexNet's 6 × 6, VGG's 7 × 7) and is dropped, or an exact uniform pool.
+
+Global pooling *inside* the trunk (squeeze-and-excitation gates in EfficientNet, MobileNetV3,
+RegNetY, SE-ResNet) is kept global: on a large input those gates see the whole image, so such a
+dense net equals the classifier exactly at the canonical input and in its head, but not window by
+window. ``DenseNet.global_context`` lists those layers and a warning is logged.
+
+``output_stride`` applies OverFeat's stride-1 final pooling: the last strided layer(s) get stride 1
+and every later sliding-window layer is dilated by the old stride (convolutions and max pools
+natively, average pools through :class:`densify.layers.DilatedAvgPool2d`). Repeating the step
+reaches 8 and below.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ..errors import ConversionError
+from .fields import walk_fields
+from .geometry import Geometry
+from .graph import output_node, prepare, propagate_shapes, shape_of
+from .head import find_head, rewrite_head, rewrite_trunk_adaptive_pools
+from .stride import reachable_strides, set_output_stride
+
+__all__ = ["DenseNet", "convolutionize", "available_strides", "canonical_size"]
+
+log = logging.getLogger(__name__)
+
+
+class DenseNet(nn.Module):
+    """A convolutionized classifier: ``(N, C, H, W) -> (N, num_classes, h, w)`` logits.
+
+    At the canonical input ``h = w = 1``; cell ``(i, j)`` on a larger input is the classifier's
+    answer for the window described by :attr:`geometry`.
+
+    Attributes:
+        net: the rewritten ``torch.fx.GraphModule``.
+        geometry: window, stride and receptive field (:class:`densify.geometry.Geometry`).
+        input_size: canonical ``(C, H, W)``.
+        output_stride: pixels between cells.
+        global_context: names of layers that pool the whole input (SE gates); empty for nets whose
+            every cell is a pure function of its receptive field.
+        feature_node: name of the trunk's last feature map in :attr:`net`'s graph (and in the
+            traced original), where the classifier head starts; used by :mod:`densify.verify`.
+    """
+
+    def __init__(self, net: fx.GraphModule, geometry: Geometry, input_size: tuple[int, int, int],
+                 global_context: tuple[str, ...] = (), feature_node: str | None = None):
+        super().__init__()
+        self.net = net
+        self.geometry = geometry
+        self.input_size = tuple(input_size)
+        self.output_stride = geometry.stride[0]
+        self.global_context = tuple(global_context)
+        self.feature_node = feature_node
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Exact cells ``(h, w)`` this net produces on a ``height × width`` input (computed on
+        fake tensors: no arithmetic). :meth:`Geometry.output_size` gives the cells whose windows
+        fit entirely; a net whose canonical size has slack (AlexNet: 224 where 195 would do) can
+        produce one more cell whose window overhangs the bottom/right border by less than that
+        slack."""
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        param = next(self.parameters())
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            x = torch.empty(1, self.input_size[0], height, width, dtype=param.dtype,
+                            device=param.device)
+            out = self.net(x)
+        return int(out.shape[-2]), int(out.shape[-1])
+
+    def extra_repr(self) -> str:
+        g = self.geometry
+        return (f"window={g.window}, stride={g.stride}, receptive_field={g.rf_size}, "
+                f"global_context={len(self.global_context)}")
+
+
+def convolutionize(model: nn.Module, input_size=None, output_stride: int | None = None
+                   ) -> DenseNet:
+    """Return a fully convolutional copy of ``model`` in eval mode; ``model`` is left untouched.
+
+    Args:
+        model: a CNN classifier mapping ``(N, C, H, W)`` at its canonical size to ``(N, K)``.
+        input_size: canonical input: ``H``, ``(H, W)`` or ``(C, H, W)``. Taken from
+            ``model.pretrained_cfg`` (timm) when omitted; otherwise required.
+        output_stride: pixels between output cells; ``None`` keeps the classifier's own stride
+            (32 for ImageNet CNNs). Halving it applies stride-1 final pooling (OverFeat).
+
+    Returns:
+        :class:`DenseNet` producing ``(N, K, h, w)`` logits.
+    """
+    size = canonical_size(model, input_size)
+    gm, example = prepare(model, size)
+    size = (example.shape[1],) + size[1:]
+    head = find_head(gm)
+    rewrite_trunk_adaptive_pools(gm, head)
+    feature_node = rewrite_head(gm, head)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.graph.lint()
+    gm.recompile()
+    propagate_shapes(gm, example)  # fresh shapes for the dense graph; fails loudly if broken
+    out = shape_of(output_node(gm).args[0])
+    if out is None or len(out) != 4 or out[-2:] != (1, 1):
+        raise ConversionError(f"the converted net gives {out} at the canonical input, not "
+                              "(1, K, 1, 1); is input_size the classifier's canonical size?")
+    if output_stride is not None:
+        set_output_stride(gm, int(output_stride))
+    field = walk_fields(gm)[output_node(gm)]
+    geometry = Geometry(window=size[1:], stride=field.stride, rf_size=field.size,
+                        rf_offset=field.offset)
+    context = tuple(str(n.target) for n in head.context)
+    if context:
+        log.warning("%d global-context layer(s) (e.g. %s) pool the whole input: dense output is "
+                    "exact at the canonical input, approximate window by window",
+                    len(context), context[0])
+    return DenseNet(gm, geometry, size, context, feature_node).eval()
+
+
+def available_strides(model: nn.Module, input_size=None, limit: int | None = None) -> list[int]:
+    """Output strides ``convolutionize`` can reach for ``model``, largest first, down to ``limit``
+    (default: a quarter of the native stride, i.e. two halvings)."""
+    gm = model.net if isinstance(model, DenseNet) else convolutionize(model, input_size).net
+    return reachable_strides(gm, limit)
+
+
+def canonical_size(model: nn.Module, input_size) -> tuple[int, int, int]:
+    """``(C, H, W)`` from ``input_size`` (``H``, ``(H, W)`` or ``(C, H, W)``; ``C = 0`` when not
+    given) or from timm's ``pretrained_cfg``."""
+    if input_size is None:
+        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+        input_size = cfg.get("input_size")
+    if input_size is None:
+        raise ConversionError(
+            f"cannot tell the canonical input size of {type(model).__name__}: pass input_size=(H, W),"
+            " the size the classifier was trained at (e.g. 224)")
+    if isinstance(input_size, int):
+        return (0, input_size, input_size)
+    input_size = tuple(int(v) for v in input_size)
+    return input_size if len(input_size) == 3 else (0,) + input_size

@@ -1,0 +1,222 @@
+"""Equivalence checks: proof that a dense net computes what the classifier computes.
+
+Each check returns a :class:`Check` with the worst absolute error, the worst error relative to the
+largest logit, the tolerance for the dtype, and how many values/cells were compared.
+
+1. :func:`check_canonical`: at the canonical input the dense output equals the classifier's logits.
+2. :func:`check_head`: on a larger input, at every cell the converted head equals the classifier's
+   own head applied to that cell's ``k × k`` window of the trunk's feature map (exact for every
+   model, global-context ones included, since both read the same features).
+3. :func:`check_output_stride`: the net with stride-1 final pooling (stride ``S/2``) equals the
+   stride-``S`` net on the image shifted by ``S/2`` (all four phases), on every cell whose receptive
+   field stays inside the image (zero padding at a moved border changes the others).
+4. :func:`check_crops`: every cell equals the classifier on the crop at ``(i·S, j·S)``. Exact for
+   unpadded networks; for padded ones this *measures* the gap (see the README).
+5. :func:`probe_geometry`: perturb single pixels and compare the cells that change with the
+   windows and receptive fields reported by :class:`densify.geometry.Geometry`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .dense import DenseNet, convolutionize
+from .fields import walk_fields
+from .graph import prepare, shape_of, subgraph
+
+__all__ = ["Check", "TOLERANCE", "check_canonical", "check_head", "check_output_stride",
+           "check_crops", "probe_geometry", "original_head", "dense_trunk"]
+
+#: Worst error allowed, relative to the largest |logit|, per dtype.
+TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+
+
+@dataclass(frozen=True)
+class Check:
+    """Outcome of one equivalence check.
+
+    ``max_rel`` is the worst absolute error divided by the largest |logit| compared; ``count`` is
+    the number of cells compared (0 means the check did not apply: see ``note``).
+    """
+
+    name: str
+    max_abs: float
+    max_rel: float
+    tolerance: float
+    count: int
+    note: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.count > 0 and self.max_rel <= self.tolerance
+
+
+def _compare(name: str, expected: torch.Tensor, actual: torch.Tensor, note: str = "") -> Check:
+    """Worst errors between two ``(cells, K)`` tensors of logits."""
+    if expected.numel() == 0:
+        return Check(name, float("nan"), float("nan"), TOLERANCE[actual.dtype], 0, note)
+    diff = (expected.double() - actual.double()).abs().max().item()
+    scale = expected.double().abs().max().item() or 1.0
+    return Check(name, diff, diff / scale, TOLERANCE[actual.dtype], expected.shape[0], note)
+
+
+def _cells(x: torch.Tensor) -> torch.Tensor:
+    """``(N, K, h, w)`` → ``(N·h·w, K)``, row-major over cells."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def _param(model: nn.Module) -> torch.Tensor:
+    return next(model.parameters())
+
+
+def _random_input(model: nn.Module, chans: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    p = _param(model)
+    return torch.randn(1, chans, h, w, generator=gen, dtype=torch.float64).to(p.device, p.dtype)
+
+
+@torch.no_grad()
+def check_canonical(model: nn.Module, dense: DenseNet, seed: int = 0) -> Check:
+    """Check 1: dense output at the canonical input vs the classifier's logits."""
+    x = _random_input(model, *dense.input_size, seed=seed)
+    return _compare("canonical", model.eval()(x), _cells(dense(x)))
+
+
+# ----------------------------------------------------------------------- trunk and head as graphs
+
+
+def original_head(model: nn.Module, dense: DenseNet) -> fx.GraphModule:
+    """The classifier's own head: ``(N, C, k, k)`` feature windows → ``(N, K)`` logits."""
+    return subgraph(prepare(model, dense.input_size)[0], dense.feature_node, None)
+
+
+def dense_trunk(dense: DenseNet) -> fx.GraphModule:
+    """The dense net up to its trunk's last feature map: ``(N, C_in, H, W) → (N, C, Hf, Wf)``."""
+    return subgraph(dense.net, None, dense.feature_node)
+
+
+@torch.no_grad()
+def check_head(model: nn.Module, dense: DenseNet, extra_cells: int = 3, seed: int = 1) -> Check:
+    """Check 2: converted head vs the original head on every ``k × k`` feature window."""
+    if dense.feature_node is None:
+        return Check("head", float("nan"), float("nan"), 0.0, 0, "already convolutional")
+    chans, wh, ww = dense.input_size
+    s = dense.geometry.stride
+    x = _random_input(model, chans, wh + extra_cells * s[0], ww + extra_cells * s[1], seed)
+    feats = dense_trunk(dense)(x)
+    node = next(n for n in dense.net.graph.nodes if n.name == dense.feature_node)
+    kh, kw = shape_of(node)[-2:]  # the head's window: feature size at the canonical input
+    fstride = walk_fields(dense.net)[node].stride
+    step = (s[0] // fstride[0], s[1] // fstride[1])
+    out = dense(x)
+    h, w = out.shape[-2:]
+    windows = torch.cat([feats[:, :, i * step[0]:i * step[0] + kh, j * step[1]:j * step[1] + kw]
+                         for i in range(h) for j in range(w)])
+    expected = original_head(model, dense)(windows)
+    return _compare("head", expected, _cells(out), f"{h}x{w} cells, {kh}x{kw} feature windows")
+
+
+# --------------------------------------------------------------------------- output stride
+
+
+def _interior(dense: DenseNet, height: int, width: int, h: int, w: int) -> torch.Tensor:
+    return dense.geometry.interior_cells(height, width, h, w)
+
+
+@torch.no_grad()
+def check_output_stride(model: nn.Module, input_size=None, output_stride: int | None = None,
+                        extra_cells: int = 2, seed: int = 2) -> Check:
+    """Check 3: stride-``S/2`` net vs the stride-``S`` net on the input shifted by ``S/2``.
+
+    The input is made large enough that cells exist whose receptive field avoids the border.
+    """
+    full = convolutionize(model, input_size)
+    stride = full.output_stride
+    half = output_stride or stride // 2
+    if full.geometry.rf_size is None:
+        return Check("output_stride", float("nan"), float("nan"), 0.0, 0,
+                     "global-context layers: cells depend on the whole image")
+    fine = convolutionize(model, input_size, output_stride=half)
+    chans = full.input_size[0]
+    rf, off = full.geometry.rf_size, full.geometry.rf_offset
+    # The first cell whose field starts inside the (shifted) image, then ``extra_cells`` more.
+    first = [-(-max(0, -off[a]) // stride) for a in (0, 1)]
+    size = [max(full.geometry.window[a], off[a] + first[a] * stride + rf[a]) + half
+            + (extra_cells - 1) * stride for a in (0, 1)]
+    x = _random_input(model, chans, size[0], size[1], seed)
+    out = fine(x)
+    factor = stride // half
+    exp, act = [], []
+    for a, b in itertools.product(range(factor), repeat=2):
+        shifted = x[:, :, a * half:, b * half:]
+        ref = full(shifted)
+        h = min(ref.shape[2], (out.shape[2] - a + factor - 1) // factor)
+        w = min(ref.shape[3], (out.shape[3] - b + factor - 1) // factor)
+        keep = _interior(full, shifted.shape[2], shifted.shape[3], h, w)
+        ref_cells = ref[:, :, :h, :w].permute(0, 2, 3, 1)[0][keep]
+        act_cells = out[:, :, a::factor, b::factor][:, :, :h, :w].permute(0, 2, 3, 1)[0][keep]
+        exp.append(ref_cells)
+        act.append(act_cells)
+    return _compare("output_stride", torch.cat(exp), torch.cat(act),
+                    f"stride {stride}->{half} on {size[0]}x{size[1]}, interior cells")
+
+
+# ------------------------------------------------------------------------------- crops, probe
+
+
+@torch.no_grad()
+def check_crops(model: nn.Module, dense: DenseNet, extra_cells: int = 2, seed: int = 3,
+                x: torch.Tensor | None = None) -> Check:
+    """Check 4: every cell vs the classifier on the crop at ``(i·S, j·S)`` (window-sized)."""
+    chans, wh, ww = dense.input_size
+    s = dense.geometry.stride
+    if x is None:
+        x = _random_input(model, chans, wh + extra_cells * s[0], ww + extra_cells * s[1], seed)
+    out = dense(x)
+    h, w = out.shape[-2:]
+    crops = torch.cat([x[:, :, i * s[0]:i * s[0] + wh, j * s[1]:j * s[1] + ww]
+                       for i in range(h) for j in range(w)])
+    expected = torch.cat([model.eval()(c) for c in crops.split(64)])
+    return _compare("crops", expected, _cells(out), f"{h}x{w} cells")
+
+
+@torch.no_grad()
+def probe_geometry(dense: DenseNet, pixels: list[tuple[int, int]] | None = None,
+                   extra_cells: int = 3, seed: int = 4) -> list[dict]:
+    """Check 5: which cells change when one input pixel changes.
+
+    For each probed pixel returns ``changed``, ``in_window`` (cells whose window holds the pixel)
+    and ``in_field`` (cells whose receptive field holds it), as bool masks ``(h, w)``. The geometry
+    is right when ``in_window ⊆ changed ⊆ in_field``.
+
+    The default pixels stay ``S`` pixels off the bottom edge: floor arithmetic can leave up to
+    ``S - 1`` trailing input rows unread by any layer when the canonical size has slack (NiN's
+    11×11/4 conv1 never reads the last row of a 224 window).
+    """
+    chans, wh, ww = dense.input_size
+    g = dense.geometry
+    height, width = wh + extra_cells * g.stride[0], ww + extra_cells * g.stride[1]
+    x = _random_input(dense, chans, height, width, seed)
+    base = dense(x)
+    h, w = base.shape[-2:]
+    if pixels is None:
+        pixels = [(height // 2, width // 2), (g.stride[0] + 1, width - g.stride[1] - 2),
+                  (height - g.stride[0], 0), (wh - 2, ww // 3)]
+    results = []
+    for y, xx in pixels:
+        # Rectifiers and max pools can hide one bump; bumps of both signs and sizes rarely all hide.
+        changed = torch.zeros(h, w, dtype=torch.bool, device=base.device)
+        for bump in (10.0, -10.0, 100.0, -100.0):
+            bumped = x.clone()
+            bumped[:, :, y, xx] += bump
+            changed |= (dense(bumped) - base).abs().amax(dim=1)[0] > 0
+        field = (g.cells_containing(y, xx, h, w, receptive_field=True) if g.rf_size is not None
+                 else torch.ones(h, w, dtype=torch.bool))
+        results.append({"pixel": (y, xx), "changed": changed, "in_field": field,
+                        "in_window": g.cells_containing(y, xx, h, w)})
+    return results

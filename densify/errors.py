@@ -1,0 +1,53 @@
+"""The errors densify raises for bad input: one base class, one line each, naming the fix.
+
+The command line turns a :class:`DensifyError` (and click's own usage errors) into one line on
+stderr and a non-zero exit; anything else is a bug and keeps its traceback (shown with ``-v``).
+Each class also derives from the built-in exception a caller would expect (``ValueError`` for bad
+values, ``OSError`` for files), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DensifyError", "ParameterError", "ConversionError", "ModelError", "WeightsError", "ImageError",
+           "OutputError", "ResultError"]
+
+
+class DensifyError(Exception):
+    """Base class: a problem with the user's input, described in one line that names the fix.
+
+    The message is folded onto one line (runs of whitespace become one space).
+    """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(" ".join(str(message).split()))
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else type(self).__name__
+
+
+class ParameterError(DensifyError, ValueError):
+    """A bad argument value: a scale list, a size, a device, a class name, a threshold."""
+
+
+class ConversionError(DensifyError, ValueError):
+    """The model cannot be convolutionized (or failed its self-check); names the op and the fix."""
+
+
+class ModelError(DensifyError, ValueError):
+    """An unknown or refused catalogue name, or a user model that cannot be imported or built."""
+
+
+class WeightsError(DensifyError, ValueError):
+    """Weights cannot be resolved or do not fit the architecture."""
+
+
+class ImageError(DensifyError, ValueError):
+    """An input image is missing, unreadable, empty or of an unsupported kind."""
+
+
+class OutputError(DensifyError, OSError):
+    """An output location cannot be written."""
+
+
+class ResultError(DensifyError, ValueError):
+    """A saved result file is corrupt, of another format version, or not a densify result."""

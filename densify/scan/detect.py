@@ -1,0 +1,146 @@
+"""Detections from a scan: boxes, scores, labels, non-maximum suppression and COCO results JSON.
+
+Rule:
+    every cell, at every scale, whose probability of a class is at least ``threshold`` proposes
+    one box for that class: its window mapped back to the original image
+    (:meth:`densify.result.ScaleMap.boxes`), with the probability as score. The proposals of all
+    scales are merged per class by greedy non-maximum suppression
+    (``torchvision.ops.batched_nms``, IoU above ``iou`` suppressed). The background class (the
+    model card's ``background_class``) never proposes a box, and asking for it is an error.
+
+Boxes smaller than the window (``region``):
+    a classifier answers for its whole window, but when its training data fixes the object's
+    size inside the window, the box can say so. The digits model saw digits about
+    ``digit_height`` = 20 px tall, centred, in its 28 px window, and its ground truth boxes are
+    ``box_aspect`` = 0.6 times as wide as tall (:func:`densify.synth.digit_box`), so each window
+    proposes the centred 12 × 20 box :func:`object_region` gives instead of the 28 × 28 window.
+    Models without such a card entry get the whole window.
+
+Shape:
+    ``boxes`` ``Tensor[N, 4]`` float32 ``(x1, y1, x2, y2)`` in original image pixels, ``scores``
+    ``Tensor[N]`` float32, ``labels`` ``Tensor[N]`` int64, sorted by decreasing score.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torchvision.ops import batched_nms
+
+from ..errors import ParameterError
+from .maps import ScaleMap
+
+__all__ = ["MAX_CANDIDATES", "Detections", "object_region", "candidates", "detect",
+           "coco_results"]
+
+log = logging.getLogger(__name__)
+
+MAX_CANDIDATES = 30_000
+"""Proposals kept (the highest scoring) before NMS, whose cost grows with their square."""
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Boxes, scores and labels of one image (see the module docstring for shapes)."""
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.scores.numel())
+
+    def to_coco(self, image_id: str | int, categories: Sequence[str]) -> list[dict]:
+        """COCO results entries (:func:`coco_results`)."""
+        return coco_results(self, image_id, categories)
+
+
+def object_region(window_hw: Sequence[int], height: float, aspect: float = 1.0
+                  ) -> tuple[float, float, float, float]:
+    """The centred object box ``(x1, y1, x2, y2)`` in window pixels: ``height`` tall and
+    ``aspect · height`` wide (both at most the window)."""
+    wh, ww = (float(v) for v in window_hw)
+    if not (0 < height and 0 < aspect):
+        raise ParameterError(f"object height and aspect must be positive, got {height}, {aspect}")
+    h, w = min(float(height), wh), min(float(aspect) * float(height), ww)
+    return (ww - w) / 2, (wh - h) / 2, (ww + w) / 2, (wh + h) / 2
+
+
+def _selected(num_classes: int, classes: Sequence[int] | None, background: int | None
+              ) -> list[int]:
+    if classes is None:
+        return [c for c in range(num_classes) if c != background]
+    chosen = sorted({int(c) for c in classes})
+    if background is not None and background in chosen:
+        raise ParameterError(f"class {background} is the background class and never yields boxes; "
+                         "choose object classes")
+    bad = [c for c in chosen if not 0 <= c < num_classes]
+    if bad:
+        raise ParameterError(f"class index {bad[0]} out of range 0..{num_classes - 1}")
+    return chosen
+
+
+def candidates(maps: Sequence[ScaleMap], threshold: float, classes: Sequence[int],
+               region: tuple[float, float, float, float] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Proposals ``(boxes, scores, labels)`` of all scales, before NMS (module docstring)."""
+    boxes, scores, labels = [], [], []
+    index = torch.as_tensor(list(classes), dtype=torch.long)
+    for m in maps:
+        probs = m.probs[index].flatten(1)  # (k, h*w)
+        k, cell = (probs >= threshold).nonzero(as_tuple=True)
+        if k.numel():
+            boxes.append(m.boxes(region)[cell])
+            scores.append(probs[k, cell].float())
+            labels.append(index[k])
+    if not boxes:
+        return torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(boxes), torch.cat(scores), torch.cat(labels)
+
+
+def detect(maps: Sequence[ScaleMap], threshold: float = 0.5, iou: float = 0.3,
+           classes: Sequence[int] | None = None, background_class: int | None = None,
+           region: tuple[float, float, float, float] | None = None) -> Detections:
+    """Thresholded cells of every scale merged by per-class NMS (module docstring).
+
+    Args:
+        maps: the scales of one scan.
+        threshold: minimum probability, in (0, 1].
+        iou: boxes overlapping a better box of the same class by more than this are removed.
+        classes: class indices to report; None: every class but the background.
+        background_class: never reported.
+        region: the object's box inside the window (:func:`object_region`); None: the window.
+    """
+    if not 0 < threshold <= 1:
+        raise ParameterError(f"threshold must lie in (0, 1], got {threshold}")
+    if not 0 <= iou <= 1:
+        raise ParameterError(f"NMS IoU must lie in [0, 1], got {iou}")
+    if not maps:
+        raise ParameterError("no scales to detect on; scan with at least one scale")
+    chosen = _selected(maps[0].probs.shape[0], classes, background_class)
+    boxes, scores, labels = candidates(maps, threshold, chosen, region)
+    if scores.numel() > MAX_CANDIDATES:
+        log.info("%d proposals at threshold %.3g; keeping the best %d before NMS (raise the "
+                 "threshold for fewer)", scores.numel(), threshold, MAX_CANDIDATES)
+        top = scores.topk(MAX_CANDIDATES).indices
+        boxes, scores, labels = boxes[top], scores[top], labels[top]
+    keep = batched_nms(boxes, scores, labels, iou)  # sorted by decreasing score
+    return Detections(boxes[keep], scores[keep], labels[keep])
+
+
+def coco_results(det: Detections, image_id: str | int, categories: Sequence[str]) -> list[dict]:
+    """COCO results entries: ``{"image_id", "category_id", "category_name", "bbox": [x, y, w,
+    h], "score"}``, ``category_id`` the class index, coordinates rounded to 0.01 px."""
+    out = []
+    for (x1, y1, x2, y2), score, label in zip(det.boxes.tolist(), det.scores.tolist(),
+                                              det.labels.tolist(), strict=True):
+        out.append({
+            "image_id": image_id, "category_id": int(label),
+            "category_name": categories[label],
+            "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+            "score": round(float(score), 5),
+        })
+    return out

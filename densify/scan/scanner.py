@@ -1,0 +1,300 @@
+"""Run a dense net over an image pyramid: one conversion, every scale, probabilities per cell.
+
+    scanner = Scanner("resnet50", scales=6, weights="DEFAULT")   # converts once
+    result = scanner("photo.jpg")                                 # ScanResult
+    result.top_classes(5); result.heatmap("tabby"); result.detections(threshold=0.6)
+
+What happens per image (see :mod:`densify.pyramid` for the scales, rounding and padding):
+the image is resized with OpenCV on the host, normalized, padded with zeros (the mean colour),
+moved to the device in ``channels_last`` layout and run under ``torch.inference_mode`` (and
+``torch.autocast`` for ``bf16``/``fp16``); the softmax runs in float32 on the device and every
+scale's map stays there until the last scale is done, then all maps move to the CPU together (no
+host round trip between scales). Progress over scales is a tqdm bar when ``progress=True``.
+
+Convention:
+    Images are RGB ``uint8`` ``(H, W, 3)`` (paths and tensors are converted by :func:`as_rgb`);
+    sizes are ``(H, W)``; every map is ``(K, h, w)`` float32 probabilities, K = classes.
+
+Output stride: ``output_stride=16`` applies OverFeat's stride-1 final pooling
+(:func:`densify.convert.convolutionize`); a net that cannot reach it (LeNet-5's native stride is
+4) keeps its native stride, and the fallback is logged at INFO level
+(:attr:`Scanner.output_stride` tells the stride used).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..convert.dense import DenseNet, convolutionize
+from ..errors import ConversionError, ParameterError
+from ..io.image import read_array, read_image, resize, to_tensor
+from ..models.catalogue import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from ..models.weights import Classifier, load_classifier
+from .detect import object_region
+from .maps import ScaleMap
+from .pyramid import Level, levels, object_range, parse_scales
+from .result import ScanResult
+from .tiling import HEADROOM, estimate_bytes, format_bytes, forward_tiled, parse_bytes
+
+__all__ = ["PRECISIONS", "Scanner", "resolve_device", "as_rgb"]
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (CUDA if available, else CPU), or a torch device name; checked."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ParameterError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError(f"device {device!r} requested but CUDA is not available; use --device "
+                         "cpu (or auto)")
+    return dev
+
+
+def as_rgb(image: str | Path | np.ndarray | torch.Tensor) -> tuple[np.ndarray, str | None]:
+    """``(RGB uint8 (H, W, 3), source path or None)`` from a path, an array or a tensor.
+
+    Tensors are ``(3, H, W)`` or ``(1, 3, H, W)`` RGB (or 1-channel gray), float in [0, 1] or
+    uint8. Raises :class:`densify.image.ImageError` for anything else.
+    """
+    if isinstance(image, (str, Path)):
+        return read_image(image), str(image)
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        t = t[0] if t.ndim == 4 and t.shape[0] == 1 else t
+        if t.ndim == 3 and t.shape[0] in (1, 3):
+            t = t.permute(1, 2, 0)
+        image = t.numpy()
+    return read_array(image), None
+
+
+class Scanner:
+    """A classifier converted once and ready to scan images at several scales.
+
+    Args:
+        model: a catalogue name (``densify models``), a :class:`densify.weights.Classifier`, a
+            :class:`densify.convert.DenseNet`, or any convertible ``nn.Module`` classifier (then
+            pass ``input_size`` and, unless ImageNet statistics fit, ``mean``/``std``).
+        scales: default scales: a count or explicit factors (:func:`densify.pyramid.levels`).
+        output_stride: pixels between cells; None keeps the native stride.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; softmax stays float32).
+        weights: for catalogue names: ``"random"``, ``"DEFAULT"`` or a file path.
+        input_size, mean, std, categories, background_class: override (or, for plain modules,
+            supply) the catalogue's values; ``categories`` default to ``"0"``, ``"1"``, ...
+        object_box: ``(x1, y1, x2, y2)`` of the object inside the window, for tighter boxes;
+            ``"auto"`` reads it from the model card (``digit_height``, ``box_aspect``).
+        max_memory: bound on one forward pass's activation memory (bytes, or a string such as
+            ``"3GB"``): a scale whose estimate exceeds it is computed in stride-aligned,
+            overlapping tiles that give the same cells (:func:`densify.tiling.forward_tiled`).
+        object_sizes: ``(min, max)`` heights in image pixels of the objects to find; with
+            ``scales=N`` the pyramid then spans the factors that map them onto the trained
+            object height (:func:`densify.pyramid.object_range`). Default: the card's
+            ``object_sizes``, if any; otherwise the whole-image range.
+        progress: show a tqdm bar over scales.
+    """
+
+    def __init__(self, model: str | Classifier | nn.Module, scales: int | str | Sequence[float] = 6,
+                 output_stride: int | None = 16, device: str | torch.device | None = "auto",
+                 precision: str = "fp32", weights: str | Path = "random", *,
+                 input_size: Sequence[int] | None = None, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, categories: Sequence[str] | None = None,
+                 background_class: int | None = None, object_box="auto", object_sizes=None,
+                 max_memory: int | str | None = None, progress: bool = False):
+        if precision not in PRECISIONS:
+            raise ParameterError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+        self.scales = parse_scales(scales)
+        self.device = resolve_device(device)
+        self.precision = precision
+        self._check_autocast()
+        self.progress = progress
+        self.classifier = load_classifier(model, weights) if isinstance(model, str) else (
+            model if isinstance(model, Classifier) else None)
+        spec = self.classifier.spec if self.classifier else None
+        net = self.classifier.model if self.classifier else model
+        size = input_size if input_size is not None else (spec.input_size if spec else None)
+        self.dense = _convert(net, size, output_stride).to(self.device).eval()
+        self.dense = self.dense.to(memory_format=torch.channels_last)
+        self.requested_stride = output_stride
+        self._set_preprocessing(spec, mean, std)
+        self._set_classes(spec, categories, background_class, object_box)
+        self.scale_range = card_scale_range(spec, object_sizes)
+        self.max_memory = None if max_memory is None else parse_bytes(max_memory)
+
+    @property
+    def geometry(self):
+        return self.dense.geometry
+
+    @property
+    def output_stride(self) -> int:
+        return self.dense.output_stride
+
+    @property
+    def in_chans(self) -> int:
+        return self.dense.input_size[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dense net's parameter dtype (inputs are cast to it)."""
+        param = next(self.dense.parameters(), None)
+        return torch.float32 if param is None else param.dtype
+
+    def _set_preprocessing(self, spec: ModelSpec | None, mean, std) -> None:
+        default = (spec.mean, spec.std) if spec else (None, None)
+        if self.in_chans == 3:
+            default = (default[0] or IMAGENET_MEAN, default[1] or IMAGENET_STD)
+        self.mean = tuple(mean) if mean is not None else default[0]
+        self.std = tuple(std) if std is not None else default[1]
+        if self.mean is None or self.std is None:
+            raise ParameterError(f"the model takes {self.in_chans} channels: pass mean= and std= "
+                             "(the normalization it was trained with)")
+
+    def _set_classes(self, spec, categories, background_class, object_box) -> None:
+        with torch.inference_mode():
+            canonical = torch.zeros(1, *self.dense.input_size, device=self.device,
+                                    dtype=self.dtype)
+            num = self.dense(canonical).shape[1]
+        if categories is None:
+            categories = self.classifier.categories if self.classifier else range(num)
+        self.categories = tuple(str(c) for c in categories)
+        if len(self.categories) != num:
+            raise ParameterError(f"{len(self.categories)} categories given for a model with {num} "
+                             "outputs; pass one name per class")
+        extra = spec.extra if spec else {}
+        self.background_class = (background_class if background_class is not None
+                                 else extra.get("background_class"))
+        if object_box == "auto":
+            object_box = _card_object_box(spec, self.geometry.window)
+        self.object_box = None if object_box is None else tuple(float(v) for v in object_box)
+
+    def _check_autocast(self) -> None:
+        dtype = PRECISIONS[self.precision]
+        if dtype is not None and not torch.amp.is_autocast_available(self.device.type):
+            raise ParameterError(f"{self.precision} autocast is not available on "
+                             f"{self.device.type}; use --precision fp32")
+
+    def _autocast(self):
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def levels(self, image_hw: Sequence[int], scales: int | str | Sequence[float] | None = None
+               ) -> list[Level]:
+        """The pyramid this scanner would use for an image of ``image_hw``."""
+        g = self.geometry
+        return levels(image_hw, g.window, g.stride, self.scales if scales is None else scales,
+                      self.scale_range)
+
+    def __call__(self, image: str | Path | np.ndarray | torch.Tensor,
+                 scales: int | str | Sequence[float] | None = None,
+                 progress: bool | None = None) -> ScanResult:
+        """Scan one image (a path, an RGB ``uint8`` array or a tensor, see :func:`as_rgb`).
+
+        ``scales`` and ``progress`` override the scanner's defaults for this call.
+        """
+        rgb, source = as_rgb(image)
+        pyramid = self.levels(rgb.shape[:2], scales)
+        show = self.progress if progress is None else progress
+        probs = []
+        with torch.inference_mode(), self._autocast():
+            for level in tqdm(pyramid, desc="scales", unit="scale", leave=False,
+                              disable=not show):
+                probs.append(self._scan_level(rgb, level))
+        maps = tuple(ScaleMap(level, self.geometry, p.cpu())
+                     for level, p in zip(pyramid, probs, strict=True))
+        return ScanResult(tuple(rgb.shape[:2]), self.categories, maps, self.background_class,
+                          self.object_box, source)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The dense net on ``x``, tiled when its estimated memory exceeds ``self.max_memory``."""
+        if self.max_memory is None:
+            return self.dense(x)
+        dtype = PRECISIONS[self.precision] or x.dtype
+        need = estimate_bytes(self.dense, x.shape[-2], x.shape[-1], dtype)
+        if need <= (1 - HEADROOM) * self.max_memory:  # the same headroom plan_tiles keeps
+            return self.dense(x)
+        log.info("scale %dx%d needs ~%s: tiling to fit %s", x.shape[-2], x.shape[-1],
+                 format_bytes(need), format_bytes(self.max_memory))
+        return forward_tiled(self.dense, x, self.max_memory)
+
+    def _scan_level(self, rgb: np.ndarray, level: Level) -> torch.Tensor:
+        """``(K, h, w)`` float32 softmax on the device for one level."""
+        resized = rgb if level.size == rgb.shape[:2] else resize(rgb, level.size)
+        x = to_tensor(resized, self.mean, self.std, self.in_chans)
+        top, bottom, left, right = level.padding
+        if any(level.padding):
+            x = F.pad(x, (left, right, top, bottom), value=0.0)
+        x = x.to(self.device, self.dtype, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last)
+        logits = self._forward(x)
+        h, w = self.geometry.output_size(*level.input_size)
+        if logits.shape[-2] < h or logits.shape[-1] < w:
+            raise RuntimeError(f"the dense net gave {tuple(logits.shape[-2:])} cells on a "
+                               f"{level.input_size} input, its geometry says {(h, w)}")
+        # Padded nets add cells whose window lies past the input's end: keep the geometry's.
+        return logits[0, :, :h, :w].float().softmax(dim=0)
+
+
+def _convert(model: nn.Module, input_size, output_stride: int | None) -> DenseNet:
+    if isinstance(model, DenseNet):
+        if output_stride not in (None, model.output_stride):
+            log.info("scanning a DenseNet at its own stride %d (asked for %s)",
+                     model.output_stride, output_stride)
+        return model
+    if output_stride is None:
+        return convolutionize(model, input_size)
+    try:
+        return convolutionize(model, input_size, output_stride)
+    except ConversionError as exc:
+        dense = convolutionize(model, input_size)  # raises if the model itself is the problem
+        log.info("output stride %d is not reachable (%s); scanning at the native stride %d",
+                 output_stride, exc, dense.output_stride)
+        return dense
+
+
+def _card_object_box(spec: ModelSpec | None, window: Sequence[int]):
+    """The object's box in the window from the model card (``digit_height``/``object_height``
+    and ``box_aspect``), or None."""
+    if spec is None:
+        return None
+    height = _object_height(spec)
+    if height is None:
+        return None
+    return object_region(window, height, float(spec.extra.get("box_aspect", 1.0)))
+
+
+def _object_height(spec: ModelSpec | None) -> float | None:
+    """The object's height inside the window, from the model card, or None."""
+    if spec is None:
+        return None
+    height = spec.extra.get("object_height", spec.extra.get("digit_height"))
+    return None if height is None else float(height)
+
+
+def card_scale_range(spec: ModelSpec | None, object_sizes=None) -> tuple[float, float] | None:
+    """The factor range for ``scales=N`` from object sizes (given, or the card's), or None."""
+    height = _object_height(spec)
+    sizes = object_sizes if object_sizes is not None else (spec.extra.get("object_sizes")
+                                                           if spec else None)
+    if sizes is None:
+        return None
+    if height is None:
+        raise ParameterError("object sizes need a model whose card gives object_height; pass "
+                         "explicit --scales factors instead")
+    return object_range(height, sizes)
