@@ -1,6 +1,6 @@
 """Train the project's default model: LeNet-5 spotting printed digits in 28×28 windows.
 
-Writes ``weights/lenet5_digits.pt`` (state_dict) and ``weights/lenet5_digits.json`` (the model card
+Writes ``densify/models/data/lenet5_digits.pt`` (state_dict) and ``densify/models/data/lenet5_digits.json`` (the model card
 read by :mod:`densify.zoo`). CPU only, deterministic for a seed and library versions:
 
     python scripts/train_lenet_digits.py            # about 10 minutes on 2 cores
@@ -167,8 +167,8 @@ def write_card(out: Path, model: torch.nn.Module, seed: int, accuracy: dict, rec
         "std": [STD],
         "background_class": synth.BACKGROUND_CLASS,
         "input": "gray in [0, 1] (cv2 RGB2GRAY weights) before mean/std",
-        "digit_height": synth.DIGIT_HEIGHT,
-        "digit_height_range": list(synth.POSITIVE_HEIGHTS),
+        "object_height": synth.DIGIT_HEIGHT,
+        "object_height_range": list(synth.POSITIVE_HEIGHTS),
         "max_center_offset": synth.POSITIVE_SHIFT,
         "box_aspect": synth.BOX_ASPECT,
         "object_sizes": list(OBJECT_SIZES),
@@ -195,10 +195,10 @@ def write_card(out: Path, model: torch.nn.Module, seed: int, accuracy: dict, rec
 @click.option("--workers", default=2, show_default=True, help="Processes generating data.")
 @click.option("--threads", default=1, show_default=True,
               help="Torch threads; 1 is faster than 2 whenever the cores are shared.")
-@click.option("--out", default="weights", show_default=True, type=click.Path(path_type=Path))
+@click.option("--out", default="densify/models/data", show_default=True, type=click.Path(path_type=Path))
 def main(seed: int, samples: int, epochs: int, mine_scenes: int, finetune_epochs: int,
          workers: int, threads: int, out: Path) -> None:
-    """Train LeNet-5 (10 digits + background) on synthetic windows and write weights/."""
+    """Train LeNet-5 (10 digits + background) on synthetic windows and write densify/models/data/."""
     start = time.time()
     torch.set_num_threads(threads)
     torch.manual_seed(seed)

@@ -217,7 +217,7 @@ def digits_card(monkeypatch):
     spec = zoo.ModelSpec(
         "lenet5-digits", "project", lambda k: archs.lenet5(k), (1, 28, 28), 11, (0.5,),
         (0.5,), weights="missing_digits.pt", categories_from="card",
-        extra={"categories": categories, "background_class": 10, "digit_height": 20.0,
+        extra={"categories": categories, "background_class": 10, "object_height": 20.0,
                "box_aspect": 0.6})
     monkeypatch.setitem(zoo.MODELS, "lenet5-digits", spec)
     return spec

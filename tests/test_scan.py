@@ -164,7 +164,7 @@ def test_boxes_map_back_with_the_realized_factor(lenet):
 
 def test_object_box_from_the_card():
     spec = zoo.ModelSpec("toy", "project", lambda k: None, (1, 28, 28), 11,
-                         extra={"digit_height": 20.0, "box_aspect": 0.6})
+                         extra={"object_height": 20.0, "box_aspect": 0.6})
     assert _card_object_box(spec, (28, 28)) == pytest.approx((8.0, 4.0, 20.0, 24.0))
     plain = zoo.ModelSpec("toy", "seed", lambda k: None, (1, 28, 28), 10, categories_from=None)
     assert _card_object_box(plain, (28, 28)) is None

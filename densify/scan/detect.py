@@ -11,8 +11,8 @@ Rule:
 Boxes smaller than the window (``region``):
     a classifier answers for its whole window, but when its training data fixes the object's
     size inside the window, the box can say so. The digits model saw digits about
-    ``digit_height`` = 20 px tall, centred, in its 28 px window, and its ground truth boxes are
-    ``box_aspect`` = 0.6 times as wide as tall (:func:`densify.synth.digit_box`), so each window
+    ``object_height`` = 20 px tall, centred, in its 28 px window, and its ground truth boxes are
+    ``box_aspect`` = 0.6 times as wide as tall (:func:`densify.digits.synth.digit_box`), so each window
     proposes the centred 12 × 20 box :func:`object_region` gives instead of the 28 × 28 window.
     Models without such a card entry get the whole window.
 

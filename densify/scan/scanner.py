@@ -98,7 +98,7 @@ class Scanner:
         input_size, mean, std, categories, background_class: override (or, for plain modules,
             supply) the catalogue's values; ``categories`` default to ``"0"``, ``"1"``, ...
         object_box: ``(x1, y1, x2, y2)`` of the object inside the window, for tighter boxes;
-            ``"auto"`` reads it from the model card (``digit_height``, ``box_aspect``).
+            ``"auto"`` reads it from the model card (``object_height``, ``box_aspect``).
         max_memory: bound on one forward pass's activation memory (bytes, or a string such as
             ``"3GB"``): a scale whose estimate exceeds it is computed in stride-aligned,
             overlapping tiles that give the same cells (:func:`densify.tiling.forward_tiled`).
@@ -269,7 +269,7 @@ def _convert(model: nn.Module, input_size, output_stride: int | None) -> DenseNe
 
 
 def _card_object_box(spec: ModelSpec | None, window: Sequence[int]):
-    """The object's box in the window from the model card (``digit_height``/``object_height``
+    """The object's box in the window from the model card (``object_height``
     and ``box_aspect``), or None."""
     if spec is None:
         return None
@@ -283,7 +283,7 @@ def _object_height(spec: ModelSpec | None) -> float | None:
     """The object's height inside the window, from the model card, or None."""
     if spec is None:
         return None
-    height = spec.extra.get("object_height", spec.extra.get("digit_height"))
+    height = spec.extra.get("object_height")
     return None if height is None else float(height)
 
 
