@@ -15,10 +15,10 @@ import torch
 from click.testing import CliRunner
 
 from densify.cli import main
-from densify.digits.evaluation import evaluate_scenes
 from densify.convert import verify
 from densify.convert.dense import convolutionize
 from densify.digits import synth
+from densify.digits.evaluation import evaluate_scenes
 from densify.digits.metrics import evaluate
 from densify.io.image import read_image, to_tensor
 from densify.models import catalogue as zoo

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..errors import ConversionError
 from .fields import walk_fields
-from .geometry import Geometry
+from .geometry import Geometry, cell_count
 from .graph import output_node, prepare, propagate_shapes, shape_of
 from .head import find_head, rewrite_head, rewrite_trunk_adaptive_pools
 from .stride import reachable_strides, set_output_stride
@@ -72,24 +72,26 @@ class DenseNet(nn.Module):
         self.output_stride = geometry.stride[0]
         self.global_context = tuple(global_context)
         self.feature_node = feature_node
+        g = geometry  # plain ints for forward (TorchScript cannot call the dataclass)
+        self._cells_params = (g.offset[0], g.offset[1], g.window[0], g.window[1], g.stride[0],
+                              g.stride[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        out = self.net(x)
+        oy, ox, wy, wx, sy, sx = self._cells_params
+        h = cell_count(x.shape[-2], oy, wy, sy)
+        w = cell_count(x.shape[-1], ox, wx, sx)
+        return out[:, :, :h, :w]  # drop cells whose window overhangs the input (see output_size)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """Exact cells ``(h, w)`` this net produces on a ``height × width`` input (computed on
-        fake tensors: no arithmetic). :meth:`Geometry.output_size` gives the cells whose windows
-        fit entirely; a net whose canonical size has slack (AlexNet: 224 where 195 would do) can
-        produce one more cell whose window overhangs the bottom/right border by less than that
-        slack."""
-        from torch._subclasses.fake_tensor import FakeTensorMode
+        """Cells ``(h, w)`` on a ``height × width`` input: those whose window fits entirely,
+        ``floor((size - window) / stride) + 1`` per axis (:meth:`Geometry.output_size`).
 
-        param = next(self.parameters())
-        with FakeTensorMode(allow_non_fake_inputs=True):
-            x = torch.empty(1, self.input_size[0], height, width, dtype=param.dtype,
-                            device=param.device)
-            out = self.net(x)
-        return int(out.shape[-2]), int(out.shape[-1])
+        The one count everything uses: :meth:`forward` returns exactly these cells. A net whose
+        canonical size has slack (AlexNet: 224 where 195 would do) computes one more cell on some
+        inputs, whose window overhangs the bottom/right border; :meth:`forward` drops it.
+        """
+        return self.geometry.output_size(height, width)
 
     def extra_repr(self) -> str:
         g = self.geometry

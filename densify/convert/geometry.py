@@ -27,7 +27,19 @@ import torch
 
 from ..errors import ParameterError
 
-__all__ = ["Geometry"]
+__all__ = ["Geometry", "cell_count"]
+
+
+def cell_count(size: int, offset: int, window: int, stride: int) -> int:
+    """Cells along one axis of ``size`` pixels: ``floor((size - offset - window) / stride) + 1``,
+    0 when the window does not fit (the one place this arithmetic lives; TorchScript-compatible).
+
+    Examples:
+        >>> cell_count(224 + 2 * 32, 0, 224, 32), cell_count(223, 0, 224, 32)
+        (3, 0)
+    """
+    free = size - offset - window
+    return 0 if free < 0 else free // stride + 1
 
 
 @dataclass(frozen=True)
@@ -54,11 +66,8 @@ class Geometry:
 
         Inputs smaller than the window give 0 cells along that axis.
         """
-        def cells(size, axis):
-            free = size - self.offset[axis] - self.window[axis]
-            return 0 if free < 0 else free // self.stride[axis] + 1
-
-        return cells(height, 0), cells(width, 1)
+        return (cell_count(height, self.offset[0], self.window[0], self.stride[0]),
+                cell_count(width, self.offset[1], self.window[1], self.stride[1]))
 
     def input_size(self, cells_h: int, cells_w: int) -> tuple[int, int]:
         """The smallest input ``(H, W)`` giving ``cells_h × cells_w`` cells."""
