@@ -51,7 +51,7 @@ table.settings th,table.settings td{padding:4px 12px;text-align:left;border-bott
 table.settings th{color:#555;font-weight:600;white-space:nowrap}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:16px}
 .card{background:#fff;border:1px solid #ddd;border-radius:8px;overflow:hidden}
-.card img{display:block;width:100%;height:auto;background:#ddd}
+.card img{display:block;width:100%;aspect-ratio:4/3;object-fit:contain;background:#2b2b2b}
 .card .body{padding:10px 14px 12px}
 .card h3{font-size:16px;margin:0;overflow-wrap:anywhere}
 .meta{color:#666;font-size:13px;margin:2px 0 8px}
