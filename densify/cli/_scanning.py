@@ -11,6 +11,7 @@ written atomically (:mod:`densify.io.files`). A bug (any other exception) stops 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -34,8 +35,10 @@ def fail(message: str) -> None:
     tqdm.write(f"error: {message}", file=sys.stderr)
 
 
-def expand(inputs: Iterable[Path]) -> tuple[list[Path], int]:
-    """Image files of every input; a missing path or an empty directory is reported here."""
+def expand(inputs: Iterable[Path], errors: list[tuple[str, str]] | None = None
+           ) -> tuple[list[Path], int]:
+    """Image files of every input; a missing path or an empty directory is reported here (and
+    appended to ``errors`` as ``(path, message)`` when given)."""
     found, failed = [], 0
     for path in inputs:
         try:
@@ -43,6 +46,8 @@ def expand(inputs: Iterable[Path]) -> tuple[list[Path], int]:
         except ImageError as exc:
             fail(str(exc))
             failed += 1
+            if errors is not None:
+                errors.append((str(path), str(exc).splitlines()[0]))
     return found, failed
 
 
@@ -82,19 +87,24 @@ def stems(paths: list[Path]) -> list[str]:
     return out
 
 
-def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[..., dict]
-                ) -> tuple[list[dict], int]:
-    """Read and scan each image, then ``work(path, stem, rgb, result)``; a failure is one line."""
+def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[..., dict],
+               errors: list[tuple[str, str]] | None = None) -> tuple[list[dict], int]:
+    """Read and scan each image, then ``work(path, stem, rgb, result)``; a failure is one line
+    (appended to ``errors`` as ``(path, message)`` when given). Each record gets ``"seconds"``."""
     records, failed = [], 0
     for path, stem in tqdm(list(zip(paths, stems(paths), strict=True)), desc="images",
                            unit="image", disable=quiet):
+        start = time.perf_counter()
         try:
             rgb = read_image(path)
-            records.append(work(path, stem, rgb, scanner(rgb, progress=not quiet)))
+            record = work(path, stem, rgb, scanner(rgb, progress=not quiet))
+            records.append({**record, "seconds": round(time.perf_counter() - start, 4)})
         except PER_IMAGE_ERRORS as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             fail(message if str(path) in message else f"{path}: {message}")
             failed += 1
+            if errors is not None:
+                errors.append((str(path), message))
     return records, failed
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,10 +29,11 @@ def _colormap(value: str) -> str:
 
 
 def _heatmap_one(scanner: Scanner, out: Path, chosen: int | None, top_k: int, alpha: float,
-                 colormap: str, path: Path, stem: str, rgb, result: ScanResult
+                 colormap: str, sheet: bool, path: Path, stem: str, rgb, result: ScanResult
                  ) -> dict:
     from ..io.draw import draw_boxes, draw_caption, overlay_heatmap
     from ..io.files import write_image
+    from ..scan.display import sheet as draw_sheet
     from ._scanning import save_npz, summary, write_all
 
     top = result.top_classes(top_k)
@@ -42,13 +44,19 @@ def _heatmap_one(scanner: Scanner, out: Path, chosen: int | None, top_k: int, al
     vis = overlay_heatmap(rgb, maps[0], alpha, colormap)
     vis = draw_boxes(vis, [best.box], [best.name], [best.score])
     vis = draw_caption(vis, f"{best.name} {best.score:.3f}")
-    files = write_all({
+    outputs = {
         out / f"{stem}_heatmap.png": lambda p: write_image(p, vis),
         out / f"{stem}_heatmap.npz": lambda p: save_npz(p, result.arrays(classes, maps)),
-    })
+    }
+    if sheet:
+        heading = f"{path.name}  {rgb.shape[1]}x{rgb.shape[0]} px"
+        outputs[out / f"{stem}_sheet.png"] = lambda p: write_image(
+            p, draw_sheet(result, classes[:top_k], heading=heading, colormap=colormap))
+    files = write_all(outputs)
     rows = [{"index": t.index, "name": t.name, "score": t.score, "box": list(t.box),
              "factor": t.factor} for t in top]
-    return {**summary(path, result, scanner), "class": best.name, "top": rows, "files": files}
+    return {**summary(path, result, scanner), "status": "ok", "error": None, "class": best.name,
+            "top": rows, "files": files}
 
 
 def _heatmap_table(records: list[dict]) -> str:
@@ -67,6 +75,35 @@ def _heatmap_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _write_report(out: Path, scanner: Scanner, model: str, weights: str, precision: str,
+                  top_k: int, records: list[dict], errors: list[tuple[str, str]],
+                  seconds: float) -> Path:
+    from ..io.report import write_report
+    failed = [{"image": path, "status": "error", "error": message, "size": None, "top": [],
+               "files": [], "seconds": None} for path, message in errors]
+    clf = scanner.classifier
+    source = ("random (maps are meaningless)" if clf.random else str(clf.weights)) if clf else weights
+    stride = scanner.output_stride
+    asked = scanner.requested_stride
+    settings = {"command": "densify heatmap", "model": model, "weights": source,
+                "window": f"{scanner.geometry.window[1]}x{scanner.geometry.window[0]} px",
+                "output stride": f"{stride} px" + (f" (native; {asked} not reachable)"
+                                                   if asked and asked != stride else ""),
+                "scales": _scales_text(scanner), "precision": precision,
+                "device": str(scanner.device), "classes listed": top_k}
+    return write_report(out / "report.html", [*records, *failed], settings, seconds,
+                        title=f"densify heatmap: {len(records) + len(failed)} input(s), {model}")
+
+
+def _scales_text(scanner: Scanner) -> str:
+    spec = scanner.scales
+    if isinstance(spec, int):
+        where = ("from the model card's object sizes" if scanner.scale_range else
+                 "from 'short side = window' up")
+        return f"{spec} per image, {where}"
+    return ", ".join(f"{f:.3g}" for f in spec) if isinstance(spec, (list, tuple)) else str(spec)
+
+
 @click.command()
 @options.scan_options
 @click.option("--class", "class_", default=None,
@@ -75,14 +112,18 @@ def _heatmap_table(records: list[dict]) -> str:
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="Classes listed and kept in the .npz.")
 @options.as_json
+@options.sheet
+@options.report
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--colormap", default="jet", show_default=True, callback=options.callback(
     _colormap), help="Any OpenCV colormap: jet, turbo, inferno, viridis, ...")
 def heatmap(inputs, model, weights, scales, object_sizes, output_stride, device, precision,
-            output_dir, max_memory, threads, quiet, class_, top_k, as_json, alpha, colormap) -> None:
+            output_dir, max_memory, threads, quiet, class_, top_k, as_json, sheet, report, alpha,
+            colormap) -> None:
     """Class heat maps registered to each image: a PNG overlay and an NPZ of the maps.
 
-    Writes OUTDIR/<stem>_heatmap.png and OUTDIR/<stem>_heatmap.npz per image. A window's
+    Writes OUTDIR/<stem>_heatmap.png and OUTDIR/<stem>_heatmap.npz per image (and
+    <stem>_sheet.png with --sheet, OUTDIR/report.html with --report). A window's
     probability sits at the window's centre, interpolated between centres and averaged over
     scales (densify.heatmap). Scores are OverFeat's: the best window per scale, averaged over
     scales.
@@ -90,19 +131,26 @@ def heatmap(inputs, model, weights, scales, object_sizes, output_stride, device,
     from ..io.files import ensure_output_dir
     from ._scanning import each_image, expand, finish, header, make_scanner, resolve_class
 
+    start = time.perf_counter()
     out = ensure_output_dir(output_dir)
     scanner = make_scanner(model, weights, scales, output_stride, device, precision, object_sizes,
                            max_memory, threads)
     chosen = resolve_class(scanner, class_)
-    paths, failed = expand(inputs)
-    work = functools.partial(_heatmap_one, scanner, out, chosen, top_k, alpha, colormap)
-    records, bad = each_image(scanner, paths, quiet, work)
+    errors: list[tuple[str, str]] = []
+    paths, failed = expand(inputs, errors)
+    work = functools.partial(_heatmap_one, scanner, out, chosen, top_k, alpha, colormap,
+                             sheet or report)
+    records, bad = each_image(scanner, paths, quiet, work, errors)
+    page = _write_report(out, scanner, model, weights, precision, top_k, records, errors,
+                         time.perf_counter() - start) if report else None
     if as_json:
         click.echo(json.dumps(records, indent=2, allow_nan=False))
     else:
         click.echo(f"{model}: {header(scanner, weights)}")
         if records:
             click.echo(_heatmap_table(records))
+        if page:
+            click.echo(f"report: {page}")
     finish(failed + bad, len(paths) + failed)
 
 

@@ -19,7 +19,7 @@ from ..errors import DensifyError
 __all__ = [
     "DEFAULT_MODEL", "callback", "model", "weights", "output_stride", "input_size", "scales",
     "object_sizes", "device", "precision", "output_dir", "max_memory", "quiet", "as_json",
-    "threshold", "nms_iou", "image_size", "threads", "scan_options",
+    "threshold", "nms_iou", "image_size", "threads", "sheet", "report", "scan_options",
 ]
 
 #: The model every command uses when ``--model`` is not given: the project's digit spotter,
@@ -156,6 +156,19 @@ image_size = click.option(
 threads = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
     help="Intra-op CPU threads (default: torch's).")
+
+# Used by: heatmap.
+sheet = click.option(
+    "--sheet", is_flag=True,
+    help="Also write OUTDIR/<stem>_sheet.png, a contact sheet: rows the top-k classes (the --class "
+         "pick first), columns each scale's map and their mean, 240 px panels.")
+
+# Used by: heatmap.
+report = click.option(
+    "--report", is_flag=True,
+    help="Also write OUTDIR/report.html (implies --sheet): a card per image with links to its "
+         "files, the failed inputs with their errors, the settings and the timing. Static; "
+         "opens from disk.")
 
 
 def scan_options(fn: Callable) -> Callable:

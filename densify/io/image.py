@@ -46,7 +46,7 @@ from ..errors import ImageError
 
 __all__ = [
     "ImageError", "DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "SAMPLE_IMAGES",
-    "read_image", "read_array", "expand_inputs", "sample_image", "resize", "to_tensor",
+    "read_image", "read_array", "expand_inputs", "sample_image", "resize", "thumbnail", "to_tensor",
 ]
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,23 @@ def resize(image: np.ndarray, size_hw: Sequence[int], interpolation: int | None 
         interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
     out = cv2.resize(image, (width, height), interpolation=interpolation)
     return out.reshape(height, width, *image.shape[2:])
+
+
+def thumbnail(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """``rgb`` shrunk (``cv2.INTER_AREA``, aspect kept) so its longer side is at most ``max_side``.
+
+    An image already that small is returned as is (no copy). Sides round to the nearest pixel and
+    are at least 1.
+
+    Examples:
+        >>> thumbnail(np.zeros((3000, 4000, 3), np.uint8), 1024).shape
+        (768, 1024, 3)
+    """
+    height, width = rgb.shape[:2]
+    if max(height, width) <= max_side:
+        return rgb
+    factor = max_side / max(height, width)
+    return resize(rgb, (max(1, round(height * factor)), max(1, round(width * factor))))
 
 
 def to_tensor(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float], in_chans: int = 3

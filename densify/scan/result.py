@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -24,10 +24,14 @@ import torch
 
 from ..errors import ParameterError
 from . import detect as _detect
+from . import display as _display
 from . import heatmap as _heatmap
 from .maps import Region, ScaleMap
 
-__all__ = ["ScanResult", "ClassScore", "class_index"]
+__all__ = ["ScanResult", "ClassScore", "class_index", "THUMBNAIL_SIDE"]
+
+THUMBNAIL_SIDE = 1024
+"""Longer side, in pixels, of the copy of the image a scan keeps for display."""
 
 
 class ClassScore(NamedTuple):
@@ -52,6 +56,12 @@ class ScanResult:
         object_box: the object's extent inside the window, ``(x1, y1, x2, y2)`` window pixels,
             when the model card says how large objects are; None: the whole window.
         source: the file the image came from, if any.
+        thumbnail: RGB ``uint8`` copy of the image, longer side at most :data:`THUMBNAIL_SIDE`,
+            for display only (notebook preview, :meth:`sheet`, :meth:`show`); None: re-read
+            ``source`` when needed (:mod:`densify.scan.display`).
+
+    In Jupyter a result shows itself: the image with the top class's map and the detections, the
+    top classes as a caption (``_repr_html_``, ``_repr_png_``).
     """
 
     image_size: tuple[int, int]
@@ -60,6 +70,7 @@ class ScanResult:
     background_class: int | None = None
     object_box: Region | None = None
     source: str | None = None
+    thumbnail: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def factors(self) -> tuple[float, ...]:
@@ -144,6 +155,23 @@ class ScanResult:
         idx = None if classes is None else [self.class_index(c) for c in classes]
         return _detect.detect(self.maps, threshold, iou, idx, self.background_class,
                               self.object_box if refine else None)
+
+    def sheet(self, classes: Sequence[int | str] | None = None, k: int = 5, panel: int = 240
+              ) -> np.ndarray:
+        """Contact sheet, RGB ``uint8``: rows ``classes`` (default: top ``k``), columns each
+        scale's raw map and the aggregate (:func:`densify.scan.display.sheet`)."""
+        return _display.sheet(self, classes, k, panel)
+
+    def show(self, classes: Sequence[int | str] | None = None, scales: Sequence[int] | None = None):
+        """A matplotlib figure of ``classes`` (default: top 3) at scale indices ``scales``
+        (default: all) and their aggregate; needs the ``viz`` extra (matplotlib)."""
+        return _display.figure(self, classes, scales)
+
+    def _repr_png_(self) -> bytes:
+        return _display.png_bytes(_display.preview(self))
+
+    def _repr_html_(self) -> str:
+        return _display.html_preview(self)
 
 
 def class_index(categories: Sequence[str], query: int | str) -> int:

@@ -36,13 +36,13 @@ from tqdm.auto import tqdm
 
 from ..convert.dense import DenseNet, convolutionize
 from ..errors import ConversionError, ParameterError
-from ..io.image import read_array, read_image, resize, to_tensor
+from ..io.image import read_array, read_image, resize, thumbnail, to_tensor
 from ..models.catalogue import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 from ..models.weights import Classifier, load_classifier
 from .detect import object_region
 from .maps import ScaleMap
 from .pyramid import Level, levels, object_range, parse_scales
-from .result import ScanResult
+from .result import THUMBNAIL_SIDE, ScanResult
 from .tiling import HEADROOM, estimate_bytes, format_bytes, forward_tiled, parse_bytes
 
 __all__ = ["PRECISIONS", "Scanner", "resolve_device", "as_rgb"]
@@ -219,7 +219,7 @@ class Scanner:
         maps = tuple(ScaleMap(level, self.geometry, p.cpu())
                      for level, p in zip(pyramid, probs, strict=True))
         return ScanResult(tuple(rgb.shape[:2]), self.categories, maps, self.background_class,
-                          self.object_box, source)
+                          self.object_box, source, thumbnail(rgb, THUMBNAIL_SIDE).copy())
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """The dense net on ``x``, tiled when its estimated memory exceeds ``self.max_memory``."""
