@@ -103,7 +103,7 @@ def test_convert_torchscript_and_onnx_match_torch(runner, tmp_path):
     torch.save(model.state_dict(), tmp_path / "w.pt")
     for suffix in (".pt", ".onnx"):
         out = tmp_path / f"nin{suffix}"
-        result = runner.invoke(main, ["convert", "-m", "nin", "-w", "random", "-s", "16", "--input-size", "96",
+        result = runner.invoke(main, ["convert", "-m", "nin", "-s", "16", "--input-size", "96",
                                       "-w", str(tmp_path / "w.pt"), "-o", str(out)])
         assert result.exit_code == 0, result.output
         assert out.exists() and not list(tmp_path.glob(".*tmp*"))
