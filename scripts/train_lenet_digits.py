@@ -1,7 +1,8 @@
 """Train the project's default model: LeNet-5 spotting printed digits in 28×28 windows.
 
 Writes ``densify/models/data/lenet5_digits.pt`` (state_dict) and ``lenet5_digits.json`` (the model
-card read by :mod:`densify.models.catalogue`) beside it. CPU only, deterministic for a seed and library versions:
+card read by :mod:`densify.models.catalogue`) beside it. CPU only, deterministic for a seed
+and library versions:
 
     python scripts/train_lenet_digits.py            # about 10 minutes on 2 cores
 
