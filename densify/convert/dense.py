@@ -39,6 +39,7 @@ from .fields import walk_fields
 from .geometry import Geometry, cell_count
 from .graph import output_node, prepare, propagate_shapes, shape_of
 from .head import find_head, rewrite_head, rewrite_trunk_adaptive_pools
+from .outputs import OutputInfo, activation_of, crop_outputs, leaf_nodes, leaves, pick, select_key
 from .stride import reachable_strides, set_output_stride
 
 __all__ = ["DenseNet", "convolutionize", "available_strides", "canonical_size"]
@@ -61,11 +62,19 @@ class DenseNet(nn.Module):
             every cell is a pure function of its receptive field.
         feature_node: name of the trunk's last feature map in :attr:`net`'s graph (and in the
             traced original), where the classifier head starts; used by :mod:`densify.verify`.
+        outputs: one :class:`densify.convert.outputs.OutputInfo` per output, in the order of the
+            classifier's output structure (one for a single-output classifier).
+
+    Shape:
+        ``forward`` returns what the classifier returns, each ``(N, K_i)`` vector an
+        ``(N, K_i, h, w)`` map: a Tensor, or the same tuple/list/dict/NamedTuple of maps.
     """
 
     def __init__(self, net: fx.GraphModule, geometry: Geometry, input_size: tuple[int, int, int],
-                 global_context: tuple[str, ...] = (), feature_node: str | None = None):
+                 global_context: tuple[str, ...] = (), feature_node: str | None = None,
+                 outputs: tuple[OutputInfo, ...] = ()):
         super().__init__()
+        self.outputs = tuple(outputs) or describe_outputs(net)
         self.net = net
         self.geometry = geometry
         self.input_size = tuple(input_size)
@@ -76,12 +85,54 @@ class DenseNet(nn.Module):
         self._cells_params = (g.offset[0], g.offset[1], g.window[0], g.window[1], g.stride[0],
                               g.stride[1])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor):
         out = self.net(x)
         oy, ox, wy, wx, sy, sx = self._cells_params
         h = cell_count(x.shape[-2], oy, wy, sy)
         w = cell_count(x.shape[-1], ox, wx, sx)
-        return out[:, :, :h, :w]  # drop cells whose window overhangs the input (see output_size)
+        if isinstance(out, torch.Tensor):
+            return out[:, :, :h, :w]  # drop cells whose window overhangs the input (output_size)
+        return crop_outputs(out, h, w)
+
+    @property
+    def multi_output(self) -> bool:
+        """Whether the classifier returns a structure of outputs rather than one tensor."""
+        return len(self.outputs) != 1 or self.outputs[0].key is not None
+
+    def output(self, key=None) -> OutputInfo:
+        """The :class:`OutputInfo` of output ``key`` (index or key; ``None``: the only one)."""
+        return select_key(self.outputs, key, "selected")
+
+    def select(self, value, key=None) -> torch.Tensor:
+        """Output ``key`` of a forward result ``value`` (``None``: the only output)."""
+        return pick(value, self.output(key))
+
+    def subset(self, *keys) -> DenseNet:
+        """A dense net computing only outputs ``keys`` (indices or keys), concatenated along
+        channels in that order into one ``(N, sum K_i, h, w)`` Tensor; it shares this net's
+        modules. A single-output net asked for its output is returned as is."""
+        infos = [self.output(k) for k in keys]
+        if not self.multi_output:
+            return self
+        nodes = dict(leaf_nodes(self.net))
+        graph, env = fx.Graph(), {}
+        graph.graph_copy(self.net.graph, env)
+        chosen = [env[nodes[o.key]] for o in infos]
+        graph.output(chosen[0] if len(chosen) == 1 else graph.call_function(torch.cat, (chosen, 1)))
+        gm = fx.GraphModule(self.net, graph)
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+        param = next(self.parameters())
+        propagate_shapes(gm, torch.zeros(1, *self.input_size, dtype=param.dtype, device=param.device))
+        single = OutputInfo(None, sum(o.channels for o in infos),
+                            infos[0].activation if len(infos) == 1 else None,
+                            "fast" if all(o.path == "fast" for o in infos) else "general")
+        return DenseNet(gm, self.geometry, self.input_size, self.global_context, self.feature_node,
+                        (single,)).eval()
+
+    def output_maps(self, value) -> list[torch.Tensor]:
+        """The maps of a forward result ``value``, in the order of :attr:`outputs`."""
+        return [t for _, t in leaves(value)]
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Cells ``(h, w)`` on a ``height × width`` input: those whose window fits entirely,
@@ -124,10 +175,7 @@ def convolutionize(model: nn.Module, input_size=None, output_stride: int | None 
     gm.graph.lint()
     gm.recompile()
     propagate_shapes(gm, example)  # fresh shapes for the dense graph; fails loudly if broken
-    out = shape_of(output_node(gm).args[0])
-    if out is None or len(out) != 4 or out[-2:] != (1, 1):
-        raise ConversionError(f"the converted net gives {out} at the canonical input, not "
-                              "(1, K, 1, 1); is input_size the classifier's canonical size?")
+    outputs = describe_outputs(gm)
     if output_stride is not None:
         set_output_stride(gm, int(output_stride))
     field = walk_fields(gm)[output_node(gm)]
@@ -138,7 +186,21 @@ def convolutionize(model: nn.Module, input_size=None, output_stride: int | None 
         log.warning("%d global-context layer(s) (e.g. %s) pool the whole input: dense output is "
                     "exact at the canonical input, approximate window by window",
                     len(context), context[0])
-    return DenseNet(gm, geometry, size, context, feature_node).eval()
+    return DenseNet(gm, geometry, size, context, feature_node, outputs).eval()
+
+
+def describe_outputs(gm: fx.GraphModule) -> tuple[OutputInfo, ...]:
+    """One :class:`OutputInfo` per output of the converted graph; each must be ``(1, K, 1, 1)``
+    at the canonical input."""
+    infos = []
+    for key, node in leaf_nodes(gm):
+        out = shape_of(node)
+        if out is None or len(out) != 4 or out[-2:] != (1, 1):
+            where = "" if key is None else f"output {key!r}: "
+            raise ConversionError(f"{where}the converted net gives {out} at the canonical input, "
+                                  "not (1, K, 1, 1); is input_size the classifier's canonical size?")
+        infos.append(OutputInfo(key, int(out[1]), activation_of(gm, node)))
+    return tuple(infos)
 
 
 def available_strides(model: nn.Module, input_size=None, limit: int | None = None) -> list[int]:

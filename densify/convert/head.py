@@ -43,6 +43,7 @@ from .graph import (
     shape_of,
 )
 from .layers import ChannelLayerNorm
+from .outputs import is_namedtuple_node
 
 __all__ = ["Head", "find_head", "rewrite_trunk_adaptive_pools", "rewrite_head"]
 
@@ -135,7 +136,7 @@ def rewrite_head(gm: fx.GraphModule, head: Head) -> str | None:
             layout[arg] = layout_here
         else:
             ins = [a for a in node.all_input_nodes if a in layout]
-            if ins and node.op != "output":
+            if ins and node.op != "output" and not is_namedtuple_node(node):
                 _rewrite_vector_op(gm, node, layout, layout[ins[0]])
     names = {f.name for f in features}
     if len(names) > 1:

@@ -28,6 +28,7 @@ from torch import nn
 from .dense import DenseNet, convolutionize
 from .fields import walk_fields
 from .graph import prepare, shape_of, subgraph
+from .outputs import leaves
 
 __all__ = ["Check", "TOLERANCE", "check_canonical", "check_head", "check_output_stride",
            "check_crops", "probe_geometry", "original_head", "dense_trunk"]
@@ -56,18 +57,35 @@ class Check:
         return self.count > 0 and self.max_rel <= self.tolerance
 
 
-def _compare(name: str, expected: torch.Tensor, actual: torch.Tensor, note: str = "") -> Check:
-    """Worst errors between two ``(cells, K)`` tensors of logits."""
-    if expected.numel() == 0:
-        return Check(name, float("nan"), float("nan"), TOLERANCE[actual.dtype], 0, note)
-    diff = (expected.double() - actual.double()).abs().max().item()
-    scale = expected.double().abs().max().item() or 1.0
-    return Check(name, diff, diff / scale, TOLERANCE[actual.dtype], expected.shape[0], note)
+def _compare(name: str, expected, actual, note: str = "") -> Check:
+    """Worst errors between classifier outputs and dense cells: each a ``(cells, K)`` tensor, or
+    a structure / list of them (one per output). Errors are relative to each output's largest
+    |value|; the worst output is reported."""
+    exp, act = _vectors(expected), _vectors(actual)
+    tol = TOLERANCE[act[0].dtype]
+    if exp[0].numel() == 0:
+        return Check(name, float("nan"), float("nan"), tol, 0, note)
+    worst_abs, worst_rel = 0.0, 0.0
+    for e, a in zip(exp, act, strict=True):
+        diff = (e.double() - a.double()).abs().max().item()
+        scale = e.double().abs().max().item() or 1.0
+        worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, diff / scale)
+    return Check(name, worst_abs, worst_rel, tol, exp[0].shape[0], note)
 
 
-def _cells(x: torch.Tensor) -> torch.Tensor:
-    """``(N, K, h, w)`` → ``(N·h·w, K)``, row-major over cells."""
-    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+def _vectors(value) -> list[torch.Tensor]:
+    return [t for _, t in leaves(value)]
+
+
+def _cells(x) -> list[torch.Tensor]:
+    """Each ``(N, K, h, w)`` output map → ``(N·h·w, K)``, row-major over cells."""
+    return [m.permute(0, 2, 3, 1).reshape(-1, m.shape[1]) for m in _vectors(x)]
+
+
+def _batched(fn, x: torch.Tensor, chunk: int = 64) -> list[torch.Tensor]:
+    """``fn`` on ``x`` in chunks of ``chunk`` samples, outputs concatenated per leaf."""
+    parts = [_vectors(fn(c)) for c in x.split(chunk)]
+    return [torch.cat(p) for p in zip(*parts, strict=True)]
 
 
 def _param(model: nn.Module) -> torch.Tensor:
@@ -114,10 +132,10 @@ def check_head(model: nn.Module, dense: DenseNet, extra_cells: int = 3, seed: in
     fstride = walk_fields(dense.net)[node].stride
     step = (s[0] // fstride[0], s[1] // fstride[1])
     out = dense(x)
-    h, w = out.shape[-2:]
+    h, w = _vectors(out)[0].shape[-2:]
     windows = torch.cat([feats[:, :, i * step[0]:i * step[0] + kh, j * step[1]:j * step[1] + kw]
                          for i in range(h) for j in range(w)])
-    expected = original_head(model, dense)(windows)
+    expected = _batched(original_head(model, dense), windows)
     return _compare("head", expected, _cells(out), f"{h}x{w} cells, {kh}x{kw} feature windows")
 
 
@@ -149,20 +167,18 @@ def check_output_stride(model: nn.Module, input_size=None, output_stride: int | 
     size = [max(full.geometry.window[a], off[a] + first[a] * stride + rf[a]) + half
             + (extra_cells - 1) * stride for a in (0, 1)]
     x = _random_input(model, chans, size[0], size[1], seed)
-    out = fine(x)
+    out = _vectors(fine(x))
     factor = stride // half
-    exp, act = [], []
+    exp, act = [[] for _ in out], [[] for _ in out]
     for a, b in itertools.product(range(factor), repeat=2):
         shifted = x[:, :, a * half:, b * half:]
-        ref = full(shifted)
-        h = min(ref.shape[2], (out.shape[2] - a + factor - 1) // factor)
-        w = min(ref.shape[3], (out.shape[3] - b + factor - 1) // factor)
-        keep = _interior(full, shifted.shape[2], shifted.shape[3], h, w)
-        ref_cells = ref[:, :, :h, :w].permute(0, 2, 3, 1)[0][keep]
-        act_cells = out[:, :, a::factor, b::factor][:, :, :h, :w].permute(0, 2, 3, 1)[0][keep]
-        exp.append(ref_cells)
-        act.append(act_cells)
-    return _compare("output_stride", torch.cat(exp), torch.cat(act),
+        for i, (ref, fin) in enumerate(zip(_vectors(full(shifted)), out, strict=True)):
+            h = min(ref.shape[2], (fin.shape[2] - a + factor - 1) // factor)
+            w = min(ref.shape[3], (fin.shape[3] - b + factor - 1) // factor)
+            keep = _interior(full, shifted.shape[2], shifted.shape[3], h, w)
+            exp[i].append(ref[:, :, :h, :w].permute(0, 2, 3, 1)[0][keep])
+            act[i].append(fin[:, :, a::factor, b::factor][:, :, :h, :w].permute(0, 2, 3, 1)[0][keep])
+    return _compare("output_stride", [torch.cat(e) for e in exp], [torch.cat(a) for a in act],
                     f"stride {stride}->{half} on {size[0]}x{size[1]}, interior cells")
 
 
@@ -178,10 +194,10 @@ def check_crops(model: nn.Module, dense: DenseNet, extra_cells: int = 2, seed: i
     if x is None:
         x = _random_input(model, chans, wh + extra_cells * s[0], ww + extra_cells * s[1], seed)
     out = dense(x)
-    h, w = out.shape[-2:]
+    h, w = _vectors(out)[0].shape[-2:]
     crops = torch.cat([x[:, :, i * s[0]:i * s[0] + wh, j * s[1]:j * s[1] + ww]
                        for i in range(h) for j in range(w)])
-    expected = torch.cat([model.eval()(c) for c in crops.split(64)])
+    expected = _batched(model.eval(), crops)
     return _compare("crops", expected, _cells(out), f"{h}x{w} cells")
 
 
@@ -202,7 +218,7 @@ def probe_geometry(dense: DenseNet, pixels: list[tuple[int, int]] | None = None,
     g = dense.geometry
     height, width = wh + extra_cells * g.stride[0], ww + extra_cells * g.stride[1]
     x = _random_input(dense, chans, height, width, seed)
-    base = dense(x)
+    base = torch.cat(_vectors(dense(x)), 1)
     h, w = base.shape[-2:]
     if pixels is None:
         pixels = [(height // 2, width // 2), (g.stride[0] + 1, width - g.stride[1] - 2),
@@ -214,7 +230,7 @@ def probe_geometry(dense: DenseNet, pixels: list[tuple[int, int]] | None = None,
         for bump in (10.0, -10.0, 100.0, -100.0):
             bumped = x.clone()
             bumped[:, :, y, xx] += bump
-            changed |= (dense(bumped) - base).abs().amax(dim=1)[0] > 0
+            changed |= (torch.cat(_vectors(dense(bumped)), 1) - base).abs().amax(dim=1)[0] > 0
         field = (g.cells_containing(y, xx, h, w, receptive_field=True) if g.rf_size is not None
                  else torch.ones(h, w, dtype=torch.bool))
         results.append({"pixel": (y, xx), "changed": changed, "in_field": field,

@@ -8,6 +8,11 @@ Rule:
     (``torchvision.ops.batched_nms``, IoU above ``iou`` suppressed). The background class (the
     model card's ``background_class``) never proposes a box, and asking for it is an error.
 
+Regressed boxes:
+    a scan with a box-regression output (``Scanner(boxes=...)``) proposes each cell's regressed
+    box for the class (:meth:`densify.scan.maps.ScaleMap.regressed_boxes`) instead of its window;
+    ``regress=False`` goes back to windows.
+
 Boxes smaller than the window (``region``):
     a classifier answers for its whole window, but when its training data fixes the object's
     size inside the window, the box can say so. The digits model saw digits about
@@ -84,16 +89,17 @@ def _selected(num_classes: int, classes: Sequence[int] | None, background: int |
 
 
 def candidates(maps: Sequence[ScaleMap], threshold: float, classes: Sequence[int],
-               region: tuple[float, float, float, float] | None = None
+               region: tuple[float, float, float, float] | None = None, regress: bool = True
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Proposals ``(boxes, scores, labels)`` of all scales, before NMS (module docstring)."""
+    """Proposals ``(boxes, scores, labels)`` of all scales, before NMS (module docstring);
+    ``regress``: a map's regressed boxes where it has them."""
     boxes, scores, labels = [], [], []
     index = torch.as_tensor(list(classes), dtype=torch.long)
     for m in maps:
         probs = m.probs[index].flatten(1)  # (k, h*w)
         k, cell = (probs >= threshold).nonzero(as_tuple=True)
         if k.numel():
-            boxes.append(m.boxes(region)[cell])
+            boxes.append(_proposal_boxes(m, index, k, cell, region, regress))
             scores.append(probs[k, cell].float())
             labels.append(index[k])
     if not boxes:
@@ -101,9 +107,22 @@ def candidates(maps: Sequence[ScaleMap], threshold: float, classes: Sequence[int
     return torch.cat(boxes), torch.cat(scores), torch.cat(labels)
 
 
+def _proposal_boxes(m: ScaleMap, index: torch.Tensor, k: torch.Tensor, cell: torch.Tensor,
+                    region, regress: bool) -> torch.Tensor:
+    """Boxes of the proposals ``(index[k], cell)``: regressed per class, or windows."""
+    if not regress or m.regression is None:
+        return m.boxes(region)[cell]
+    out = torch.empty(cell.numel(), 4)
+    for i in k.unique().tolist():
+        sel = k == i
+        out[sel] = m.regressed_boxes(int(index[i]))[cell[sel]]
+    return out
+
+
 def detect(maps: Sequence[ScaleMap], threshold: float = 0.5, iou: float = 0.3,
            classes: Sequence[int] | None = None, background_class: int | None = None,
-           region: tuple[float, float, float, float] | None = None) -> Detections:
+           region: tuple[float, float, float, float] | None = None, regress: bool = True
+           ) -> Detections:
     """Thresholded cells of every scale merged by per-class NMS (module docstring).
 
     Args:
@@ -113,6 +132,8 @@ def detect(maps: Sequence[ScaleMap], threshold: float = 0.5, iou: float = 0.3,
         classes: class indices to report; None: every class but the background.
         background_class: never reported.
         region: the object's box inside the window (:func:`object_region`); None: the window.
+        regress: use the maps' regressed boxes (:meth:`ScaleMap.regressed_boxes`) when the scan
+            has a box-regression output (``region`` then does not apply).
     """
     if not 0 < threshold <= 1:
         raise ParameterError(f"threshold must lie in (0, 1], got {threshold}")
@@ -121,7 +142,7 @@ def detect(maps: Sequence[ScaleMap], threshold: float = 0.5, iou: float = 0.3,
     if not maps:
         raise ParameterError("no scales to detect on; scan with at least one scale")
     chosen = _selected(maps[0].probs.shape[0], classes, background_class)
-    boxes, scores, labels = candidates(maps, threshold, chosen, region)
+    boxes, scores, labels = candidates(maps, threshold, chosen, region, regress)
     if scores.numel() > MAX_CANDIDATES:
         log.info("%d proposals at threshold %.3g; keeping the best %d before NMS (raise the "
                  "threshold for fewer)", scores.numel(), threshold, MAX_CANDIDATES)

@@ -15,9 +15,13 @@ from dataclasses import dataclass
 import torch
 
 from ..convert.geometry import Geometry
+from ..errors import ParameterError
 from .pyramid import Level
 
-__all__ = ["ScaleMap", "Region"]
+__all__ = ["ScaleMap", "Region", "BOX_FORMATS"]
+
+#: How a box-regression output reads (:meth:`ScaleMap.regressed_boxes`).
+BOX_FORMATS = ("offsets", "deltas")
 
 #: ``(x1, y1, x2, y2)`` in window pixels.
 Region = tuple[float, float, float, float]
@@ -31,11 +35,16 @@ class ScaleMap:
         level: factor, resized size, padding (:class:`densify.pyramid.Level`).
         geometry: window, stride and offset of the dense net, in pixels of the padded input.
         probs: ``(K, h, w)`` float32 softmax per cell.
+        regression: ``(4, h, w)`` (class-agnostic) or ``(4·K, h, w)`` (class-major: channels
+            ``4k..4k+3`` for class ``k``) raw float32 box regression per cell, or None.
+        box_format: how :attr:`regression` reads (:data:`BOX_FORMATS`, :meth:`regressed_boxes`).
     """
 
     level: Level
     geometry: Geometry
     probs: torch.Tensor
+    regression: torch.Tensor | None = None
+    box_format: str = "offsets"
 
     @property
     def factor(self) -> float:
@@ -68,6 +77,40 @@ class ScaleMap:
             x1, y1, x2, y2 = region
             boxes = torch.stack([boxes[:, 0] + x1, boxes[:, 1] + y1, boxes[:, 0] + x2,
                                  boxes[:, 1] + y2], dim=1)
+        return self._to_image(boxes, clip)
+
+    def regressed_boxes(self, cls: int = 0, clip: bool = True) -> torch.Tensor:
+        """``Tensor[h*w, 4]`` (x1, y1, x2, y2) of class ``cls``'s regressed box per cell, in
+        original image pixels, row-major over cells (same mapping as :meth:`boxes`).
+
+        ``box_format="offsets"``: ``(dx1, dy1, dx2, dy2)`` move each edge of the cell's window
+        ``(wx1, wy1, wx2, wy2)`` by that fraction of the window size (``x1 = wx1 + dx1·ww``,
+        ``y1 = wy1 + dy1·wh``, ``x2 = wx2 + dx2·ww``, ``y2 = wy2 + dy2·wh``); ``"deltas"``:
+        R-CNN ``(dx, dy, log dw, log dh)``: centre ``(cx + dx·ww, cy + dy·wh)``, size
+        ``(ww·e^dw, wh·e^dh)``.
+        """
+        if self.regression is None:
+            raise ParameterError("this scan has no box regression; scan with boxes= (the "
+                                 "box-regression output)")
+        reg = self.regression.double()
+        reg = reg[:4] if reg.shape[0] == 4 else reg[4 * cls:4 * cls + 4]
+        d = reg.flatten(1).T  # (h*w, 4)
+        win = self.geometry.cell_boxes(*self.cells, dtype=torch.float64)
+        ww, wh = win[:, 2] - win[:, 0], win[:, 3] - win[:, 1]
+        if self.box_format == "offsets":
+            boxes = win + d * torch.stack([ww, wh, ww, wh], dim=1)
+        elif self.box_format == "deltas":
+            cx = (win[:, 0] + win[:, 2]) / 2 + d[:, 0] * ww
+            cy = (win[:, 1] + win[:, 3]) / 2 + d[:, 1] * wh
+            w, h = ww * d[:, 2].exp(), wh * d[:, 3].exp()
+            boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=1)
+        else:
+            raise ParameterError(f"unknown box format {self.box_format!r}; use one of "
+                                 f"{', '.join(BOX_FORMATS)}")
+        return self._to_image(boxes, clip)
+
+    def _to_image(self, boxes: torch.Tensor, clip: bool) -> torch.Tensor:
+        """Boxes in padded-input pixels (float64) → original image pixels (float32)."""
         top, _, left, _ = self.padding
         fy, fx = self.level.scale
         shift = torch.tensor([left, top, left, top], dtype=torch.float64)

@@ -148,13 +148,15 @@ class ScanResult:
         return ClassScore(cls, self.categories[cls], score, box, self.maps[scale].factor)
 
     def detections(self, threshold: float = 0.5, iou: float = 0.3,
-                   classes: Sequence[int | str] | None = None, refine: bool = True
-                   ) -> _detect.Detections:
+                   classes: Sequence[int | str] | None = None, refine: bool = True,
+                   window_boxes: bool = False) -> _detect.Detections:
         """Boxes of cells with probability >= ``threshold``, merged by NMS
-        (:func:`densify.detect.detect`). ``refine`` uses :attr:`object_box` when known."""
+        (:func:`densify.detect.detect`). The boxes are the regressed ones when the scan has a
+        box-regression output, unless ``window_boxes``; otherwise the windows, or with ``refine``
+        the :attr:`object_box` inside them when known."""
         idx = None if classes is None else [self.class_index(c) for c in classes]
         return _detect.detect(self.maps, threshold, iou, idx, self.background_class,
-                              self.object_box if refine else None)
+                              self.object_box if refine else None, regress=not window_boxes)
 
     def sheet(self, classes: Sequence[int | str] | None = None, k: int = 5, panel: int = 240
               ) -> np.ndarray:

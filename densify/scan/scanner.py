@@ -35,17 +35,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..convert.dense import DenseNet, convolutionize
+from ..convert.outputs import select_key
 from ..errors import ConversionError, ParameterError
 from ..io.image import read_array, read_image, resize, thumbnail, to_tensor
 from ..models.catalogue import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 from ..models.weights import Classifier, load_classifier
 from .detect import object_region
-from .maps import ScaleMap
+from .maps import BOX_FORMATS, ScaleMap
 from .pyramid import Level, levels, object_range, parse_scales
 from .result import THUMBNAIL_SIDE, ScanResult
 from .tiling import HEADROOM, estimate_bytes, format_bytes, forward_tiled, parse_bytes
 
-__all__ = ["PRECISIONS", "Scanner", "resolve_device", "as_rgb"]
+__all__ = ["PRECISIONS", "Scanner", "resolve_device", "as_rgb", "to_probabilities"]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,13 @@ class Scanner:
             object height (:func:`densify.pyramid.object_range`). Default: the card's
             ``object_sizes``, if any; otherwise the whole-image range.
         progress: show a tqdm bar over scales.
+        scores: for multi-output models, the output holding the class scores (index or key;
+            default: the only output). It is softmaxed only if it is not already a probability
+            (``DenseNet.outputs[i].activation``: softmax and sigmoid are kept, log-softmax is
+            exponentiated).
+        boxes: an optional box-regression output (index or key) with 4 (class-agnostic) or
+            ``4·K`` (class-major) channels; its boxes then replace the windows in detections.
+        box_format: ``"offsets"`` or ``"deltas"`` (:meth:`densify.scan.maps.ScaleMap.regressed_boxes`).
     """
 
     def __init__(self, model: str | Classifier | nn.Module, scales: int | str | Sequence[float] = 6,
@@ -115,7 +123,8 @@ class Scanner:
                  input_size: Sequence[int] | None = None, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, categories: Sequence[str] | None = None,
                  background_class: int | None = None, object_box="auto", object_sizes=None,
-                 max_memory: int | str | None = None, progress: bool = False):
+                 max_memory: int | str | None = None, progress: bool = False,
+                 scores=None, boxes=None, box_format: str = "offsets"):
         if precision not in PRECISIONS:
             raise ParameterError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
         self.scales = parse_scales(scales)
@@ -130,6 +139,7 @@ class Scanner:
         size = input_size if input_size is not None else (spec.input_size if spec else None)
         self.dense = _convert(net, size, output_stride).to(self.device).eval()
         self.dense = self.dense.to(memory_format=torch.channels_last)
+        self._select_outputs(scores, boxes, box_format)
         self.requested_stride = output_stride
         self._set_preprocessing(spec, mean, std)
         self._set_classes(spec, categories, background_class, object_box)
@@ -164,11 +174,24 @@ class Scanner:
             raise ParameterError(f"the model takes {self.in_chans} channels: pass mean= and std= "
                              "(the normalization it was trained with)")
 
+    def _select_outputs(self, scores, boxes, box_format: str) -> None:
+        """Pick the scores (and boxes) outputs; ``self.scan_net`` computes just those, as one
+        ``(N, K [+ 4 or 4K], h, w)`` tensor (tiling and memory estimates work on it)."""
+        self.scores_output = select_key(self.dense.outputs, scores, "scores")
+        self.boxes_output = None if boxes is None else select_key(self.dense.outputs, boxes, "boxes")
+        if box_format not in BOX_FORMATS:
+            raise ParameterError(f"unknown box format {box_format!r}; use one of "
+                                 f"{', '.join(BOX_FORMATS)}")
+        self.box_format = box_format
+        num, reg = self.scores_output.channels, self.boxes_output
+        if reg is not None and reg.channels not in (4, 4 * num):
+            raise ParameterError(f"box output {reg.key!r} has {reg.channels} channels; a box "
+                                 f"regression has 4 or 4 x {num} (one box per class)")
+        keys = [self.scores_output.key] + ([] if reg is None else [reg.key])
+        self.scan_net = self.dense.subset(*keys)
+
     def _set_classes(self, spec, categories, background_class, object_box) -> None:
-        with torch.inference_mode():
-            canonical = torch.zeros(1, *self.dense.input_size, device=self.device,
-                                    dtype=self.dtype)
-            num = self.dense(canonical).shape[1]
+        num = self.scores_output.channels
         if categories is None:
             categories = self.classifier.categories if self.classifier else range(num)
         self.categories = tuple(str(c) for c in categories)
@@ -211,30 +234,33 @@ class Scanner:
         rgb, source = as_rgb(image)
         pyramid = self.levels(rgb.shape[:2], scales)
         show = self.progress if progress is None else progress
-        probs = []
+        outs = []
         with torch.inference_mode(), self._autocast():
             for level in tqdm(pyramid, desc="scales", unit="scale", leave=False,
                               disable=not show):
-                probs.append(self._scan_level(rgb, level))
-        maps = tuple(ScaleMap(level, self.geometry, p.cpu())
-                     for level, p in zip(pyramid, probs, strict=True))
+                outs.append(self._scan_level(rgb, level))
+        maps = tuple(ScaleMap(level, self.geometry, p.cpu(), None if r is None else r.cpu(),
+                              self.box_format)
+                     for level, (p, r) in zip(pyramid, outs, strict=True))
         return ScanResult(tuple(rgb.shape[:2]), self.categories, maps, self.background_class,
                           self.object_box, source, thumbnail(rgb, THUMBNAIL_SIDE).copy())
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """The dense net on ``x``, tiled when its estimated memory exceeds ``self.max_memory``."""
+        net = self.scan_net
         if self.max_memory is None:
-            return self.dense(x)
+            return net(x)
         dtype = PRECISIONS[self.precision] or x.dtype
-        need = estimate_bytes(self.dense, x.shape[-2], x.shape[-1], dtype)
+        need = estimate_bytes(net, x.shape[-2], x.shape[-1], dtype)
         if need <= (1 - HEADROOM) * self.max_memory:  # the same headroom plan_tiles keeps
-            return self.dense(x)
+            return net(x)
         log.info("scale %dx%d needs ~%s: tiling to fit %s", x.shape[-2], x.shape[-1],
                  format_bytes(need), format_bytes(self.max_memory))
-        return forward_tiled(self.dense, x, self.max_memory)
+        return forward_tiled(net, x, self.max_memory)
 
-    def _scan_level(self, rgb: np.ndarray, level: Level) -> torch.Tensor:
-        """``(K, h, w)`` float32 softmax on the device for one level."""
+    def _scan_level(self, rgb: np.ndarray, level: Level) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(K, h, w)`` float32 probabilities on the device for one level, and the raw
+        ``(4 or 4K, h, w)`` float32 box regression (None without a boxes output)."""
         resized = rgb if level.size == rgb.shape[:2] else resize(rgb, level.size)
         x = to_tensor(resized, self.mean, self.std, self.in_chans)
         top, bottom, left, right = level.padding
@@ -248,7 +274,21 @@ class Scanner:
             raise RuntimeError(f"the dense net gave {tuple(logits.shape[-2:])} cells on a "
                                f"{level.input_size} input, its geometry says {(h, w)}")
         # Padded nets add cells whose window lies past the input's end: keep the geometry's.
-        return logits[0, :, :h, :w].float().softmax(dim=0)
+        out = logits[0, :, :h, :w].float()
+        num = self.scores_output.channels
+        regression = out[num:] if self.boxes_output is not None else None
+        return to_probabilities(out[:num], self.scores_output.activation), regression
+
+
+def to_probabilities(scores: torch.Tensor, activation: str | None) -> torch.Tensor:
+    """``(K, h, w)`` class probabilities from an output ending in ``activation``: raw scores are
+    softmaxed over classes, log-probabilities exponentiated, probabilities kept (never a second
+    softmax)."""
+    if activation is None:
+        return scores.softmax(dim=0)
+    if activation == "log_softmax":
+        return scores.exp()
+    return scores
 
 
 def _convert(model: nn.Module, input_size, output_stride: int | None) -> DenseNet:
