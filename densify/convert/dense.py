@@ -70,6 +70,8 @@ class DenseNet(nn.Module):
         ``(N, K_i, h, w)`` map: a Tensor, or the same tuple/list/dict/NamedTuple of maps.
     """
 
+    __jit_unused_properties__ = ["multi_output"]  # TorchScript export scripts forward only
+
     def __init__(self, net: fx.GraphModule, geometry: Geometry, input_size: tuple[int, int, int],
                  global_context: tuple[str, ...] = (), feature_node: str | None = None,
                  outputs: tuple[OutputInfo, ...] = ()):
