@@ -9,7 +9,7 @@ real canonical input (float32) and at the reduced canonical input the suite uses
 global-pool nets, the real size for flatten heads; float64, or float32 for grouped-convolution
 families, which have no fast float64 kernel on the CPU), check 2 and the crop gap at the reduced
 size, and check 3 (float64 for the small nets, float32 otherwise; the ten models whose receptive
-fields make it cost 3.6-84 TFLOP run it only with ``DENSIFY_SLOW=1``). Random weights, fixed seeds.
+fields make it cost 3.6-84 TFLOP run it only with ``DENSIFY_HUGE=1``). Random weights, fixed seeds.
 """
 
 from __future__ import annotations

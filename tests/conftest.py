@@ -30,10 +30,10 @@ except ImportError:
 FULL_SIZE = {"alexnet", "zfnet", "lenet5"} | {n for n in zoo.MODELS if n.startswith("vgg")}
 #: Smallest inputs giving a ≥ 2×2 final feature map (so the head pool is a real k×k pool).
 SMALL_SIZE = {"inception_v3": 139, "inception_v4": 139, "googlenet": 64, "nin": 96}
-#: Too large for routine CI (644M parameters); covered by the README table run.
-SLOW = {"regnet_y_128gf"}
+#: Too large for CI (644M parameters): the huge tier (``DENSIFY_HUGE=1``), run for the README table.
+HUGE = {"regnet_y_128gf"}
 #: Check 3 needs an input larger than the receptive field; for these it costs 3.6-84 TFLOP
-#: (scripts/equivalence_table.py --estimate prints the figures), so they run in the slow tier.
+#: (scripts/equivalence_table.py --estimate prints the figures): the huge tier.
 SLOW_STRIDE_CHECK = {"resnext101_64x4d", "resnext101_32x8d", "wide_resnet101_2", "resnet152",
                      "inception_v4", "densenet169", "densenet201", "densenet161", "convnext_small",
                      "convnext_base", "convnext_large"}
@@ -56,12 +56,15 @@ def size_for(name: str) -> tuple[int, int, int]:
     return (spec.input_size[0], size, size)
 
 
-def model_params(names, slow=frozenset()):
-    """``pytest.param`` per model, marked slow / needing timm where that applies."""
+def model_params(names, slow=frozenset(), huge=frozenset()):
+    """``pytest.param`` per model, marked for the full tier (``slow``), the huge tier, or as
+    needing timm, where that applies."""
     params = []
     for name in names:
         marks = []
-        if name in SLOW or name in slow:
+        if name in HUGE or name in huge:
+            marks.append(pytest.mark.huge)
+        elif name in slow:
             marks.append(pytest.mark.slow)
         if zoo.MODELS[name].family == "timm":
             marks.append(pytest.mark.skipif(not HAVE_TIMM, reason="needs the timm extra"))
@@ -72,16 +75,30 @@ def model_params(names, slow=frozenset()):
 ALL_MODELS = [n for n in zoo.MODELS if zoo.MODELS[n].family != "project"]
 
 
+#: The default tier's float64 and costlier checks run on these (one per architecture family);
+#: the full tier (``DENSIFY_FULL=1``) runs every model.
+REPRESENTATIVE = ("lenet5", "alexnet", "zfnet", "nin", "vgg11", "resnet18", "squeezenet1_1",
+                  "googlenet", "inception_v3", "densenet121", "mobilenet_v2", "shufflenet_v2_x0_5",
+                  "mnasnet0_5", "convnext_tiny", "resnext50_32x4d", "regnet_x_400mf",
+                  "efficientnet_b0", "mobilenet_v3_small", "resnetv2_50", "seresnet50")
+
+
+def full_tier_unless(names, keep=REPRESENTATIVE):
+    """Names outside ``keep``: marked for the full tier only."""
+    return {n for n in names if n not in keep}
+
+
 def dtype_params(names):
-    """``(name, dtype)`` pairs: float64 for every model (slow tier for grouped convolutions),
-    plus float32 in the default run for the grouped ones."""
+    """``(name, dtype)`` pairs. Default tier: float32 for every model (dtype tolerance table) and
+    float64 for the representative subset (grouped convolutions excepted: no fast CPU float64
+    kernel). Full tier: float64 for every model."""
     params = []
-    for p in model_params(names, {n for n in names if n.startswith(GROUPED)}):
+    slow64 = full_tier_unless(names) | {n for n in names if n.startswith(GROUPED)}
+    for p in model_params(names, slow64):
         params.append(pytest.param(p.values[0], torch.float64, marks=p.marks,
                                    id=f"{p.id}-float64"))
-        if p.id.startswith(GROUPED):
-            params.append(pytest.param(p.values[0], torch.float32, id=f"{p.id}-float32",
-                                       marks=[m for m in p.marks if m.name != "slow"]))
+        params.append(pytest.param(p.values[0], torch.float32, id=f"{p.id}-float32",
+                                   marks=[m for m in p.marks if m.name != "slow"]))
     return params
 
 
@@ -118,10 +135,17 @@ def pytest_sessionfinish(session, exitstatus):
             json.dump(previous + _RECORD, f, indent=1)
 
 
+#: The full tier: every model in float64, every check (``.ci/run`` runs it after the default).
+FULL = bool(os.environ.get("DENSIFY_FULL") or os.environ.get("DENSIFY_SLOW"))
+
+
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("-m") or os.environ.get("DENSIFY_SLOW"):
+    """Default tier; ``DENSIFY_FULL=1`` adds the ``slow`` items, ``DENSIFY_HUGE=1`` everything."""
+    if config.getoption("-m"):
         return
-    skip = pytest.mark.skip(reason="slow: run with DENSIFY_SLOW=1 or -m slow")
+    huge = bool(os.environ.get("DENSIFY_HUGE"))
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+        if "huge" in item.keywords and not huge:
+            item.add_marker(pytest.mark.skip(reason="huge tier: run with DENSIFY_HUGE=1"))
+        elif "slow" in item.keywords and not (FULL or huge):
+            item.add_marker(pytest.mark.skip(reason="full tier: run with DENSIFY_FULL=1"))

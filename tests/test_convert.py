@@ -14,6 +14,7 @@ from conftest import (
     SLOW_STRIDE_CHECK,
     build,
     dtype_params,
+    full_tier_unless,
     model_params,
     size_for,
 )
@@ -42,7 +43,7 @@ def test_canonical_and_head(name, dtype, record):
     assert c4.count == 9 and c4.max_rel == c4.max_rel  # measured, finite (not NaN)
 
 
-@pytest.mark.parametrize("name", model_params(ALL_MODELS))
+@pytest.mark.parametrize("name", model_params(ALL_MODELS, full_tier_unless(ALL_MODELS)))
 def test_canonical_true_size_float32(name, record):
     """Check 1 at the model's real canonical input in float32 (dtype tolerance table)."""
     model = build(name, torch.float32)
@@ -61,7 +62,8 @@ def _stride_models():
 _CONTEXT = {n for n in ALL_MODELS if n.startswith(GLOBAL_CONTEXT)}
 
 
-@pytest.mark.parametrize("name", model_params(_stride_models(), SLOW_STRIDE_CHECK))
+@pytest.mark.parametrize("name", model_params(_stride_models(), full_tier_unless(_stride_models()),
+                                              huge=SLOW_STRIDE_CHECK))
 def test_output_stride_halved(name, record):
     """Check 3: stride S/2 equals stride S on the image shifted by S/2, on interior cells."""
     dtype = torch.float64 if name in {"lenet5", "alexnet", "zfnet", "nin", "resnet18",

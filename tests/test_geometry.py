@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build, model_params, size_for
+from conftest import build, full_tier_unless, model_params, size_for
 
 from densify.convert import verify
 from densify.convert.dense import convolutionize
@@ -48,7 +48,8 @@ PROBE_MODELS = ["lenet5", "alexnet", "zfnet", "nin", "vgg11", "resnet18", "squee
                 "convnext_tiny", "resnext50_32x4d", "mobilenet_v2", "resnetv2_50", "inception_v4"]
 
 
-@pytest.mark.parametrize("name", model_params(PROBE_MODELS))
+@pytest.mark.parametrize("name", model_params(PROBE_MODELS, full_tier_unless(
+    PROBE_MODELS, ("lenet5", "alexnet", "nin", "resnet18", "squeezenet1_1", "googlenet"))))
 @pytest.mark.parametrize("output_stride", [None, "half"])
 def test_probe_single_pixels(name, output_stride):
     """Check 5: cells whose window holds a perturbed pixel change; no cell outside the
