@@ -81,6 +81,13 @@ class Geometry:
         """Boxes ``Tensor[cells_h * cells_w, 4]`` (x1, y1, x2, y2) of every cell's window, row-major.
 
         With ``receptive_field=True`` the boxes are the receptive fields instead.
+
+        Examples:
+            >>> Geometry(window=(224, 224), stride=(32, 32)).cell_boxes(2, 2)
+            tensor([[  0.,   0., 224., 224.],
+                    [ 32.,   0., 256., 224.],
+                    [  0.,  32., 224., 256.],
+                    [ 32.,  32., 256., 256.]])
         """
         if receptive_field and self.rf_size is None:
             raise ParameterError("this net has global context layers: a cell sees the whole input")

@@ -134,6 +134,21 @@ def detect(maps: Sequence[ScaleMap], threshold: float = 0.5, iou: float = 0.3,
         region: the object's box inside the window (:func:`object_region`); None: the window.
         regress: use the maps' regressed boxes (:meth:`ScaleMap.regressed_boxes`) when the scan
             has a box-regression output (``region`` then does not apply).
+
+    Examples:
+        One confident cell of class 1 on a 64 × 64 image (28 px windows, stride 4):
+
+        >>> import torch
+        >>> from densify.convert.geometry import Geometry
+        >>> from densify.scan.maps import ScaleMap
+        >>> from densify.scan.pyramid import levels
+        >>> level = levels((64, 64), (28, 28), (4, 4), scales=[1.0])[0]
+        >>> probs = torch.zeros(2, 10, 10)
+        >>> probs[0] = 1.0
+        >>> probs[:, 3, 5] = torch.tensor([0.1, 0.9])
+        >>> det = detect([ScaleMap(level, Geometry((28, 28), (4, 4)), probs)], background_class=0)
+        >>> det.boxes, det.scores, det.labels
+        (tensor([[20., 12., 48., 40.]]), tensor([0.9000]), tensor([1]))
     """
     if not 0 < threshold <= 1:
         raise ParameterError(f"threshold must lie in (0, 1], got {threshold}")

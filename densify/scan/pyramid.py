@@ -222,6 +222,14 @@ def levels(image_hw: Sequence[int], window_hw: Sequence[int], stride_hw: Sequenc
 
     Shape:
         ``image_hw``, ``window_hw``, ``stride_hw``: ``(H, W)`` pairs in pixels.
+
+    Examples:
+        Half size is padded (centred, with the mean colour) to ``window + k·stride`` rows:
+
+        >>> for level in levels((480, 640), (224, 224), (32, 32), scales=[0.5, 1.0]):
+        ...     print(level.factor, level.size, level.padding, level.input_size)
+        0.5 (240, 320) (8, 8, 0, 0) (256, 320)
+        1.0 (480, 640) (0, 0, 0, 0) (480, 640)
     """
     image_hw, window_hw = _pair(image_hw, "image size"), _pair(window_hw, "window")
     stride_hw = _pair(stride_hw, "stride")

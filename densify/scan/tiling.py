@@ -252,6 +252,15 @@ def plan_tiles(dense: DenseNet, height: int, width: int, max_bytes: int,
     Searches the grids ``ny × nx`` along the fitting frontier: for each ``ny`` the least ``nx``
     that fits, which never grows as ``ny`` grows. Raises :class:`TilingError` when a single-cell
     tile does not fit.
+
+    Examples:
+        LeNet-5 (28 px window, stride 4) on a 400 × 400 input within 2 MB:
+
+        >>> from densify.convert.dense import convolutionize
+        >>> from densify.models.archs import lenet5
+        >>> tiles = plan_tiles(convolutionize(lenet5(), (1, 28, 28)), 400, 400, 2_000_000)
+        >>> len(tiles), tiles[0]
+        (8, Tile(rows=(0, 47), cols=(0, 24), box=(0, 0, 120, 212)))
     """
     _check_tileable(dense)
     budget = int(max_bytes * (1.0 - headroom))
