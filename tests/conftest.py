@@ -27,7 +27,8 @@ except ImportError:
     HAVE_TIMM = False
 
 #: Models whose head flattens a fixed k×k map must be tested at their real canonical input.
-FULL_SIZE = {"alexnet", "zfnet", "lenet5"} | {n for n in zoo.MODELS if n.startswith("vgg")}
+FULL_SIZE = {"alexnet", "zfnet", "lenet5", "overfeat_fast", "overfeat_accurate"} | {
+    n for n in zoo.MODELS if n.startswith("vgg")}
 #: Smallest inputs giving a ≥ 2×2 final feature map (so the head pool is a real k×k pool).
 SMALL_SIZE = {"inception_v3": 139, "inception_v4": 139, "googlenet": 64, "nin": 96}
 #: Too large for CI (644M parameters): the huge tier (``DENSIFY_HUGE=1``), run for the README table.

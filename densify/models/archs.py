@@ -10,13 +10,16 @@ like any torchvision model.
   filters); AlexNet with a 7×7 stride-2 conv1 and a stride-2 conv2.
 - :func:`nin`: Network in Network (Lin et al. 2013), ImageNet layout of the Caffe model zoo / d2l:
   mlpconv blocks and a global-average-pool head, no fully connected layer.
+- :func:`overfeat_fast` and :func:`overfeat_accurate`: the two networks of OverFeat (Sermanet et
+  al. 2014, Tables 1 and 3), no local response normalization, dropout in the FC layers. Their
+  parameter counts are 145.9M and 144.7M (the paper: "about 145M" and "144M").
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["lenet5", "zfnet", "nin"]
+__all__ = ["lenet5", "zfnet", "nin", "overfeat_fast", "overfeat_accurate"]
 
 
 def lenet5(num_classes: int = 10, in_chans: int = 1) -> nn.Sequential:
@@ -119,3 +122,70 @@ def nin(num_classes: int = 1000, dropout: float = 0.5) -> nn.Sequential:
         nn.AdaptiveAvgPool2d((1, 1)),
         nn.Flatten(1),
     )
+
+
+def _conv_relu(in_chans: int, out_chans: int, kernel: int, stride: int = 1, padding: int = 0
+               ) -> list[nn.Module]:
+    return [nn.Conv2d(in_chans, out_chans, kernel, stride=stride, padding=padding),
+            nn.ReLU(inplace=True)]
+
+
+def _overfeat_head(features: list[nn.Module], feat: int, hidden: tuple[int, int],
+                   num_classes: int, dropout: float) -> nn.Sequential:
+    """``features``, flatten, then FC ``hidden[0]``, FC ``hidden[1]`` (ReLU and dropout after
+    each) and FC ``num_classes``."""
+    return nn.Sequential(
+        nn.Sequential(*features),
+        nn.Flatten(1),
+        nn.Dropout(dropout), nn.Linear(feat, hidden[0]), nn.ReLU(inplace=True),
+        nn.Dropout(dropout), nn.Linear(hidden[0], hidden[1]), nn.ReLU(inplace=True),
+        nn.Linear(hidden[1], num_classes),
+    )
+
+
+def overfeat_fast(num_classes: int = 1000, dropout: float = 0.5, width: float = 1.0
+                  ) -> nn.Sequential:
+    """OverFeat's fast model on ``(N, 3, 231, 231)`` (Sermanet et al. 2014, Table 1).
+
+    Shape: 231 → conv1 11×11/4 56 → pool 2×2/2 28 → conv2 5×5 24 → pool 12 → conv3-5 3×3 pad 1
+    (512, 1024, 1024) 12 → pool 2×2/2 6; FC 3072 over 1024×6×6, FC 4096, FC ``num_classes``.
+    Output stride 32 (4·2·2·2); stride-1 final pooling gives 16. ``width`` multiplies every
+    channel and hidden count (1 is the paper's; tests use a narrow copy of the same layers).
+    """
+    c = _widths(width)
+    features = [
+        *_conv_relu(3, c(96), 11, stride=4), nn.MaxPool2d(2),
+        *_conv_relu(c(96), c(256), 5), nn.MaxPool2d(2),
+        *_conv_relu(c(256), c(512), 3, padding=1),
+        *_conv_relu(c(512), c(1024), 3, padding=1),
+        *_conv_relu(c(1024), c(1024), 3, padding=1), nn.MaxPool2d(2),
+    ]
+    return _overfeat_head(features, c(1024) * 6 * 6, (c(3072), c(4096)), num_classes, dropout)
+
+
+def overfeat_accurate(num_classes: int = 1000, dropout: float = 0.5, width: float = 1.0
+                      ) -> nn.Sequential:
+    """OverFeat's accurate model on ``(N, 3, 221, 221)`` (Sermanet et al. 2014, Table 3).
+
+    Shape: 221 → conv1 7×7/2 108 → pool 3×3/3 36 → conv2 7×7 30 → pool 2×2/2 15 → conv3-6 3×3
+    pad 1 (512, 512, 1024, 1024) 15 → pool 3×3/3 5; FC 4096 over 1024×5×5, FC 4096, FC
+    ``num_classes``. Output stride 36 (2·3·2·3); the paper's 3×3 offset pooling (the last pool
+    at stride 1, everything after it dilated by 3) gives 12. ``width`` as for
+    :func:`overfeat_fast`.
+    """
+    c = _widths(width)
+    features = [
+        *_conv_relu(3, c(96), 7, stride=2), nn.MaxPool2d(3),
+        *_conv_relu(c(96), c(256), 7), nn.MaxPool2d(2),
+        *_conv_relu(c(256), c(512), 3, padding=1),
+        *_conv_relu(c(512), c(512), 3, padding=1),
+        *_conv_relu(c(512), c(1024), 3, padding=1),
+        *_conv_relu(c(1024), c(1024), 3, padding=1), nn.MaxPool2d(3),
+    ]
+    return _overfeat_head(features, c(1024) * 5 * 5, (c(4096), c(4096)), num_classes, dropout)
+
+
+def _widths(width: float):
+    if not width > 0:
+        raise ValueError(f"width must be positive, got {width}")
+    return lambda n: max(1, round(n * width))

@@ -8,7 +8,8 @@ Families:
 
 - ``torchvision``: every CNN classifier in ``torchvision.models``. Canonical size, mean/std and the
   ImageNet categories come from the weights metadata that ships inside torchvision (no download).
-- ``seed``: LeNet-5, ZFNet and Network in Network (:mod:`densify.archs`).
+- ``seed``: LeNet-5, ZFNet, Network in Network and OverFeat's fast and accurate networks
+  (:mod:`densify.archs`).
 - ``timm``: SE-ResNet-50, pre-activation ResNet-50 (resnetv2) and Inception-v4, with the ``timm``
   extra installed.
 - ``project``: models trained by this project; weights and card ship inside the package
@@ -175,6 +176,8 @@ def seed_facts() -> dict[str, dict]:
         "lenet5": {"family": "seed", "input_size": [1, 28, 28], "num_classes": 10, "mean": [0.5],
                    "std": [0.5], "weights": None, "categories_from": None},
         "zfnet": dict(imagenet), "nin": dict(imagenet),
+        "overfeat_fast": {**imagenet, "input_size": [3, 231, 231]},
+        "overfeat_accurate": {**imagenet, "input_size": [3, 221, 221]},
     }
 
 
