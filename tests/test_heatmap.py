@@ -105,3 +105,23 @@ def test_image_scores_follow_overfeat():
     assert torch.allclose(image_scores(maps), torch.tensor([0.7, 0.75]))
     assert peak(maps, 0) == (0, 0, pytest.approx(0.9))
     assert peak(maps, 1)[:2] == (0, 1)
+
+
+def test_explicit_sizes_register_back_with_separate_axis_factors():
+    """Squeezed to 120 rows and stretched to 300 columns (fy 0.75, fx 1.5), the square is still
+    found where it is in the original image: boxes and maps use each axis's own factor."""
+    scanner = Scanner(square_detector(), scales="120x300,200x150", output_stride=8, device="cpu",
+                      input_size=(WINDOW, WINDOW), mean=(0, 0, 0), std=(1, 1, 1),
+                      categories=CATEGORIES, background_class=0)
+    centre = CENTRES[0]
+    result = scanner(square_image(160, 200, centre))
+    assert [m.size for m in result.maps] == [(120, 300), (200, 150)]
+    for m in result.maps:
+        fy, fx = m.level.scale
+        y, x = _argmax_yx(scale_heatmap(m, [1])[0])
+        assert abs(y - centre[0]) <= 8 / (2 * fy) + 1 and abs(x - centre[1]) <= 8 / (2 * fx) + 1
+        cell = int(m.probs[1].flatten().argmax())
+        x1, y1, x2, y2 = m.boxes(clip=False)[cell].tolist()
+        assert (x2 - x1, y2 - y1) == pytest.approx((WINDOW / fx, WINDOW / fy))
+        assert abs((x1 + x2) / 2 - centre[1]) <= 8 / (2 * fx) + 1
+        assert abs((y1 + y2) / 2 - centre[0]) <= 8 / (2 * fy) + 1

@@ -14,6 +14,7 @@ from densify.convert import verify
 from densify.convert.dense import available_strides, convolutionize
 from densify.models import archs
 from densify.models import catalogue as zoo
+from densify.scan.pyramid import levels
 
 #: The paper's figures (Section 3: "the fast model has about 145 million parameters, the accurate
 #: one 144 million"), to 1 %.
@@ -67,3 +68,22 @@ def test_narrow_copy_converts_exactly(name):
     dense = convolutionize(model, (3, PAPER_GEOMETRY[name][0], PAPER_GEOMETRY[name][0]))
     for check in (verify.check_canonical(model, dense), verify.check_head(model, dense)):
         assert check.passed, check
+
+
+#: The paper's Table 5: the accurate model's classifier map (all 3×3 offsets interleaved) at each
+#: of its six test sizes.
+PAPER_MAPS = ((3, 3), (6, 9), (9, 15), (15, 21), (18, 24), (21, 30))
+
+
+def test_overfeat_preset_gives_the_papers_classifier_maps():
+    """At stride 12 the dense accurate net reproduces Table 5's map sizes, on real forward passes
+    (the sizes are 221 + 12k, so no padding is added)."""
+    dense = convolutionize(narrow("overfeat_accurate").float(), (3, 221, 221), output_stride=12)
+    cells = []
+    with torch.no_grad():
+        for level in levels((400, 600), dense.geometry.window, dense.geometry.stride, "overfeat"):
+            assert not any(level.padding)
+            out = dense(torch.zeros(1, 3, *level.input_size))
+            assert tuple(out.shape[-2:]) == dense.geometry.output_size(*level.input_size)
+            cells.append(tuple(out.shape[-2:]))
+    assert tuple(cells) == PAPER_MAPS

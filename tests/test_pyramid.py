@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 from densify.io.image import resize
+from densify.errors import ParameterError
 from densify.scan.pyramid import (
     MAX_LEVEL_PIXELS,
+    OVERFEAT_SIZES,
+    PRESETS,
     default_range,
     geometric_factors,
     levels,
@@ -151,3 +154,35 @@ def test_cli_rejects_bad_object_sizes():
 
     result = CliRunner().invoke(main, ["heatmap", "x.png", "-m", "lenet5", "--object-sizes", "9"])
     assert result.exit_code == 2 and "MIN:MAX" in result.output
+
+
+def test_parse_sizes_and_the_overfeat_preset():
+    assert parse_scales("245x245, 281X317") == ((245, 245), (281, 317))
+    assert parse_scales([(245, 245), [281, 317]]) == ((245, 245), (281, 317))
+    assert parse_scales("overfeat") == OVERFEAT_SIZES == PRESETS["overfeat"]
+    assert len(OVERFEAT_SIZES) == 6 and OVERFEAT_SIZES[-1] == (461, 569)
+
+
+@pytest.mark.parametrize("value, words", [("245x", "cannot read"), ("0x245", "positive"),
+                                          ("overfeet", "preset"), ([(1, 2, 3)], "two positive")])
+def test_parse_sizes_rejects_with_one_line_fix(value, words):
+    with pytest.raises(ParameterError, match=words) as info:
+        parse_scales(value)
+    assert "\n" not in str(info.value)
+
+
+def test_explicit_sizes_resize_exactly_with_per_axis_factors():
+    lv = levels((400, 600), (221, 221), (12, 12), "245x245,281x317")
+    assert [lev.size for lev in lv] == [(245, 245), (281, 317)]
+    assert lv[1].scale == (281 / 400, 317 / 600)
+    assert lv[1].factor == pytest.approx(math.sqrt(281 / 400 * 317 / 600))
+    assert scale_factors((400, 600), (221, 221), "245x245") == (pytest.approx(
+        math.sqrt(245 / 400 * 245 / 600)),)
+    # Padding to the stride grid applies per axis as for factors: 317 = 221 + 8*12, 389 = 221+14*12.
+    assert levels((400, 600), (221, 221), (12, 12), [(317, 389)])[0].padding == (0, 0, 0, 0)
+    assert levels((400, 600), (221, 221), (12, 12), [(318, 389)])[0].padding == (5, 6, 0, 0)
+
+
+def test_explicit_sizes_refuse_huge_levels():
+    with pytest.raises(ParameterError, match="smaller sizes"):
+        levels((10, 10), (8, 8), (4, 4), [(9000, 9000)])

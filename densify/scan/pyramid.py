@@ -33,6 +33,13 @@ wanted object size onto the trained one (``scale_range`` in :func:`scale_factors
 Explicit factors (``scales=[0.5, 1.0]``, or ``"0.5,1"`` / ``"lo:hi:n"`` strings from the command
 line) are used as given, in the given order; each must be positive and finite.
 
+Explicit sizes (``scales=[(245, 245), (281, 317)]``, or ``"245x245,281x317"``, ``H×W`` each):
+each scale resizes the image to exactly that size, whatever its aspect ratio, as OverFeat does;
+the two axes then have different factors, and boxes map back with each (:attr:`Level.scale`).
+:attr:`Level.factor` is then the geometric mean ``sqrt(fy·fx)`` of the realized factors.
+The preset ``"overfeat"`` is the paper's six sizes for its accurate model (Sermanet et al. 2014,
+Table 5): :data:`OVERFEAT_SIZES`.
+
 Rounding (tested): the resized size is ``floor(H·f + 0.5)`` per axis (half rounds up, unlike
 Python's ``round``), at least 1 pixel, and OpenCV resizes to exactly that
 (:func:`densify.image.resize`).
@@ -59,11 +66,21 @@ from dataclasses import dataclass
 
 from ..errors import ParameterError
 
-__all__ = ["MAX_LEVEL_PIXELS", "Level", "default_range", "geometric_factors", "parse_scales",
-           "object_range", "scale_factors", "resized_size", "levels"]
+__all__ = ["MAX_LEVEL_PIXELS", "OVERFEAT_SIZES", "PRESETS", "Level", "default_range", "geometric_factors", "parse_scales",
+           "object_range", "scale_factors", "level_sizes", "resized_size", "levels"]
 
 MAX_LEVEL_PIXELS = 64_000_000
 """Largest resized image (``H·W`` after scaling) accepted: about 8000 × 8000."""
+
+OVERFEAT_SIZES: tuple[tuple[int, int], ...] = (
+    (245, 245), (281, 317), (317, 389), (389, 461), (425, 497), (461, 569))
+"""OverFeat's six test sizes ``(H, W)`` (Sermanet et al. 2014, Table 5, accurate model)."""
+
+#: Named scale sets (``--scales overfeat``).
+PRESETS: dict[str, tuple[tuple[int, int], ...]] = {"overfeat": OVERFEAT_SIZES}
+
+#: What :func:`parse_scales` returns: a count, factors, or exact ``(H, W)`` sizes.
+Scales = int | tuple[float, ...] | tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True)
@@ -127,11 +144,21 @@ def geometric_factors(n: int, lo: float, hi: float) -> tuple[float, ...]:
     return tuple(float(lo * ratio**i) for i in range(n - 1)) + (float(hi),)
 
 
-def parse_scales(value: int | str | Sequence[float]) -> int | tuple[float, ...]:
-    """A scale count ``N`` or explicit factors, from an int, a sequence or a string.
+def parse_scales(value: int | str | Sequence) -> Scales:
+    """A scale count ``N``, explicit factors or explicit sizes, from an int, a sequence or a string.
 
     Strings: ``"6"`` (a count), ``"0.5,1,2"`` (factors), ``"0.25:1:5"`` (5 factors spaced
-    geometrically from 0.25 to 1). Raises a one-line ``ValueError`` that names the fix.
+    geometrically from 0.25 to 1), ``"245x245,281x317"`` (sizes ``HxW``), ``"overfeat"`` (a preset,
+    :data:`PRESETS`). Sequences hold factors or ``(H, W)`` pairs. Raises a one-line
+    :class:`ParameterError` that names the fix.
+
+    Examples:
+        >>> parse_scales("0.5,1")
+        (0.5, 1.0)
+        >>> parse_scales("245x245, 281x317")
+        ((245, 245), (281, 317))
+        >>> parse_scales("overfeat")[1]
+        (281, 317)
     """
     if isinstance(value, str):
         return _parse_scale_text(value.strip())
@@ -142,14 +169,38 @@ def parse_scales(value: int | str | Sequence[float]) -> int | tuple[float, ...]:
         return value
     if isinstance(value, float):
         return (_check_factor(value),)
-    return tuple(_check_factor(v) for v in _nonempty(value))
+    values = _nonempty(value)
+    if all(isinstance(v, Sequence) and not isinstance(v, str) for v in values):
+        return tuple(_check_size(v) for v in values)
+    return tuple(_check_factor(v) for v in values)
 
 
-def _parse_scale_text(text: str) -> int | tuple[float, ...]:
-    hint = "give a count (6), factors (0.5,1,2) or a range lo:hi:n (0.25:1:5)"
+def _check_size(value) -> tuple[int, int]:
+    size = tuple(value)
+    if len(size) != 2 or not all(float(v) == int(v) and int(v) >= 1 for v in size):
+        raise ParameterError(f"scale size {value!r} must be two positive integers (H, W), e.g. "
+                             "245x245")
+    return int(size[0]), int(size[1])
+
+
+def _parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    sizes = []
+    for part in (p.strip() for p in text.lower().split(",") if p.strip()):
+        h, w = part.split("x")
+        sizes.append(_check_size((int(h), int(w))))
+    return tuple(_nonempty(sizes))
+
+
+def _parse_scale_text(text: str) -> Scales:
+    hint = ("give a count (6), factors (0.5,1,2), a range lo:hi:n (0.25:1:5), sizes HxW,HxW "
+            f"(245x245,281x317) or a preset ({', '.join(PRESETS)})")
     if text.isdigit():
         return parse_scales(int(text))
+    if text.lower() in PRESETS:
+        return PRESETS[text.lower()]
     try:
+        if "x" in text.lower():
+            return _parse_sizes(text)
         if ":" in text:
             lo, hi, n = text.split(":")
             lo_f, hi_f = _check_factor(float(lo)), _check_factor(float(hi))
@@ -187,14 +238,34 @@ def object_range(object_height: float, object_sizes: Sequence[float]) -> tuple[f
 
 
 def scale_factors(image_hw: Sequence[int], window_hw: Sequence[int],
-                  scales: int | str | Sequence[float] = 6,
+                  scales: int | str | Sequence = 6,
                   scale_range: tuple[float, float] | None = None) -> tuple[float, ...]:
     """The factors for one image: ``scales`` parsed, a count expanded over ``scale_range`` (from
-    :func:`object_range`) or else :func:`default_range`."""
+    :func:`object_range`) or else :func:`default_range`; for explicit sizes, the geometric mean
+    of each size's two factors."""
     parsed = parse_scales(scales)
     if isinstance(parsed, int):
         return geometric_factors(parsed, *(scale_range or default_range(image_hw, window_hw)))
+    if parsed and isinstance(parsed[0], tuple):
+        height, width = _pair(image_hw, "image size")
+        return tuple(math.sqrt(h / height * w / width) for h, w in parsed)
     return parsed
+
+
+def level_sizes(image_hw: Sequence[int], window_hw: Sequence[int], scales: int | str | Sequence = 6,
+                scale_range: tuple[float, float] | None = None
+                ) -> list[tuple[float, tuple[int, int]]]:
+    """``(factor, (H, W) resized size)`` per scale: factors rounded by :func:`resized_size`,
+    explicit sizes as given (checked against :data:`MAX_LEVEL_PIXELS`)."""
+    parsed = parse_scales(scales)
+    factors = scale_factors(image_hw, window_hw, parsed, scale_range)
+    if parsed and isinstance(parsed, tuple) and isinstance(parsed[0], tuple):
+        for h, w in parsed:
+            if h * w > MAX_LEVEL_PIXELS:
+                raise ParameterError(f"scale size {h}x{w} is over {MAX_LEVEL_PIXELS:.3g} pixels; "
+                                     "use smaller sizes")
+        return list(zip(factors, parsed, strict=True))
+    return [(f, resized_size(image_hw, f)) for f in factors]
 
 
 def resized_size(image_hw: Sequence[int], factor: float) -> tuple[int, int]:
@@ -216,7 +287,7 @@ def _padding(size: int, window: int, stride: int) -> tuple[int, int]:
 
 
 def levels(image_hw: Sequence[int], window_hw: Sequence[int], stride_hw: Sequence[int],
-           scales: int | str | Sequence[float] = 6,
+           scales: int | str | Sequence = 6,
            scale_range: tuple[float, float] | None = None) -> list[Level]:
     """The pyramid for one image: one :class:`Level` per factor (module docstring).
 
@@ -234,8 +305,7 @@ def levels(image_hw: Sequence[int], window_hw: Sequence[int], stride_hw: Sequenc
     image_hw, window_hw = _pair(image_hw, "image size"), _pair(window_hw, "window")
     stride_hw = _pair(stride_hw, "stride")
     out = []
-    for factor in scale_factors(image_hw, window_hw, scales, scale_range):
-        size = resized_size(image_hw, factor)
+    for factor, size in level_sizes(image_hw, window_hw, scales, scale_range):
         pad_y = _padding(size[0], window_hw[0], stride_hw[0])
         pad_x = _padding(size[1], window_hw[1], stride_hw[1])
         out.append(Level(factor, size, pad_y + pad_x, image_hw, window_hw))
