@@ -244,3 +244,20 @@ def test_default_model_boxes_objects_never_background(digits_card, photos, tmp_p
 def test_default_weights_missing_is_one_line(digits_card, photos, tmp_path):
     result = _invoke("heatmap", [photos / "coffee.jpg", "-q", "-o", tmp_path])
     _one_line_error(result, "missing_digits.pt")
+
+
+def test_heatmap_flip_and_explicit_sizes(photos, tmp_path):
+    """``--scales HxW,HxW --flip``: each size exactly, mirrored maps saved and flagged."""
+    result = _invoke("heatmap", [photos / "coffee.jpg", "--model", "lenet5", "--weights", "random",
+                                 "--scales", "40x60,64x48", "--flip", "-q", "--json", "-o", tmp_path])
+    assert result.exit_code == 0, result.output
+    (record,) = json.loads(result.stdout)
+    assert record["flip"] is True and len(record["factors"]) == 2
+    saved = np.load(tmp_path / "coffee_heatmap.npz")
+    assert saved["flipped"].tolist() == [False, True, False, True]
+    assert saved["sizes"].tolist() == [[40, 60], [40, 60], [64, 48], [64, 48]]
+
+
+def test_bad_size_scales_are_one_line_usage_errors(photos, tmp_path):
+    result = _invoke("heatmap", [photos / "coffee.jpg", *LENET[:4], "--scales", "40x", "-o", tmp_path])
+    _one_line_error(result, "--scales", "HxW")

@@ -52,12 +52,12 @@ def expand(inputs: Iterable[Path], errors: list[tuple[str, str]] | None = None
 
 
 def make_scanner(model, weights, scales, output_stride, device, precision, object_sizes=None,
-                 max_memory=None, threads=None) -> Scanner:
+                 max_memory=None, threads=None, flip=False) -> Scanner:
     """The scanner every scanning command uses (stride 16 unless ``--output-stride``)."""
     if threads is not None:
         torch.set_num_threads(threads)
     return Scanner(model, scales, 16 if output_stride is None else output_stride, device,
-                   precision, weights, object_sizes=object_sizes, max_memory=max_memory)
+                   precision, weights, object_sizes=object_sizes, max_memory=max_memory, flip=flip)
 
 
 def default_threshold(scanner: Scanner, threshold: float | None) -> float:
@@ -140,8 +140,9 @@ def notes(result: ScanResult, scanner: Scanner) -> list[str]:
 
 
 def summary(path: Path, result: ScanResult, scanner: Scanner) -> dict:
-    return {"image": str(path), "size": list(result.image_size), "factors": list(result.factors),
-            "output_stride": scanner.output_stride, "notes": notes(result, scanner),
+    factors = [m.factor for m in result.maps if not m.flipped]  # one per scale, flips or not
+    return {"image": str(path), "size": list(result.image_size), "factors": factors,
+            "flip": scanner.flip, "output_stride": scanner.output_stride, "notes": notes(result, scanner),
             "padded_to_window": result.padded_to_window, "upscaled": result.upscaled}
 
 

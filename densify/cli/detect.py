@@ -54,7 +54,7 @@ def _detect_lines(records: list[dict]) -> str:
               help="Whole windows as boxes, even where the model card gives the object's size.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="COCO results file [default: OUTDIR/detections.json].")
-def detect(inputs, model, weights, scales, object_sizes, output_stride, device, precision,
+def detect(inputs, model, weights, scales, flip, object_sizes, output_stride, device, precision,
            output_dir, max_memory, threads, quiet, threshold, nms_iou, classes, window_boxes,
            json_path) -> None:
     """Detect objects: boxes from every window above --threshold, merged by NMS.
@@ -78,7 +78,7 @@ def detect(inputs, model, weights, scales, object_sizes, output_stride, device, 
     json_path = json_path or out / "detections.json"
     ensure_output_dir(json_path.parent)
     scanner = make_scanner(model, weights, scales, output_stride, device, precision, object_sizes,
-                           max_memory, threads)
+                           max_memory, threads, flip)
     chosen = [resolve_class(scanner, c) for c in classes] or None
     if chosen and scanner.background_class in chosen:
         raise click.BadParameter("the background class never yields boxes", param_hint="--class")

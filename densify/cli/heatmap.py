@@ -64,7 +64,8 @@ def _heatmap_table(records: list[dict]) -> str:
     for r in records:
         factors = r["factors"]
         lines.append(f"{r['image']} ({r['size'][0]}x{r['size'][1]}): {len(factors)} scale(s) "
-                     f"{min(factors):.3g}-{max(factors):.3g}, map of {r['class']!r}")
+                     f"{min(factors):.3g}-{max(factors):.3g}{' and flips' if r['flip'] else ''}, "
+                     f"map of {r['class']!r}")
         lines.append(f"  {'#':>2}  {'class':24s} {'score':>6}  {'best window x1,y1,x2,y2':24s} "
                      "scale")
         for i, t in enumerate(r["top"], 1):
@@ -117,7 +118,7 @@ def _scales_text(scanner: Scanner) -> str:
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--colormap", default="jet", show_default=True, callback=options.callback(
     _colormap), help="Any OpenCV colormap: jet, turbo, inferno, viridis, ...")
-def heatmap(inputs, model, weights, scales, object_sizes, output_stride, device, precision,
+def heatmap(inputs, model, weights, scales, flip, object_sizes, output_stride, device, precision,
             output_dir, max_memory, threads, quiet, class_, top_k, as_json, sheet, report, alpha,
             colormap) -> None:
     """Class heat maps registered to each image: a PNG overlay and an NPZ of the maps.
@@ -134,7 +135,7 @@ def heatmap(inputs, model, weights, scales, object_sizes, output_stride, device,
     start = time.perf_counter()
     out = ensure_output_dir(output_dir)
     scanner = make_scanner(model, weights, scales, output_stride, device, precision, object_sizes,
-                           max_memory, threads)
+                           max_memory, threads, flip)
     chosen = resolve_class(scanner, class_)
     errors: list[tuple[str, str]] = []
     paths, failed = expand(inputs, errors)

@@ -19,7 +19,7 @@ from ..errors import DensifyError
 __all__ = [
     "DEFAULT_MODEL", "callback", "model", "weights", "output_stride", "input_size", "scales",
     "object_sizes", "device", "precision", "output_dir", "max_memory", "quiet", "as_json",
-    "threshold", "nms_iou", "image_size", "threads", "sheet", "report", "scan_options",
+    "threshold", "nms_iou", "image_size", "threads", "sheet", "report", "flip", "scan_options",
 ]
 
 #: The model every command uses when ``--model`` is not given: the project's digit spotter,
@@ -100,7 +100,8 @@ input_size = click.option(
 scales = click.option(
     "--scales", default="6", show_default=True, callback=callback(_scales),
     help="N scales (from the card's object sizes, or from 'short side = window' up; "
-         "densify.scan.pyramid), factors 0.5,1,2, or a range lo:hi:n.")
+         "densify.scan.pyramid), factors 0.5,1,2, a range lo:hi:n, exact sizes HxW,HxW "
+         "(e.g. 245x245,281x317), or 'overfeat' (the paper's six sizes).")
 
 # Used by: heatmap, detect.
 object_sizes = click.option(
@@ -171,12 +172,19 @@ report = click.option(
          "opens from disk.")
 
 
+# Used by: heatmap, detect, evaluate.
+flip = click.option(
+    "--flip", is_flag=True,
+    help="Also scan every scale on the mirrored image (OverFeat): maps registered back, image "
+         "scores averaged over scales and flips.")
+
+
 def scan_options(fn: Callable) -> Callable:
     """The options of every scanning command (heatmap, detect), in --help order."""
     stack = [
         click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_DIR...",
                        type=click.Path(path_type=Path)),
-        model, weights, scales, object_sizes, output_stride, device, precision, output_dir,
+        model, weights, scales, flip, object_sizes, output_stride, device, precision, output_dir,
         max_memory, threads, quiet,
     ]
     for option in reversed(stack):

@@ -12,10 +12,13 @@ Painting rule (one scale), and why:
     stride (tested with a hand-built detector in ``tests/test_heatmap.py``).
 
 Across scales: the mean of the per-scale maps (each scale is one vote; a class seen at only one
-scale of six keeps a sixth of its probability).
+scale of six keeps a sixth of its probability). A flipped scale (``Scanner(flip=True)``) is
+painted in the mirrored image's frame and then mirrored back, pixel ``x`` to ``W - 1 - x``: it is
+one more vote, registered to the original image.
 
 Image-level scores (OverFeat, Sermanet et al. 2013, section 4.2): the spatial maximum of each
-class at each scale, averaged over scales. They rank :meth:`ScanResult.top_classes`.
+class at each scale (and flip), averaged over all of them: 6 scales × 2 flips = 12 vectors in
+the paper. They rank :meth:`ScanResult.top_classes`.
 
 Shape:
     maps at image resolution are ``(k, H, W)`` float32 for ``k`` chosen classes: never all
@@ -57,7 +60,8 @@ def centre_weights(pixels: int, cells: int, scale: float, pad: int, offset: int,
 
 
 def scale_heatmap(m: ScaleMap, classes: Sequence[int]) -> torch.Tensor:
-    """``(k, H, W)`` maps of ``classes`` from one scale, painted by the centre rule."""
+    """``(k, H, W)`` maps of ``classes`` from one scale, painted by the centre rule (a flipped
+    scale painted in its mirrored frame, then mirrored back)."""
     g, (h, w) = m.geometry, m.cells
     height, width = m.level.image_size
     top, _, left, _ = m.padding
@@ -65,7 +69,8 @@ def scale_heatmap(m: ScaleMap, classes: Sequence[int]) -> torch.Tensor:
     wy = centre_weights(height, h, fy, top, g.offset[0], g.window[0], g.stride[0])
     wx = centre_weights(width, w, fx, left, g.offset[1], g.window[1], g.stride[1])
     probs = m.probs[list(classes)].float().to(wy.device)
-    return torch.einsum("yi,kij,xj->kyx", wy, probs, wx)
+    painted = torch.einsum("yi,kij,xj->kyx", wy, probs, wx)
+    return painted.flip(-1) if m.flipped else painted
 
 
 def heatmaps(maps: Sequence[ScaleMap], classes: Sequence[int], image_size: Sequence[int]
@@ -80,7 +85,7 @@ def heatmaps(maps: Sequence[ScaleMap], classes: Sequence[int], image_size: Seque
 
 
 def image_scores(maps: Sequence[ScaleMap]) -> torch.Tensor:
-    """``Tensor[K]``: per class, the spatial max at each scale, averaged over scales."""
+    """``Tensor[K]``: per class, the spatial max at each scale and flip, averaged over them."""
     if not maps:
         raise ParameterError("no scales to score; scan with at least one scale")
     return torch.stack([m.probs.flatten(1).amax(dim=1) for m in maps]).mean(dim=0)

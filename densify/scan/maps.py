@@ -6,6 +6,12 @@ Convention:
     cell, and :meth:`ScaleMap.boxes` maps every window back to ``(x1, y1, x2, y2)`` pixels of the
     ORIGINAL image: ``x = (x_input - pad_left) / fx`` with the realized factor ``fx = w' / W``
     (see :mod:`densify.scan.pyramid` for the rounding and the padding).
+
+Flipped scales (``Scanner(flip=True)``, OverFeat's horizontal flips): the net ran on the
+mirrored image, so ``probs`` is laid out in the mirrored frame: cell ``j`` is the window that
+starts at ``x`` in the mirrored (resized, padded) input. :meth:`ScaleMap.boxes` registers it back:
+a mirrored box ``[x1, x2)`` of an image ``W`` wide is ``[W - x2, W - x1)`` in the original, i.e. a
+window starts at ``W - window - x``. Heat maps flip the painted map (:mod:`densify.scan.heatmap`).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class ScaleMap:
         regression: ``(4, h, w)`` (class-agnostic) or ``(4·K, h, w)`` (class-major: channels
             ``4k..4k+3`` for class ``k``) raw float32 box regression per cell, or None.
         box_format: how :attr:`regression` reads (:data:`BOX_FORMATS`, :meth:`regressed_boxes`).
+        flipped: the scale ran on the horizontally mirrored image (module docstring).
     """
 
     level: Level
@@ -45,6 +52,7 @@ class ScaleMap:
     probs: torch.Tensor
     regression: torch.Tensor | None = None
     box_format: str = "offsets"
+    flipped: bool = False
 
     @property
     def factor(self) -> float:
@@ -69,7 +77,8 @@ class ScaleMap:
 
         ``region`` ``(x1, y1, x2, y2)`` in window pixels selects a part of each window (the
         object's extent, :func:`densify.detect.object_region`); ``None`` gives the whole window.
-        ``clip`` clips to the image (windows reach into the padding).
+        ``clip`` clips to the image (windows reach into the padding). Boxes of a flipped scale
+        are registered back onto the original image (module docstring).
         """
         g, (h, w) = self.geometry, self.cells
         boxes = g.cell_boxes(h, w, dtype=torch.float64)
@@ -116,8 +125,11 @@ class ScaleMap:
         shift = torch.tensor([left, top, left, top], dtype=torch.float64)
         scale = torch.tensor([fx, fy, fx, fy], dtype=torch.float64)
         boxes = (boxes - shift) / scale
+        height, width = self.level.image_size
+        if self.flipped:
+            boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0],
+                                 boxes[:, 3]], dim=1)
         if clip:
-            height, width = self.level.image_size
             limit = torch.tensor([width, height, width, height], dtype=torch.float64)
             boxes = torch.minimum(boxes.clamp(min=0), limit)
         return boxes.float()

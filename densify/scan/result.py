@@ -104,7 +104,7 @@ class ScanResult:
         pickling): ``heatmaps`` ``(k, H, W)`` of ``classes`` (``maps`` if already computed),
         ``class_indices``, ``class_names``, ``scores``, ``categories``, ``image_size``,
         ``factors``, ``sizes``, ``paddings`` ``(top, bottom, left, right)``, ``window``,
-        ``stride``, ``offset``, and per scale ``i``: ``probs_i`` ``(K, h, w)`` and ``boxes_i``
+        ``stride``, ``offset``, ``flipped`` (per map: ran on the mirrored image), and per map ``i``: ``probs_i`` ``(K, h, w)`` and ``boxes_i``
         ``(h*w, 4)`` window boxes in image pixels."""
         idx = [self.class_index(c) for c in classes]
         g = self.maps[0].geometry
@@ -117,7 +117,7 @@ class ScanResult:
             "sizes": np.array([m.size for m in self.maps]),
             "paddings": np.array([m.padding for m in self.maps]),
             "window": np.array(g.window), "stride": np.array(g.stride),
-            "offset": np.array(g.offset),
+            "offset": np.array(g.offset), "flipped": np.array([m.flipped for m in self.maps]),
         }
         for i, m in enumerate(self.maps):
             arrays[f"probs_{i}"] = m.probs.numpy()

@@ -107,6 +107,9 @@ class Scanner:
             ``scales=N`` the pyramid then spans the factors that map them onto the trained
             object height (:func:`densify.pyramid.object_range`). Default: the card's
             ``object_sizes``, if any; otherwise the whole-image range.
+        flip: also scan every scale on the horizontally mirrored image (OverFeat's flips):
+            twice the maps, each mirrored one registered back onto the image
+            (:class:`densify.scan.maps.ScaleMap`), and image scores averaged over all of them.
         progress: show a tqdm bar over scales.
         scores: for multi-output models, the output holding the class scores (index or key;
             default: the only output). It is softmaxed only if it is not already a probability
@@ -123,7 +126,7 @@ class Scanner:
                  input_size: Sequence[int] | None = None, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, categories: Sequence[str] | None = None,
                  background_class: int | None = None, object_box="auto", object_sizes=None,
-                 max_memory: int | str | None = None, progress: bool = False,
+                 max_memory: int | str | None = None, flip: bool = False, progress: bool = False,
                  scores=None, boxes=None, box_format: str = "offsets"):
         if precision not in PRECISIONS:
             raise ParameterError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
@@ -132,6 +135,7 @@ class Scanner:
         self.precision = precision
         self._check_autocast()
         self.progress = progress
+        self.flip = bool(flip)
         self.classifier = load_classifier(model, weights) if isinstance(model, str) else (
             model if isinstance(model, Classifier) else None)
         spec = self.classifier.spec if self.classifier else None
@@ -229,19 +233,22 @@ class Scanner:
                  progress: bool | None = None) -> ScanResult:
         """Scan one image (a path, an RGB ``uint8`` array or a tensor, see :func:`as_rgb`).
 
-        ``scales`` and ``progress`` override the scanner's defaults for this call.
+        ``scales`` and ``progress`` override the scanner's defaults for this call. With
+        ``flip`` each scale's map is followed by its mirrored one.
         """
         rgb, source = as_rgb(image)
-        pyramid = self.levels(rgb.shape[:2], scales)
+        views = [(level, flipped) for level in self.levels(rgb.shape[:2], scales)
+                 for flipped in ((False, True) if self.flip else (False,))]
+        mirror = np.ascontiguousarray(rgb[:, ::-1]) if self.flip else None
         show = self.progress if progress is None else progress
         outs = []
         with torch.inference_mode(), self._autocast():
-            for level in tqdm(pyramid, desc="scales", unit="scale", leave=False,
-                              disable=not show):
-                outs.append(self._scan_level(rgb, level))
+            for level, flipped in tqdm(views, desc="scales", unit="scale", leave=False,
+                                       disable=not show):
+                outs.append(self._scan_level(mirror if flipped else rgb, level))
         maps = tuple(ScaleMap(level, self.geometry, p.cpu(), None if r is None else r.cpu(),
-                              self.box_format)
-                     for level, (p, r) in zip(pyramid, outs, strict=True))
+                              self.box_format, flipped)
+                     for (level, flipped), (p, r) in zip(views, outs, strict=True))
         return ScanResult(tuple(rgb.shape[:2]), self.categories, maps, self.background_class,
                           self.object_box, source, thumbnail(rgb, THUMBNAIL_SIDE).copy())
 
