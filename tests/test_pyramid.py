@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from densify.io.image import resize
 from densify.errors import ParameterError
+from densify.io.image import resize
 from densify.scan.pyramid import (
     MAX_LEVEL_PIXELS,
     OVERFEAT_SIZES,

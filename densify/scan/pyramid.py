@@ -66,8 +66,9 @@ from dataclasses import dataclass
 
 from ..errors import ParameterError
 
-__all__ = ["MAX_LEVEL_PIXELS", "OVERFEAT_SIZES", "PRESETS", "Level", "default_range", "geometric_factors", "parse_scales",
-           "object_range", "scale_factors", "level_sizes", "resized_size", "levels"]
+__all__ = ["MAX_LEVEL_PIXELS", "OVERFEAT_SIZES", "PRESETS", "Level", "default_range",
+           "geometric_factors", "parse_scales", "object_range", "scale_factors", "level_sizes",
+           "resized_size", "levels"]
 
 MAX_LEVEL_PIXELS = 64_000_000
 """Largest resized image (``H·W`` after scaling) accepted: about 8000 × 8000."""

@@ -104,8 +104,9 @@ class ScanResult:
         pickling): ``heatmaps`` ``(k, H, W)`` of ``classes`` (``maps`` if already computed),
         ``class_indices``, ``class_names``, ``scores``, ``categories``, ``image_size``,
         ``factors``, ``sizes``, ``paddings`` ``(top, bottom, left, right)``, ``window``,
-        ``stride``, ``offset``, ``flipped`` (per map: ran on the mirrored image), and per map ``i``: ``probs_i`` ``(K, h, w)`` and ``boxes_i``
-        ``(h*w, 4)`` window boxes in image pixels."""
+        ``stride``, ``offset``, ``flipped`` (per map: ran on the mirrored image), and per map
+        ``i``: ``probs_i`` ``(K, h, w)`` and ``boxes_i`` ``(h*w, 4)`` window boxes in image
+        pixels."""
         idx = [self.class_index(c) for c in classes]
         g = self.maps[0].geometry
         arrays = {
