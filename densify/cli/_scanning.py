@@ -53,11 +53,23 @@ def expand(inputs: Iterable[Path], errors: list[tuple[str, str]] | None = None
 
 def make_scanner(model, weights, scales, output_stride, device, precision, object_sizes=None,
                  max_memory=None, threads=None, flip=False) -> Scanner:
-    """The scanner every scanning command uses (stride 16 unless ``--output-stride``)."""
+    """The scanner every scanning command uses (:func:`default_stride` unless
+    ``--output-stride``)."""
     if threads is not None:
         torch.set_num_threads(threads)
-    return Scanner(model, scales, 16 if output_stride is None else output_stride, device,
-                   precision, weights, object_sizes=object_sizes, max_memory=max_memory, flip=flip)
+    stride = default_stride(model) if output_stride is None else output_stride
+    return Scanner(model, scales, stride, device, precision, weights, object_sizes=object_sizes,
+                   max_memory=max_memory, flip=flip)
+
+
+def default_stride(model: str) -> int:
+    """The scanning stride without ``--output-stride``: the largest reachable one up to 16 (16
+    for ImageNet nets, OverFeat-accurate's 12 from its native 36), else 16 (the scanner then
+    keeps the native stride: LeNet-5's 4)."""
+    from ..models.catalogue import get_spec
+
+    fine = [s for s in get_spec(model).strides if s <= 16]
+    return max(fine) if fine else 16
 
 
 def default_threshold(scanner: Scanner, threshold: float | None) -> float:
@@ -129,12 +141,13 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def notes(result: ScanResult, scanner: Scanner) -> list[str]:
     notes = []
+    maps = [m for m in result.maps if not m.flipped]  # a flipped scale repeats its level
     if result.padded_to_window:
-        small = [f"{m.factor:.3g}" for m in result.maps if m.level.padded_to_window]
+        small = [f"{m.factor:.3g}" for m in maps if m.level.padded_to_window]
         notes.append(f"smaller than the {scanner.geometry.window[1]} px window at factor(s) "
                      f"{', '.join(small)}: padded with the mean colour")
     if result.upscaled:
-        big = [f"{m.factor:.3g}" for m in result.maps if m.level.upscaled]
+        big = [f"{m.factor:.3g}" for m in maps if m.level.upscaled]
         notes.append(f"upscaled at factor(s) {', '.join(big)}")
     return notes
 

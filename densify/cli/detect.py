@@ -25,7 +25,8 @@ def _detect_one(scanner: Scanner, out: Path, opts: dict, path: Path, stem: str,
     from ._scanning import summary, write_all
 
     det = result.detections(opts["threshold"], opts["iou"], opts["classes"],
-                                        refine=not opts["window_boxes"])
+                            refine=not opts["window_boxes"], merge=opts["merge"],
+                            merge_threshold=opts["merge_threshold"])
     names = [result.categories[c] for c in det.labels.tolist()]
     vis = draw_boxes(rgb, det.boxes, names, det.scores)
     files = write_all({out / f"{stem}_detections.png": lambda p: write_image(p, vis)})
@@ -49,15 +50,18 @@ def _detect_lines(records: list[dict]) -> str:
 @options.scan_options
 @options.threshold
 @options.nms_iou
+@options.merge
+@options.merge_threshold
 @click.option("--class", "classes", multiple=True, help="Only this class (repeatable).")
 @click.option("--window-boxes", is_flag=True,
               help="Whole windows as boxes, even where the model card gives the object's size.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="COCO results file [default: OUTDIR/detections.json].")
 def detect(inputs, model, weights, scales, flip, object_sizes, output_stride, device, precision,
-           output_dir, max_memory, threads, quiet, threshold, nms_iou, classes, window_boxes,
-           json_path) -> None:
-    """Detect objects: boxes from every window above --threshold, merged by NMS.
+           output_dir, max_memory, threads, quiet, threshold, nms_iou, merge, merge_threshold,
+           classes, window_boxes, json_path) -> None:
+    """Detect objects: boxes from every window above --threshold, merged by NMS (or --merge
+    overfeat: OverFeat's greedy merge, whose scores are sums over the merged windows).
 
     Writes OUTDIR/<stem>_detections.png per image and one COCO results file (image_id = file
     stem, category_id = class index, bbox = [x, y, w, h] pixels). The background class never
@@ -83,7 +87,7 @@ def detect(inputs, model, weights, scales, flip, object_sizes, output_stride, de
     if chosen and scanner.background_class in chosen:
         raise click.BadParameter("the background class never yields boxes", param_hint="--class")
     opts = {"threshold": default_threshold(scanner, threshold), "iou": nms_iou, "classes": chosen,
-            "window_boxes": window_boxes}
+            "window_boxes": window_boxes, "merge": merge, "merge_threshold": merge_threshold}
     paths, failed = expand(inputs)
     work = functools.partial(_detect_one, scanner, out, opts)
     records, bad = each_image(scanner, paths, quiet, work)

@@ -19,7 +19,8 @@ from ..errors import DensifyError
 __all__ = [
     "DEFAULT_MODEL", "callback", "model", "weights", "output_stride", "input_size", "scales",
     "object_sizes", "device", "precision", "output_dir", "max_memory", "quiet", "as_json",
-    "threshold", "nms_iou", "image_size", "threads", "sheet", "report", "flip", "scan_options",
+    "threshold", "nms_iou", "merge", "merge_threshold", "image_size", "threads", "sheet", "report",
+    "flip", "scan_options",
 ]
 
 #: The model every command uses when ``--model`` is not given: the project's digit spotter,
@@ -87,7 +88,8 @@ weights = click.option(
 output_stride = click.option(
     "--output-stride", "-s", type=click.IntRange(min=1), default=None,
     help="Pixels between output cells; half the native stride applies stride-1 final pooling. "
-         "Default: 16 when scanning (the native stride where 16 is unreachable); the native "
+         "Default when scanning: the largest reachable stride up to 16 (16 for ImageNet nets, "
+         "12 for overfeat_accurate; else the native stride); the native "
          "stride for convert and bench; verify's check 3 tests half the native stride.")
 
 # Used by: verify, convert, bench.
@@ -146,6 +148,19 @@ threshold = click.option(
 nms_iou = click.option(
     "--nms-iou", type=click.FloatRange(0, 1), default=0.3, show_default=True,
     help="Boxes overlapping a better one of the same class by more are dropped.")
+
+# Used by: detect, evaluate.
+merge = click.option(
+    "--merge", type=click.Choice(["nms", "overfeat"]), default="nms", show_default=True,
+    help="How overlapping boxes become one: NMS (keep the best, drop those over --nms-iou) or "
+         "OverFeat's greedy merge (average the closest pair, add their scores, repeat; "
+         "densify.scan.merge).")
+
+# Used by: detect, evaluate.
+merge_threshold = click.option(
+    "--merge-threshold", type=click.FloatRange(min=0), default=0.8, show_default=True,
+    help="--merge overfeat stops when the closest pair's match score (centre distance in box "
+         "sides + 1 - IoU) exceeds this.")
 
 # Used by: evaluate, bench.
 image_size = click.option(

@@ -5,7 +5,9 @@ Rule:
     one box for that class: its window mapped back to the original image
     (:meth:`densify.result.ScaleMap.boxes`), with the probability as score. The proposals of all
     scales are merged per class by greedy non-maximum suppression
-    (``torchvision.ops.batched_nms``, IoU above ``iou`` suppressed). The background class (the
+    (``torchvision.ops.batched_nms``, IoU above ``iou`` suppressed), or, with
+    ``merge="overfeat"``, by OverFeat's greedy merge (:mod:`densify.scan.merge`: overlapping
+    boxes averaged, their scores summed). The background class (the
     model card's ``background_class``) never proposes a box, and asking for it is an error.
 
 Regressed boxes:
@@ -37,14 +39,18 @@ from torchvision.ops import batched_nms
 
 from ..errors import ParameterError
 from .maps import ScaleMap
+from .merge import MERGE_THRESHOLD, greedy_merge
 
-__all__ = ["MAX_CANDIDATES", "Detections", "object_region", "candidates", "detect",
+__all__ = ["MAX_CANDIDATES", "MERGES", "Detections", "object_region", "candidates", "detect",
            "coco_results"]
 
 log = logging.getLogger(__name__)
 
 MAX_CANDIDATES = 30_000
 """Proposals kept (the highest scoring) before NMS, whose cost grows with their square."""
+
+#: How overlapping proposals become detections: torchvision's NMS or OverFeat's greedy merge.
+MERGES = ("nms", "overfeat")
 
 
 @dataclass(frozen=True)
@@ -121,9 +127,10 @@ def _proposal_boxes(m: ScaleMap, index: torch.Tensor, k: torch.Tensor, cell: tor
 
 def detect(maps: Sequence[ScaleMap], threshold: float = 0.5, iou: float = 0.3,
            classes: Sequence[int] | None = None, background_class: int | None = None,
-           region: tuple[float, float, float, float] | None = None, regress: bool = True
-           ) -> Detections:
-    """Thresholded cells of every scale merged by per-class NMS (module docstring).
+           region: tuple[float, float, float, float] | None = None, regress: bool = True,
+           merge: str = "nms", merge_threshold: float = MERGE_THRESHOLD) -> Detections:
+    """Thresholded cells of every scale merged by per-class NMS, or by OverFeat's greedy merge
+    (module docstring).
 
     Args:
         maps: the scales of one scan.
@@ -134,6 +141,8 @@ def detect(maps: Sequence[ScaleMap], threshold: float = 0.5, iou: float = 0.3,
         region: the object's box inside the window (:func:`object_region`); None: the window.
         regress: use the maps' regressed boxes (:meth:`ScaleMap.regressed_boxes`) when the scan
             has a box-regression output (``region`` then does not apply).
+        merge: ``"nms"`` (``iou`` applies) or ``"overfeat"`` (:func:`densify.scan.merge.greedy_merge`
+            with ``merge_threshold``; scores are then accumulated, not probabilities).
 
     Examples:
         One confident cell of class 1 on a 64 × 64 image (28 px windows, stride 4):
@@ -156,6 +165,8 @@ def detect(maps: Sequence[ScaleMap], threshold: float = 0.5, iou: float = 0.3,
         raise ParameterError(f"NMS IoU must lie in [0, 1], got {iou}")
     if not maps:
         raise ParameterError("no scales to detect on; scan with at least one scale")
+    if merge not in MERGES:
+        raise ParameterError(f"unknown merge {merge!r}; use {' or '.join(MERGES)}")
     chosen = _selected(maps[0].probs.shape[0], classes, background_class)
     boxes, scores, labels = candidates(maps, threshold, chosen, region, regress)
     if scores.numel() > MAX_CANDIDATES:
@@ -163,6 +174,8 @@ def detect(maps: Sequence[ScaleMap], threshold: float = 0.5, iou: float = 0.3,
                  "threshold for fewer)", scores.numel(), threshold, MAX_CANDIDATES)
         top = scores.topk(MAX_CANDIDATES).indices
         boxes, scores, labels = boxes[top], scores[top], labels[top]
+    if merge == "overfeat":
+        return Detections(*greedy_merge(boxes, scores, labels, merge_threshold))
     keep = batched_nms(boxes, scores, labels, iou)  # sorted by decreasing score
     return Detections(boxes[keep], scores[keep], labels[keep])
 

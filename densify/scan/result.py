@@ -150,14 +150,18 @@ class ScanResult:
 
     def detections(self, threshold: float = 0.5, iou: float = 0.3,
                    classes: Sequence[int | str] | None = None, refine: bool = True,
-                   window_boxes: bool = False) -> _detect.Detections:
-        """Boxes of cells with probability >= ``threshold``, merged by NMS
-        (:func:`densify.detect.detect`). The boxes are the regressed ones when the scan has a
-        box-regression output, unless ``window_boxes``; otherwise the windows, or with ``refine``
-        the :attr:`object_box` inside them when known."""
+                   window_boxes: bool = False, merge: str = "nms",
+                   merge_threshold: float | None = None) -> _detect.Detections:
+        """Boxes of cells with probability >= ``threshold``, merged by NMS or, with
+        ``merge="overfeat"``, OverFeat's greedy merge (:func:`densify.detect.detect`). The boxes
+        are the regressed ones when the scan has a box-regression output, unless
+        ``window_boxes``; otherwise the windows, or with ``refine`` the :attr:`object_box` inside
+        them when known."""
         idx = None if classes is None else [self.class_index(c) for c in classes]
+        extra = {} if merge_threshold is None else {"merge_threshold": merge_threshold}
         return _detect.detect(self.maps, threshold, iou, idx, self.background_class,
-                              self.object_box if refine else None, regress=not window_boxes)
+                              self.object_box if refine else None, regress=not window_boxes,
+                              merge=merge, **extra)
 
     def sheet(self, classes: Sequence[int | str] | None = None, k: int = 5, panel: int = 240
               ) -> np.ndarray:
