@@ -70,13 +70,23 @@ def test_demo_scene_digits_are_found(clf):
     assert (det.labels != 10).all()
 
 
-def test_held_out_scenes_and_the_evaluate_command(clf):
+def test_held_out_scenes_and_the_evaluate_command(clf, tmp_path):
     report = evaluate_scenes(Scanner(clf, device="cpu"), scenes=2, size=(480, 640))
-    assert report["map"] >= 0.75 and 0 < report["recall"] <= 1
+    assert report["AP50"] >= 0.75 and 0 < report["recall"] <= 1
+    assert report["AP75"] <= report["AP50"] and report["AP"] <= report["AP50"]
     result = CliRunner().invoke(main, ["evaluate", "--scenes", "1", "--size", "240x320",
-                                       "--json", "-q"])
+                                       "--json", "-q", "--save-gt", tmp_path / "gt.json",
+                                       "--save-detections", tmp_path / "det.json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
-    assert set(out["ap"]) == {str(d) for d in range(10)} and out["ground_truth"] > 0
+    assert set(out["ap50_per_class"]) == {str(d) for d in range(10)}
+    assert out["ground_truth_boxes"] > 0 and {"AP", "AP50", "AP75", "AR"} <= set(out)
+    # The saved COCO files score the same through --gt/--detections.
+    again = CliRunner().invoke(main, ["evaluate", "--gt", tmp_path / "gt.json", "--detections",
+                                      tmp_path / "det.json", "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output)["AP50"] == out["AP50"]
+    half = CliRunner().invoke(main, ["evaluate", "--gt", tmp_path / "gt.json"])
+    assert half.exit_code == 2 and "--detections" in half.output
     bad = CliRunner().invoke(main, ["evaluate", "--size", "12x12"])
     assert bad.exit_code == 2 and "HxW" in bad.output

@@ -1,4 +1,5 @@
-"""densify.evaluate: VOC matching, all-point AP, mAP and precision/recall on hand-made cases."""
+"""Detection metrics on hand-made cases: COCOeval (pycocotools, what ``densify evaluate`` reports)
+and the VOC matching/all-point AP code kept as its cross-check, precision/recall."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import math
 import pytest
 import torch
 
+from densify.digits import synth
+from densify.digits.coco import coco_metrics
 from densify.digits.metrics import average_precision, evaluate, match_image, precision_recall
+from densify.errors import ParameterError
 
 
 def _pred(boxes, scores, labels):
@@ -136,3 +140,72 @@ def test_bad_inputs_name_the_fix():
         evaluate([{"boxes": [A], "labels": [0]}], [_gt([A], [0])])
     with pytest.raises(ValueError, match="num_classes"):
         evaluate([_pred([A], [0.9], [3])], [_gt([A], [0])], num_classes=2)
+
+
+# --- COCO evaluation (pycocotools), cross-checked against the VOC code above ----------------------
+
+
+def _coco_gt(boxes_per_image: list[list[list[float]]], labels_per_image: list[list[int]]) -> dict:
+    images, annotations = [], []
+    for i, (boxes, labels) in enumerate(zip(boxes_per_image, labels_per_image, strict=True)):
+        images.append({"id": i, "file_name": f"{i}.png", "height": 200, "width": 200})
+        for (x1, y1, x2, y2), label in zip(boxes, labels, strict=True):
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": label,
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                                "iscrowd": 0})
+    return {"images": images, "annotations": annotations,
+            "categories": [{"id": c, "name": str(c)} for c in range(3)]}
+
+
+def _coco_det(image_id, boxes, scores, labels) -> list[dict]:
+    return [{"image_id": image_id, "category_id": lab, "bbox": [x1, y1, x2 - x1, y2 - y1],
+             "score": s} for (x1, y1, x2, y2), s, lab in zip(boxes, scores, labels, strict=True)]
+
+
+def test_coco_ap50_agrees_with_the_voc_envelope():
+    """The hand-computed VOC case above (AP 5/6): COCOeval's 101-point AP50 is within 0.01."""
+    far = [100, 100, 110, 110]
+    gt = _coco_gt([[A, B, C]], [[0, 0, 0]])
+    dets = _coco_det(0, [A, far, B, C], [0.9, 0.8, 0.7, 0.6], [0, 0, 0, 0])
+    metrics = coco_metrics(gt, dets)
+    voc = evaluate([_pred([A, far, B, C], [0.9, 0.8, 0.7, 0.6], [0, 0, 0, 0])],
+                   [_gt([A, B, C], [0, 0, 0])]).ap[0].item()
+    assert metrics["AP50"] == pytest.approx(voc, abs=0.01) and voc == pytest.approx(5 / 6)
+    assert metrics["ap50_per_class"]["0"] == pytest.approx(metrics["AP50"])
+
+
+def test_coco_ap75_separates_loose_from_tight_boxes():
+    gt = _coco_gt([[[0, 0, 10, 10]], [[0, 0, 10, 10]]], [[1], [1]])
+    loose = [0, 0, 10, 16]  # IoU 100/160 = 0.625: a hit at 0.5, a miss at 0.75
+    tight = [0, 0, 10, 11]  # IoU 0.91
+    both = _coco_det(0, [loose], [0.8], [1]) + _coco_det(1, [tight], [0.9], [1])
+    metrics = coco_metrics(gt, both)
+    assert metrics["AP50"] == pytest.approx(1.0)
+    # At 0.75 the tight box (ranked first) is found, the loose one missed: precision 1 up to
+    # recall 1/2, 51 of COCO's 101 recall points.
+    assert metrics["AP75"] == pytest.approx(51 / 101)
+    # AP: both hit at IoU 0.50-0.60 (3 of 10 thresholds), the tight one to 0.90 (6), none at 0.95.
+    assert metrics["AP"] == pytest.approx((3 + 6 * 51 / 101) / 10)
+    assert math.isnan(metrics["ap50_per_class"]["0"])  # no ground truth of class 0
+
+
+def test_coco_metrics_refuse_unknown_images_and_handle_no_detections():
+    gt = _coco_gt([[A]], [[0]])
+    with pytest.raises(ParameterError, match="image_id"):
+        coco_metrics(gt, _coco_det(7, [A], [0.9], [0]))
+    assert coco_metrics(gt, [])["AP50"] == 0.0
+    with pytest.raises(ParameterError, match="annotations"):
+        coco_metrics({"images": []}, [])
+
+
+def test_scene_ground_truth_is_coco_json_of_its_boxes():
+    scene = synth.make_scene(5, size=(240, 320), heights=(24.0, 60.0), n_digits=6)
+    truth = synth.coco_ground_truth([(5, "s.png", scene)])
+    assert truth["images"] == [{"id": 5, "file_name": "s.png", "height": 240, "width": 320}]
+    assert len(truth["annotations"]) == len(scene.labels) > 0
+    for ann, box, label in zip(truth["annotations"], scene.boxes.tolist(), scene.labels.tolist(),
+                               strict=True):
+        x, y, w, h = ann["bbox"]
+        assert [x, y, x + w, y + h] == pytest.approx(box) and ann["category_id"] == label
+    dets = _coco_det(5, scene.boxes.tolist(), [1.0] * len(scene.labels), scene.labels.tolist())
+    assert coco_metrics(truth, dets)["AP"] == pytest.approx(1.0)

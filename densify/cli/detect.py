@@ -53,8 +53,7 @@ def _detect_lines(records: list[dict]) -> str:
 @options.merge
 @options.merge_threshold
 @click.option("--class", "classes", multiple=True, help="Only this class (repeatable).")
-@click.option("--window-boxes", is_flag=True,
-              help="Whole windows as boxes, even where the model card gives the object's size.")
+@options.window_boxes
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="COCO results file [default: OUTDIR/detections.json].")
 def detect(inputs, model, weights, scales, flip, object_sizes, output_stride, device, precision,

@@ -1,16 +1,45 @@
-"""``densify evaluate``: detection accuracy of a digit spotter on generated held-out scenes
-(:mod:`densify.digits.evaluation`): per-class AP at IoU 0.5 (PASCAL VOC all-point interpolation),
-mAP, and precision/recall at the detection threshold."""
+"""``densify evaluate``: COCO-style detection accuracy (pycocotools COCOeval: AP, AP50, AP75, AR)
+of a digit spotter on generated held-out scenes (:mod:`densify.digits.evaluation`), or of any
+COCO results file against COCO ground truth (``--gt`` and ``--detections``)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
 from . import options
 
 __all__ = ["evaluate"]
+
+_JSON_FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+def _print_report(report: dict, scales, threshold: float | None) -> None:
+    if "scenes" in report:
+        size = report["size"]
+        click.echo(f"{report['scenes']} {report['split']} scenes {size[0]}x{size[1]} (seeds "
+                   f"{report['seed']}-{report['seed'] + report['scenes'] - 1}), "
+                   f"{report['ground_truth_boxes']} digits, scales {scales}")
+    click.echo("AP50 per class  " + "  ".join(f"{c}:{ap:.3f}"
+                                              for c, ap in report["ap50_per_class"].items()))
+    click.echo(f"AP {report['AP']:.3f}   AP50 {report['AP50']:.3f}   AP75 {report['AP75']:.3f}   "
+               f"AR {report['AR']:.3f}   (pycocotools COCOeval, bbox)")
+    if "precision" in report:
+        click.echo(f"at threshold {threshold}: precision {report['precision']:.3f} recall "
+                   f"{report['recall']:.3f} (tp {report['tp']}, fp {report['fp']}, fn "
+                   f"{report['fn']})   scan {report['scan_seconds'] / report['scenes']:.2f} s/scene")
+
+
+def _read_json(path: Path, what: str):
+    from ..errors import ParameterError
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ParameterError(f"cannot read {what} {path}: {str(exc).splitlines()[0]}; give a COCO "
+                             "JSON file") from None
 
 
 @click.command()
@@ -23,14 +52,57 @@ __all__ = ["evaluate"]
               show_default=True, help="eval: only the held-out font family and textures.")
 @options.image_size  # default 1200x1600
 @options.scales
+@options.flip
 @options.device
 @options.threshold
 @options.nms_iou
+@options.merge
+@options.merge_threshold
+@options.window_boxes
+@click.option("--save-gt", type=_JSON_FILE, default=None,
+              help="Write the scenes' COCO ground truth here.")
+@click.option("--save-detections", type=_JSON_FILE, default=None,
+              help="Write the COCO detections here.")
+@click.option("--gt", "gt_path", type=_JSON_FILE, default=None,
+              help="Score this COCO ground truth against --detections instead of scanning scenes.")
+@click.option("--detections", "det_path", type=_JSON_FILE, default=None,
+              help="COCO results (e.g. from densify detect --json) to score against --gt.")
 @options.as_json
 @options.quiet
-def evaluate(model, weights, scenes, seed, split, size, scales, device, threshold, nms_iou,
+def evaluate(model, weights, scenes, seed, split, size, scales, flip, device, threshold, nms_iou,
+             merge, merge_threshold, window_boxes, save_gt, save_detections, gt_path, det_path,
              as_json, quiet) -> None:
-    """Per-class AP@0.5, mAP and precision/recall on generated held-out digit scenes."""
+    """COCO AP, AP50, AP75 and AR (pycocotools) on generated held-out digit scenes, or of
+    --detections against --gt."""
+    if (gt_path is None) != (det_path is None):
+        raise click.UsageError("give both --gt and --detections, or neither (to scan scenes)")
+    if gt_path is not None:
+        from ..digits.coco import coco_metrics
+
+        report = coco_metrics(_read_json(gt_path, "ground truth"), _read_json(det_path,
+                                                                             "detections"))
+    else:
+        report = _scan_and_score(model, weights, scenes, seed, split, size, scales, flip, device,
+                                 threshold, nms_iou, merge, merge_threshold, window_boxes, quiet)
+        threshold = report["threshold"]
+        _save(save_gt, report.pop("ground_truth"))
+        _save(save_detections, report.pop("detections"))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    _print_report(report, scales, threshold)
+
+
+def _save(path: Path | None, data) -> None:
+    from ..io.files import ensure_output_dir, write_json
+
+    if path is not None:
+        ensure_output_dir(path.parent)
+        write_json(path, data)
+
+
+def _scan_and_score(model, weights, scenes, seed, split, size, scales, flip, device, threshold,
+                    nms_iou, merge, merge_threshold, window_boxes, quiet) -> dict:
     from ..digits.evaluation import evaluate_scenes
     from ..scan.scanner import Scanner
     from ._scanning import default_threshold
@@ -38,21 +110,12 @@ def evaluate(model, weights, scenes, seed, split, size, scales, device, threshol
     if size is not None and min(size) < 28:
         raise click.BadParameter(f"{size[0]}x{size[1]} is smaller than a 28x28 window; give HxW "
                                  "of at least 28x28, e.g. 1200x1600", param_hint="--size")
-    scanner = Scanner(model, scales, None, device, "fp32", weights)
-    size = size or (1200, 1600)
-    threshold = default_threshold(scanner, threshold)
+    scanner = Scanner(model, scales, None, device, "fp32", weights, flip=flip)
     if scanner.background_class is None:
         raise click.ClickException(f"{model} has no background class; evaluate needs a digit "
                                    "spotter such as lenet5-digits")
-    report = evaluate_scenes(scanner, scenes, seed, split, size, threshold, nms_iou,
-                             progress=not quiet)
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    click.echo(f"{scenes} {split} scenes {size[0]}x{size[1]} (seeds {seed}-{seed + scenes - 1}), "
-               f"{report['ground_truth']} digits, scales {scales}")
-    click.echo("  ".join(f"{c}:{ap:.3f}" for c, ap in report["ap"].items()))
-    click.echo(f"mAP@0.5 {report['map']:.3f}   at threshold {threshold}: precision "
-               f"{report['precision']:.3f} recall {report['recall']:.3f} "
-               f"(tp {report['tp']}, fp {report['fp']}, fn {report['fn']})   "
-               f"scan {report['scan_seconds'] / scenes:.2f} s/scene")
+    detect_options = {"merge": merge, "merge_threshold": merge_threshold,
+                      "refine": not window_boxes}
+    return evaluate_scenes(scanner, scenes, seed, split, size or (1200, 1600),
+                           default_threshold(scanner, threshold), nms_iou, progress=not quiet,
+                           detect_options=detect_options)

@@ -19,8 +19,8 @@ from ..errors import DensifyError
 __all__ = [
     "DEFAULT_MODEL", "callback", "model", "weights", "output_stride", "input_size", "scales",
     "object_sizes", "device", "precision", "output_dir", "max_memory", "quiet", "as_json",
-    "threshold", "nms_iou", "merge", "merge_threshold", "image_size", "threads", "sheet", "report",
-    "flip", "scan_options",
+    "threshold", "nms_iou", "merge", "merge_threshold", "window_boxes", "image_size", "threads",
+    "sheet", "report", "flip", "scan_options",
 ]
 
 #: The model every command uses when ``--model`` is not given: the project's digit spotter,
@@ -161,6 +161,11 @@ merge_threshold = click.option(
     "--merge-threshold", type=click.FloatRange(min=0), default=0.8, show_default=True,
     help="--merge overfeat stops when the closest pair's match score (centre distance in box "
          "sides + 1 - IoU) exceeds this.")
+
+# Used by: detect, evaluate.
+window_boxes = click.option(
+    "--window-boxes", is_flag=True,
+    help="Whole windows as boxes, even where the model card gives the object's size.")
 
 # Used by: evaluate, bench.
 image_size = click.option(

@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -51,7 +51,7 @@ __all__ = [
     "WINDOW", "DIGIT_HEIGHT", "POSITIVE_HEIGHTS", "POSITIVE_SHIFT", "NEGATIVE_SHIFT",
     "NEGATIVE_HEIGHTS", "BOX_ASPECT", "BACKGROUND_CLASS", "CATEGORIES", "TRAIN_FONT_FAMILIES",
     "EVAL_FONT_FAMILIES", "TRAIN_TEXTURES", "EVAL_TEXTURES", "FontStyle", "Scene", "font_styles",
-    "render_glyph", "texture", "make_batch", "make_scene", "digit_box",
+    "render_glyph", "texture", "make_batch", "make_scene", "digit_box", "coco_ground_truth",
 ]
 
 log = logging.getLogger(__name__)
@@ -805,3 +805,26 @@ def make_scene(seed: int, size: tuple[int, int] = (1200, 1600), split: str = "al
     pixels = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
     return Scene(pixels, torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
                  torch.tensor(labels, dtype=torch.int64))
+
+
+def coco_ground_truth(scenes: Sequence[tuple[int | str, str, Scene]]) -> dict:
+    """COCO ground-truth JSON for generated scenes, ``(image_id, file_name, scene)`` each:
+    ``images``, ``annotations`` (``bbox`` ``[x, y, w, h]`` pixels from :func:`digit_box`,
+    ``area`` = w·h, ``iscrowd`` 0, ids from 1) and the ten digit ``categories`` (id = digit).
+
+    Examples:
+        >>> truth = coco_ground_truth([])
+        >>> [c["name"] for c in truth["categories"]][:3]
+        ['0', '1', '2']
+    """
+    images, annotations = [], []
+    for image_id, file_name, scene in scenes:
+        height, width = scene.image.shape[:2]
+        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+        for (x1, y1, x2, y2), label in zip(scene.boxes.tolist(), scene.labels.tolist(), strict=True):
+            w, h = x2 - x1, y2 - y1
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                "category_id": int(label), "bbox": [x1, y1, w, h],
+                                "area": w * h, "iscrowd": 0})
+    categories = [{"id": i, "name": name} for i, name in enumerate(CATEGORIES[:BACKGROUND_CLASS])]
+    return {"images": images, "annotations": annotations, "categories": categories}
