@@ -60,7 +60,7 @@ def test_layouts_follow_the_labelling_contract(split):
     for _ in range(400):
         mask = np.zeros((28, 28), np.float32)
         placed = synth._positive_layout(rng, mask, synth._glyph_sampler(rng, bank), 4)
-        digit, height, cx, cy = placed[0]
+        digit, height, cx, cy, _ = placed[0]
         assert digit == 4 and max(abs(cx - 14), abs(cy - 14)) <= synth.POSITIVE_SHIFT
         assert synth.POSITIVE_HEIGHTS[0] <= height <= synth.POSITIVE_HEIGHTS[1]
         _assert_background(synth._negative_layout(rng, mask, synth._glyph_sampler(rng, bank)))

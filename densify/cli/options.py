@@ -158,7 +158,7 @@ merge = click.option(
 
 # Used by: detect, evaluate.
 merge_threshold = click.option(
-    "--merge-threshold", type=click.FloatRange(min=0), default=0.8, show_default=True,
+    "--merge-threshold", type=click.FloatRange(min=0), default=1.0, show_default=True,
     help="--merge overfeat stops when the closest pair's match score (centre distance in box "
          "sides + 1 - IoU) exceeds this.")
 

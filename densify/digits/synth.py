@@ -469,7 +469,8 @@ def _window_clutter(rng: np.random.Generator, gray: np.ndarray, count: int) -> n
 
 # --- training windows -----------------------------------------------------------------------------
 
-Placement = tuple[int, float, float, float]  # digit, ink height, ink centre x, ink centre y
+#: digit, ink height, ink centre x, ink centre y, ink width
+Placement = tuple[int, float, float, float, float]
 GlyphFn = Callable[[int], np.ndarray]
 _P_NEIGHBOURS = 0.35
 _NEGATIVE_KINDS = ("empty", "shifted", "gap", "small", "large")
@@ -484,7 +485,7 @@ def _put(mask: np.ndarray, glyph: np.ndarray, digit: int, height: float, cx: flo
          ) -> tuple[Placement, int, int]:
     """Paste and report ``(placement, x1, x2)`` with the ink box's real (rounded) geometry."""
     x1, y1, x2, y2 = _paste(mask, glyph, height, cx, cy)
-    return (digit, float(y2 - y1), (x1 + x2) / 2, (y1 + y2) / 2), x1, x2
+    return (digit, float(y2 - y1), (x1 + x2) / 2, (y1 + y2) / 2, float(x2 - x1)), x1, x2
 
 
 def _is_far(height: float, cx: float, cy: float) -> bool:
@@ -619,7 +620,7 @@ def _window(rng: np.random.Generator, label: int, bank, split: str
 
 
 def make_batch(n: int, seed: int, split: str = "train", p_background: float = 0.5,
-               return_masks: bool = False):
+               return_masks: bool = False, return_boxes: bool = False):
     """``n`` labelled gray windows for training or evaluating the digit classifier.
 
     Args:
@@ -628,10 +629,14 @@ def make_batch(n: int, seed: int, split: str = "train", p_background: float = 0.
         split: ``"train"`` or ``"eval"`` (held-out font family and textures).
         p_background: probability of label ``BACKGROUND_CLASS``; digits share the rest equally.
         return_masks: also return the digits' ink coverage.
+        return_boxes: also return the labelled digit's ground-truth box in the window
+            (:func:`digit_box` of its ink box, as in scenes); NaN for background windows.
 
     Shape: returns ``images`` Tensor[n, 1, 28, 28] float32 gray in [0, 1] (before normalization)
     and ``labels`` Tensor[n] int64 (0-9 digits, 10 background); with ``return_masks`` also
-    ``masks`` Tensor[n, 28, 28] float32 in [0, 1] (all digits drawn in the window).
+    ``masks`` Tensor[n, 28, 28] float32 in [0, 1] (all digits drawn in the window); with
+    ``return_boxes`` then ``boxes`` Tensor[n, 4] float32 ``(x1, y1, x2, y2)`` window pixels. The
+    windows are the same whichever extras are asked for.
     """
     _check_split(split)
     if n < 0 or not 0.0 <= p_background <= 1.0:
@@ -641,10 +646,15 @@ def make_batch(n: int, seed: int, split: str = "train", p_background: float = 0.
     bank = _glyph_bank(split)
     images = np.empty((n, WINDOW, WINDOW), np.float32)
     masks = np.empty((n, WINDOW, WINDOW), np.float32)
+    boxes = np.full((n, 4), np.nan, np.float32)
     for i, label in enumerate(labels):
-        images[i], masks[i], _ = _window(rng, int(label), bank, split)
+        images[i], masks[i], placed = _window(rng, int(label), bank, split)
+        if label != BACKGROUND_CLASS:
+            _, height, cx, cy, width = placed[0]
+            boxes[i] = digit_box((cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2))
     out = (torch.from_numpy(images)[:, None], torch.from_numpy(labels.astype(np.int64)))
-    return (*out, torch.from_numpy(masks)) if return_masks else out
+    out += (torch.from_numpy(masks),) if return_masks else ()
+    return (*out, torch.from_numpy(boxes)) if return_boxes else out
 
 
 # --- scenes ---------------------------------------------------------------------------------------
