@@ -48,7 +48,7 @@ def test_positive_windows_hold_a_centred_digit_of_trained_height(monkeypatch):
 
 
 def _assert_background(placements):
-    for _, height, cx, cy in placements:
+    for _, height, cx, cy, _ in placements:
         on_scale = synth.NEGATIVE_HEIGHTS[0] <= height <= synth.NEGATIVE_HEIGHTS[1]
         assert not on_scale or max(abs(cx - 14), abs(cy - 14)) >= synth.NEGATIVE_SHIFT
 
@@ -160,3 +160,20 @@ def test_small_scene_skips_numbers_wider_than_the_image():
         assert len(scene.boxes) == len(scene.labels)
         centres = (scene.boxes[:, :2] + scene.boxes[:, 2:]) / 2  # boxes may be widened past edges
         assert ((centres >= 0) & (centres <= torch.tensor([160.0, 120.0]))).all()
+
+
+def test_make_batch_boxes_are_the_digit_boxes_of_its_windows():
+    """``return_boxes`` leaves the windows unchanged; each digit's box is its ink box widened to
+    ``BOX_ASPECT`` (``digit_box``): it is about the trained height, at least that wide, and
+    is centred within ``POSITIVE_SHIFT``; background windows get NaN."""
+    x, y = synth.make_batch(64, 11)
+    x2, y2, masks, boxes = synth.make_batch(64, 11, return_masks=True, return_boxes=True)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    digit = y != synth.BACKGROUND_CLASS
+    assert boxes[~digit].isnan().all() and not boxes[digit].isnan().any()
+    for box in boxes[digit]:
+        x1, y1, x2_, y2_ = box.tolist()
+        assert synth.POSITIVE_HEIGHTS[0] - 1 <= y2_ - y1 <= synth.POSITIVE_HEIGHTS[1] + 1
+        assert x2_ - x1 >= synth.BOX_ASPECT * (y2_ - y1) - 1e-4
+        assert abs((x1 + x2_) / 2 - 14) <= synth.POSITIVE_SHIFT + 0.5
+        assert abs((y1 + y2_) / 2 - 14) <= synth.POSITIVE_SHIFT + 0.5
