@@ -6,6 +6,8 @@ like any torchvision model.
 
 - :func:`lenet5`: LeCun et al. 1998, on 1×28×28 (MNIST) inputs, **no padding** anywhere, so the dense
   net equals the classifier on every crop exactly (check 4 of the equivalence suite).
+- :func:`lenet5_boxes`: LeNet-5 with a box-regression head beside its classifier (OverFeat's
+  regressor, scaled down): returns ``(scores, boxes)``.
 - :func:`zfnet`: Zeiler & Fergus 2013, the larger variant of their Table 2 (conv3-5 with 512/1024/512
   filters); AlexNet with a 7×7 stride-2 conv1 and a stride-2 conv2.
 - :func:`nin`: Network in Network (Lin et al. 2013), ImageNet layout of the Caffe model zoo / d2l:
@@ -19,7 +21,8 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["lenet5", "zfnet", "nin", "overfeat_fast", "overfeat_accurate"]
+__all__ = ["lenet5", "LeNet5Boxes", "lenet5_boxes", "zfnet", "nin", "overfeat_fast",
+           "overfeat_accurate"]
 
 
 def lenet5(num_classes: int = 10, in_chans: int = 1) -> nn.Sequential:
@@ -42,6 +45,42 @@ def lenet5(num_classes: int = 10, in_chans: int = 1) -> nn.Sequential:
         nn.ReLU(inplace=True),
         nn.Linear(84, num_classes),
     )
+
+
+class LeNet5Boxes(nn.Module):
+    """LeNet-5 whose flattened features feed two heads: the classifier and a box regressor.
+
+    ``forward(x)`` returns ``(scores (N, num_classes), boxes (N, 4))``. ``boxes`` are edge
+    offsets in window units, ``(dx1, dy1, dx2, dy2)``: the object's box in the window is
+    ``(dx1·W, dy1·H, W + dx2·W, H + dy2·H)`` (the "offsets" box format of the scanner). The
+    classifier path (``features`` then ``classifier``) is :func:`lenet5` layer for layer; the
+    regressor reads the same 16×4×4 features (OverFeat's reads its pooled layer 5): FC ``hidden``
+    → ReLU → FC 4.
+    """
+
+    def __init__(self, num_classes: int = 11, in_chans: int = 1, hidden: int = 128):
+        super().__init__()
+        layers = list(lenet5(num_classes, in_chans))
+        self.features = nn.Sequential(*layers[:7])
+        self.classifier = nn.Sequential(*layers[7:])
+        self.box_head = nn.Sequential(nn.Linear(16 * 4 * 4, hidden), nn.ReLU(inplace=True),
+                                      nn.Linear(hidden, 4))
+
+    def forward(self, x):
+        f = self.features(x)
+        return self.classifier(f), self.box_head(f)
+
+    @staticmethod
+    def classifier_keys() -> dict[str, str]:
+        """:func:`lenet5` state-dict keys → this module's (``"7.weight"`` → ``"classifier.0.weight"``)."""
+        names = {0: "features.0", 3: "features.3", 7: "classifier.0", 9: "classifier.2",
+                 11: "classifier.4"}
+        return {f"{i}.{p}": f"{n}.{p}" for i, n in names.items() for p in ("weight", "bias")}
+
+
+def lenet5_boxes(num_classes: int = 11, in_chans: int = 1) -> LeNet5Boxes:
+    """:class:`LeNet5Boxes` on ``(N, in_chans, 28, 28)``: ``(scores, boxes)``."""
+    return LeNet5Boxes(num_classes, in_chans)
 
 
 class _AlexLike(nn.Module):

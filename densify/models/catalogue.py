@@ -221,7 +221,7 @@ def _build_project(arch_name: str, in_chans: int, num_classes: int) -> nn.Module
     from . import archs
 
     arch = getattr(archs, arch_name)
-    if arch is archs.lenet5:
+    if arch in (archs.lenet5, archs.lenet5_boxes):
         return arch(num_classes, in_chans=in_chans)
     return arch(num_classes)
 
