@@ -51,8 +51,8 @@ def test_accurate_offset_pooling_reaches_stride_12():
     assert zoo.get_spec("overfeat_accurate").strides == (36, 12)
     fine = convolutionize(model, (3, 221, 221), output_stride=12)
     assert fine.output_stride == 12
-    c3 = verify.check_output_stride(model, (3, 221, 221), 12)
-    assert c3.passed and c3.count >= 9, c3  # all 9 phases of the 3×3 offsets
+    c3 = verify.check_output_stride(model, (3, 221, 221))  # default: the next reachable stride
+    assert c3.passed and c3.count >= 9 and "36->12" in c3.note, c3  # all 9 3×3 offsets
 
 
 def test_fast_stride_1_final_pooling_gives_16():

@@ -25,7 +25,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .dense import DenseNet, convolutionize
+from .dense import DenseNet, available_strides, convolutionize
 from .fields import walk_fields
 from .graph import prepare, shape_of, subgraph
 from .outputs import leaves
@@ -151,11 +151,16 @@ def check_output_stride(model: nn.Module, input_size=None, output_stride: int | 
                         extra_cells: int = 2, seed: int = 2) -> Check:
     """Check 3: stride-``S/2`` net vs the stride-``S`` net on the input shifted by ``S/2``.
 
+    Default ``output_stride``: the largest reachable stride below the native one (``S/2``, or
+    ``S/3`` where the last strided layer has stride 3, as OverFeat-accurate's 3×3 pool); all
+    ``(S / output_stride)²`` offsets are compared.
+
     The input is made large enough that cells exist whose receptive field avoids the border.
     """
     full = convolutionize(model, input_size)
     stride = full.output_stride
-    half = output_stride or stride // 2
+    finer = [s for s in available_strides(full) if s < stride]
+    half = output_stride or (finer[0] if finer else stride // 2)  # 36 -> 12 for OverFeat-accurate
     if full.geometry.rf_size is None:
         return Check("output_stride", float("nan"), float("nan"), 0.0, 0,
                      "global-context layers: cells depend on the whole image")
