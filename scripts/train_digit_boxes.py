@@ -108,6 +108,15 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def classifier_digest(state: dict) -> str:
+    """sha256 over the classifier's tensors (trunk and FC layers, in LeNet-5's key order): the
+    same before and after this script, which never touches them (tests/test_boxes.py)."""
+    digest = hashlib.sha256()
+    for old, new in sorted(archs.LeNet5Boxes.classifier_keys().items()):
+        digest.update(state[new].numpy().tobytes())
+    return digest.hexdigest()
+
+
 @click.command()
 @click.option("--seed", default=0, show_default=True)
 @click.option("--samples", default=60_000, show_default=True, help="Positive training windows.")
@@ -130,6 +139,7 @@ def main(seed: int, samples: int, epochs: int, workers: int, out: Path) -> None:
         assert all(k.startswith("box_head.") for k in missing), missing
     else:
         model.load_state_dict(state)
+    before = classifier_digest(model.state_dict())
     mean, std = card["mean"][0], card["std"][0]
     x, _, boxes = generate(samples, seed + 20_000, "train", workers)
     xe, _, boxes_e = generate(10_000, seed + 20_001, "eval", workers)
@@ -138,12 +148,14 @@ def main(seed: int, samples: int, epochs: int, workers: int, out: Path) -> None:
     error = box_error(model.box_head, fe, boxes_e)
     print(json.dumps(error, indent=2))
     pt = out / card["file"]
+    assert classifier_digest(model.state_dict()) == before
     torch.save(model.state_dict(), pt)
     card.update({
         "arch": "lenet5_boxes", "outputs": {"scores": 0, "boxes": 1}, "box_format": "offsets",
         "box_head": {"samples": samples, "epochs": epochs, "seed": seed,
                      "held_out_windows": 10_000, "held_out_split": "eval",
                      "held_out_error": error, "train_seconds": round(time.time() - start)},
+        "classifier_tensors_sha256": before,
         "sha256": sha256(pt)})
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     print(f"wrote {pt} and {card_path}")
