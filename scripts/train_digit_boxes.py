@@ -112,7 +112,7 @@ def classifier_digest(state: dict) -> str:
     """sha256 over the classifier's tensors (trunk and FC layers, in LeNet-5's key order): the
     same before and after this script, which never touches them (tests/test_boxes.py)."""
     digest = hashlib.sha256()
-    for old, new in sorted(archs.LeNet5Boxes.classifier_keys().items()):
+    for _, new in sorted(archs.LeNet5Boxes.classifier_keys().items()):
         digest.update(state[new].numpy().tobytes())
     return digest.hexdigest()
 
