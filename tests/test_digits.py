@@ -10,6 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import cv2
 import pytest
 import torch
 from click.testing import CliRunner
@@ -90,3 +91,21 @@ def test_held_out_scenes_and_the_evaluate_command(clf, tmp_path):
     assert half.exit_code == 2 and "--detections" in half.output
     bad = CliRunner().invoke(main, ["evaluate", "--size", "12x12"])
     assert bad.exit_code == 2 and "HxW" in bad.output
+
+
+def test_detect_with_the_greedy_merge_on_the_demo_scene(tmp_path):
+    """``densify detect --merge overfeat``: fewer, accumulated-score boxes, on a crop of the demo."""
+    rgb = read_image(ROOT / "demos" / "digits_scene.png")[:400, :600]
+    path = tmp_path / "crop.png"
+    cv2.imwrite(str(path), rgb[..., ::-1])
+    runs = {}
+    for merge in ("nms", "overfeat"):
+        result = CliRunner().invoke(main, ["detect", str(path), "--merge", merge, "-q", "-o",
+                                           str(tmp_path / merge)])
+        assert result.exit_code == 0, result.output
+        runs[merge] = json.loads((tmp_path / merge / "detections.json").read_text())
+    assert runs["overfeat"] and runs["nms"]
+    assert max(d["score"] for d in runs["overfeat"]) > 1  # summed over merged windows
+    for d in runs["overfeat"]:
+        x, y, w, h = d["bbox"]
+        assert 0 <= x and 0 <= y and x + w <= 600 and y + h <= 400 and w > 0 and h > 0
