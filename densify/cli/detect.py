@@ -25,7 +25,8 @@ def _detect_one(scanner: Scanner, out: Path, opts: dict, path: Path, stem: str,
     from ._scanning import summary, write_all
 
     det = result.detections(opts["threshold"], opts["iou"], opts["classes"],
-                            refine=not opts["window_boxes"], merge=opts["merge"],
+                            refine=not opts["window_boxes"], window_boxes=opts["window_boxes"],
+                            merge=opts["merge"],
                             merge_threshold=opts["merge_threshold"])
     names = [result.categories[c] for c in det.labels.tolist()]
     vis = draw_boxes(rgb, det.boxes, names, det.scores)

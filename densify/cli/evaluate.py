@@ -59,6 +59,9 @@ def _read_json(path: Path, what: str):
 @options.merge
 @options.merge_threshold
 @options.window_boxes
+@click.option("--no-regress", is_flag=True,
+              help="Ignore the model's box regressor: boxes from the card's object box (or the "
+                   "windows), to measure what regression adds.")
 @click.option("--save-gt", type=_JSON_FILE, default=None,
               help="Write the scenes' COCO ground truth here.")
 @click.option("--save-detections", type=_JSON_FILE, default=None,
@@ -70,8 +73,8 @@ def _read_json(path: Path, what: str):
 @options.as_json
 @options.quiet
 def evaluate(model, weights, scenes, seed, split, size, scales, flip, device, threshold, nms_iou,
-             merge, merge_threshold, window_boxes, save_gt, save_detections, gt_path, det_path,
-             as_json, quiet) -> None:
+             merge, merge_threshold, window_boxes, no_regress, save_gt, save_detections, gt_path,
+             det_path, as_json, quiet) -> None:
     """COCO AP, AP50, AP75 and AR (pycocotools) on generated held-out digit scenes, or of
     --detections against --gt."""
     if (gt_path is None) != (det_path is None):
@@ -83,7 +86,8 @@ def evaluate(model, weights, scenes, seed, split, size, scales, flip, device, th
                                                                              "detections"))
     else:
         report = _scan_and_score(model, weights, scenes, seed, split, size, scales, flip, device,
-                                 threshold, nms_iou, merge, merge_threshold, window_boxes, quiet)
+                                 threshold, nms_iou, merge, merge_threshold, window_boxes,
+                                 no_regress, quiet)
         threshold = report["threshold"]
         _save(save_gt, report.pop("ground_truth"))
         _save(save_detections, report.pop("detections"))
@@ -102,7 +106,7 @@ def _save(path: Path | None, data) -> None:
 
 
 def _scan_and_score(model, weights, scenes, seed, split, size, scales, flip, device, threshold,
-                    nms_iou, merge, merge_threshold, window_boxes, quiet) -> dict:
+                    nms_iou, merge, merge_threshold, window_boxes, no_regress, quiet) -> dict:
     from ..digits.evaluation import evaluate_scenes
     from ..scan.scanner import Scanner
     from ._scanning import default_threshold
@@ -115,7 +119,7 @@ def _scan_and_score(model, weights, scenes, seed, split, size, scales, flip, dev
         raise click.ClickException(f"{model} has no background class; evaluate needs a digit "
                                    "spotter such as lenet5-digits")
     detect_options = {"merge": merge, "merge_threshold": merge_threshold,
-                      "refine": not window_boxes}
+                      "refine": not window_boxes, "window_boxes": window_boxes or no_regress}
     return evaluate_scenes(scanner, scenes, seed, split, size or (1200, 1600),
                            default_threshold(scanner, threshold), nms_iou, progress=not quiet,
                            detect_options=detect_options)

@@ -165,7 +165,7 @@ merge_threshold = click.option(
 # Used by: detect, evaluate.
 window_boxes = click.option(
     "--window-boxes", is_flag=True,
-    help="Whole windows as boxes, even where the model card gives the object's size.")
+    help="Whole windows as boxes: no regressed boxes, and no object box from the model card.")
 
 # Used by: evaluate, bench.
 image_size = click.option(

@@ -198,7 +198,7 @@ def timm_facts() -> dict[str, dict]:
 #: Card keys the scanner uses: class names, the background class, the object's height and box
 #: aspect inside the window, and the object sizes (px in an image) the model is meant to find.
 _CARD_EXTRA = ("categories", "background_class", "object_height", "box_aspect",
-               "object_sizes", "threshold")
+               "object_sizes", "threshold", "outputs", "box_format")
 
 
 def _project_specs() -> dict[str, ModelSpec]:

@@ -112,12 +112,15 @@ class Scanner:
             (:class:`densify.scan.maps.ScaleMap`), and image scores averaged over all of them.
         progress: show a tqdm bar over scales.
         scores: for multi-output models, the output holding the class scores (index or key;
-            default: the only output). It is softmaxed only if it is not already a probability
-            (``DenseNet.outputs[i].activation``: softmax and sigmoid are kept, log-softmax is
-            exponentiated).
+            default: the model card's ``outputs["scores"]``, else the only output). It is
+            softmaxed only if it is not already a probability (``DenseNet.outputs[i].activation``:
+            softmax and sigmoid are kept, log-softmax is exponentiated).
         boxes: an optional box-regression output (index or key) with 4 (class-agnostic) or
             ``4·K`` (class-major) channels; its boxes then replace the windows in detections.
-        box_format: ``"offsets"`` or ``"deltas"`` (:meth:`densify.scan.maps.ScaleMap.regressed_boxes`).
+            Default (when neither ``scores`` nor ``boxes`` is given): the card's
+            ``outputs["boxes"]`` (the shipped digit spotter has one), else none.
+        box_format: ``"offsets"`` or ``"deltas"`` (:meth:`densify.scan.maps.ScaleMap.regressed_boxes`);
+            default: the card's ``box_format``, else ``"offsets"``.
     """
 
     def __init__(self, model: str | Classifier | nn.Module, scales: int | str | Sequence[float] = 6,
@@ -127,7 +130,7 @@ class Scanner:
                  std: Sequence[float] | None = None, categories: Sequence[str] | None = None,
                  background_class: int | None = None, object_box="auto", object_sizes=None,
                  max_memory: int | str | None = None, flip: bool = False, progress: bool = False,
-                 scores=None, boxes=None, box_format: str = "offsets"):
+                 scores=None, boxes=None, box_format: str | None = None):
         if precision not in PRECISIONS:
             raise ParameterError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
         self.scales = parse_scales(scales)
@@ -143,7 +146,7 @@ class Scanner:
         size = input_size if input_size is not None else (spec.input_size if spec else None)
         self.dense = _convert(net, size, output_stride).to(self.device).eval()
         self.dense = self.dense.to(memory_format=torch.channels_last)
-        self._select_outputs(scores, boxes, box_format)
+        self._select_outputs(*_card_outputs(spec, scores, boxes, box_format))
         self.requested_stride = output_stride
         self._set_preprocessing(spec, mean, std)
         self._set_classes(spec, categories, background_class, object_box)
@@ -313,6 +316,17 @@ def _convert(model: nn.Module, input_size, output_stride: int | None) -> DenseNe
         log.info("output stride %d is not reachable (%s); scanning at the native stride %d",
                  output_stride, exc, dense.output_stride)
         return dense
+
+
+def _card_outputs(spec: ModelSpec | None, scores, boxes, box_format: str | None):
+    """``(scores, boxes, box_format)``: the given ones, else the model card's (``"outputs":
+    {"scores": key, "boxes": key}``, ``"box_format"``), else the only output, no boxes and
+    ``"offsets"``."""
+    card = spec.extra.get("outputs", {}) if spec else {}
+    if scores is None and boxes is None:
+        scores, boxes = card.get("scores"), card.get("boxes")
+    fmt = box_format or (spec.extra.get("box_format") if spec else None) or "offsets"
+    return scores, boxes, fmt
 
 
 def _card_object_box(spec: ModelSpec | None, window: Sequence[int]):
