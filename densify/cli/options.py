@@ -90,7 +90,8 @@ output_stride = click.option(
     help="Pixels between output cells; half the native stride applies stride-1 final pooling. "
          "Default when scanning: the largest reachable stride up to 16 (16 for ImageNet nets, "
          "12 for overfeat_accurate; else the native stride); the native "
-         "stride for convert and bench; verify's check 3 tests half the native stride.")
+         "stride for convert and bench; verify's check 3 tests the next reachable one (half, or "
+         "a third for overfeat_accurate).")
 
 # Used by: verify, convert, bench.
 input_size = click.option(
