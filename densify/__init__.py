@@ -9,7 +9,9 @@ The data flow in five lines::
     boxes = dense.geometry.cell_boxes(*logits.shape[-2:])            # (h*w, 4) x1, y1, x2, y2
 
 The scanner wraps that for photos: ``densify.Scanner("vgg19", scales=6)(path)`` returns per-scale
-class-probability maps with their geometry, heatmaps registered to the image, and detections.
+class-probability maps with their geometry, heatmaps registered to the image, and detections;
+``densify.save_result(result, "scan.npz")`` stores them compactly and ``densify.load_result`` reads
+them back.
 
 Layers, each importing only those below it: :mod:`densify.cli` → :mod:`densify.scan` →
 :mod:`densify.convert`, :mod:`densify.models`, :mod:`densify.io` → :mod:`densify.errors`.
@@ -22,7 +24,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from .errors import ConversionError, DensifyError, ImageError, ModelError, OutputError, WeightsError
+from .errors import (
+    ConversionError,
+    DensifyError,
+    ImageError,
+    ModelError,
+    OutputError,
+    ResultError,
+    WeightsError,
+)
 
 __version__ = "0.2.0"
 
@@ -40,14 +50,16 @@ _LAZY = {
     "Scanner": "scan.scanner",
     "ScanResult": "scan.result", "ClassScore": "scan.result", "ScaleMap": "scan.maps",
     "Detections": "scan.detect",
+    "save_result": "scan.resultfile", "load_result": "scan.resultfile",
 }
 
 __all__ = [  # the names of _LAZY, then the errors
     "MODELS", "ModelSpec", "get_spec", "build_model", "load_classifier", "Classifier",
     "convolutionize", "DenseNet", "available_strides", "Geometry", "check_canonical", "check_head",
     "check_output_stride", "check_crops", "levels", "Level", "parse_scales", "Scanner",
-    "ScanResult", "ClassScore", "ScaleMap", "Detections",
+    "ScanResult", "ClassScore", "ScaleMap", "Detections", "save_result", "load_result",
     "DensifyError", "ConversionError", "ModelError", "WeightsError", "ImageError", "OutputError",
+    "ResultError",
 ]
 
 
@@ -73,4 +85,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .scan.maps import ScaleMap
     from .scan.pyramid import Level, levels, parse_scales
     from .scan.result import ClassScore, ScanResult
+    from .scan.resultfile import load_result, save_result
     from .scan.scanner import Scanner

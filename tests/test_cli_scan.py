@@ -73,19 +73,22 @@ def test_heatmap_writes_registered_maps_for_real_photos(heatmap_run, photos):
         assert r["class"] == r["top"][0]["name"]
 
 
-def test_npz_round_trips_without_pickle(heatmap_run):
-    _, out = heatmap_run
+def test_npz_is_a_compact_result_file_that_loads_back(heatmap_run):
+    """The .npz holds per-scale cell maps (no image-resolution maps unless --full-maps), no
+    pickles, and loads back as a ScanResult whose summary is the one printed."""
+    from densify.scan.resultfile import load_result
+
+    result, out = heatmap_run
     with np.load(out / "coffee_heatmap.npz", allow_pickle=False) as npz:
         data = {k: npz[k] for k in npz.files}
-    height, width = data["image_size"]
-    assert data["heatmaps"].shape == (5, height, width) and data["heatmaps"].dtype == np.float32
-    assert len(data["categories"]) == 1000 and data["class_names"].shape == (5,)
+    assert "heatmaps" not in data and data["probs_0"].dtype == np.uint16
+    assert len(data["categories"]) == 1000 and data["top_index"].shape == (5,)
     assert data["window"].tolist() == [224, 224] and data["stride"].tolist() == [16, 16]
-    for i in range(len(data["factors"])):
-        probs, boxes = data[f"probs_{i}"], data[f"boxes_{i}"]
-        assert np.allclose(probs.sum(0), 1, atol=1e-4)
-        assert boxes.shape == (probs.shape[1] * probs.shape[2], 4)
-        assert boxes[:, 2].max() <= width and boxes[:, 3].max() <= height
+    loaded = load_result(out / "coffee_heatmap.npz")
+    record = next(r for r in json.loads(result.stdout) if r["image"].endswith("coffee.jpg"))
+    assert [t.name for t in loaded.top_classes(5)] == [t["name"] for t in record["top"]]
+    for m in loaded.maps:
+        assert torch.allclose(m.probs.sum(0), torch.ones(1), atol=1e-3)
 
 
 def test_heatmap_with_a_weights_file_and_a_class(photos, tmp_path):
@@ -94,12 +97,14 @@ def test_heatmap_with_a_weights_file_and_a_class(photos, tmp_path):
     torch.save(zoo.build_model("squeezenet1_1").state_dict(), weights)
     result = _invoke("heatmap", [photos / "chelsea.jpg", photos / "coffee.jpg", *FAST,
                                        "--weights", weights, "--scales", "0.9,1.1", "--class",
-                                       "Egyptian", "--top-k", "2", "-o", tmp_path / "o"])
+                                       "Egyptian", "--top-k", "2", "--full-maps", "-o",
+                                       tmp_path / "o"])
     assert result.exit_code == 0, result.stderr
     assert "Egyptian cat" in result.stdout and "random" not in result.stdout
     assert "scale(s) 0.9-1.1" in result.stdout
     with np.load(tmp_path / "o" / "chelsea_heatmap.npz") as npz:
-        assert npz["class_names"][0] == "Egyptian cat" and npz["heatmaps"].shape[0] == 3
+        assert npz["categories"][npz["heatmap_classes"][0]] == "Egyptian cat"
+        assert npz["heatmaps"].shape[0] == 3
 
 
 def test_bad_inputs_cost_one_line_each(tmp_path):

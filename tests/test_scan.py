@@ -178,7 +178,9 @@ def test_digits_model_knows_background_and_object_box():
 
 
 def test_max_memory_tiles_a_scale_and_gives_the_same_maps(photo, caplog):
-    """A bound below one scale's estimated need makes the scanner tile it: same probabilities."""
+    """A whole-process budget that leaves less than one scale's estimated need after the
+    process's fixed cost makes the scanner tile it: same probabilities."""
+    import dataclasses
     import logging
 
     from densify.scan.tiling import estimate_bytes
@@ -188,9 +190,53 @@ def test_max_memory_tiles_a_scale_and_gives_the_same_maps(photo, caplog):
     plain = Scanner(clf, scales=[2.0], device="cpu")
     (level,) = plain.levels(photo.shape[:2])
     need = estimate_bytes(plain.dense, *level.input_size)
-    bounded = Scanner(clf, scales=[2.0], device="cpu", max_memory=need // 2)
+    bounded = Scanner(clf, scales=[2.0], device="cpu", max_memory="1TB")
+    cells = plain.geometry.output_size(*level.input_size)
+    held = photo.nbytes + 4 * len(plain.categories) * cells[0] * cells[1]
+    bounded.budget = dataclasses.replace(bounded.budget,
+                                         total=bounded.budget.fixed + held + int(0.9 * need))
     with caplog.at_level(logging.INFO, logger="densify.scan"):
         (tiled,) = bounded(photo).maps
     (whole,) = plain(photo).maps
     assert "tiling" in caplog.text
     assert torch.allclose(tiled.probs, whole.probs, atol=1e-6)
+
+
+def test_a_budget_below_the_process_and_the_smallest_tile_is_refused_stating_the_minimum():
+    from densify.scan.tiling import TilingError
+
+    torch.manual_seed(0)
+    with pytest.raises(TilingError, match=r"below the minimum of [\d.]+ MiB .*raise --max-memory"):
+        Scanner("lenet5", scales=1, device="cpu", max_memory="10MB")
+    scanner = Scanner("lenet5", scales=1, device="cpu", max_memory="64GB")
+    assert scanner.classifier.model is None  # the scanner keeps one copy: the dense one
+    assert scanner.budget.fixed < scanner.budget.minimum < 64e9
+
+
+def test_a_budget_too_small_for_a_large_image_fails_that_image_in_one_line(photo):
+    """Past the fixed cost, the image and its maps count: an image they do not fit in fails."""
+    import dataclasses
+
+    from densify.scan.tiling import TilingError
+
+    scanner = Scanner("lenet5", scales=[1.0], device="cpu", max_memory="64GB")
+    scanner.budget = dataclasses.replace(scanner.budget, total=scanner.budget.minimum)
+    with pytest.raises(TilingError, match="does not fit in max memory.*needs at least"):
+        scanner(np.zeros((600, 800, 3), np.uint8))
+
+
+def test_level_input_equals_resize_normalize_pad(photo):
+    import torch.nn.functional as F
+
+    from densify.io.image import resize
+    from densify.scan.memory import level_input
+
+    scanner = Scanner("lenet5", scales=[0.37, 1.3], device="cpu")
+    for level in scanner.levels(photo.shape[:2]) + scanner.levels((9, 11)):
+        rgb = photo if level.image_size == photo.shape[:2] else photo[:9, :11]
+        top, bottom, left, right = level.padding
+        ref = F.pad(to_tensor(resize(rgb, level.size), (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)),
+                    (left, right, top, bottom))
+        got = level_input(rgb, level, (0.4, 0.5, 0.6), (0.2, 0.3, 0.25), rows=5)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(got, ref)

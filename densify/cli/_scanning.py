@@ -6,13 +6,20 @@ problem, writes nothing, and makes the exit status 1 once the others are done. U
 (unknown model, bad ``--scales``, unwritable ``-o``, weights for another architecture, an unknown
 ``--class``) stop before any image with one line and a non-zero status, no traceback. Outputs are
 written atomically (:mod:`densify.io.files`). A bug (any other exception) stops the batch.
+
+Batches resume: each image's record goes to ``OUTDIR/summary.jsonl`` (:mod:`densify.io.records`)
+once its files are written, and a rerun skips the images whose latest ``ok`` record's files all
+exist (``--overwrite`` redoes them), recording them as ``"skipped"``. While one image is
+scanned, a background thread decodes the next (``--no-prefetch`` turns that off; it is off with
+``--max-memory``, whose budget does not count a second image).
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
@@ -21,14 +28,18 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DensifyError, ImageError, OutputError
-from ..io.files import atomic_output
+from ..io.files import remove_stale_temporaries
 from ..io.image import expand_inputs, read_image
+from ..io.records import append_record, finished, read_records
+from ..scan.memory import release_memory
 from ..scan.result import ScanResult, class_index
 from ..scan.scanner import Scanner
 
 #: What costs one image, not the batch: bad input and running out of memory on one image.
 PER_IMAGE_ERRORS = (DensifyError, torch.OutOfMemoryError)
 
+#: The per-image records of a batch, in the output directory (JSON Lines).
+SUMMARY = "summary.jsonl"
 
 
 def fail(message: str) -> None:
@@ -99,25 +110,91 @@ def stems(paths: list[Path]) -> list[str]:
     return out
 
 
+def _read(path: Path) -> tuple[np.ndarray | None, DensifyError | None]:
+    try:
+        return read_image(path), None
+    except DensifyError as exc:
+        return None, exc
+
+
+def read_ahead(paths: list[Path], prefetch: bool = True) -> Iterator[tuple]:
+    """``(rgb, None)`` or ``(None, error)`` per path, in order; with ``prefetch`` the next image
+    is decoded in a background thread while the caller works on the current one."""
+    if not prefetch:
+        yield from map(_read, paths)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="densify-read") as pool:
+        pending = pool.submit(_read, paths[0]) if paths else None
+        for i in range(len(paths)):
+            current = pending.result()
+            pending = pool.submit(_read, paths[i + 1]) if i + 1 < len(paths) else None
+            yield current
+            del current
+
+
+def top_rows(result: ScanResult, k: int = 5) -> list[dict]:
+    """The ``top`` field of a scan record (:meth:`ScanResult.top_classes`)."""
+    return [{"index": t.index, "name": t.name, "score": t.score, "box": list(t.box),
+             "factor": t.factor} for t in result.top_classes(k)]
+
+
+def _error_record(path: Path, message: str, seconds: float) -> dict:
+    return {"image": str(path), "status": "error", "error": message, "size": None, "top": [],
+            "files": [], "seconds": seconds}
+
+
 def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[..., dict],
-               errors: list[tuple[str, str]] | None = None) -> tuple[list[dict], int]:
-    """Read and scan each image, then ``work(path, stem, rgb, result)``; a failure is one line
-    (appended to ``errors`` as ``(path, message)`` when given). Each record gets ``"seconds"``."""
+               errors: list[tuple[str, str]] | None = None, out: Path | None = None,
+               overwrite: bool = False, prefetch: bool = True) -> tuple[list[dict], int]:
+    """Read and scan each image, then ``work(path, stem, rgb, result)`` (its record); a failure
+    is one line (appended to ``errors`` as ``(path, message)`` when given). With ``out``,
+    records are appended to ``out/summary.jsonl`` and images done by an earlier run are skipped
+    unless ``overwrite`` (module docstring). Returns the ``ok`` and ``skipped`` records, in input
+    order, and the number of failures."""
+    summary_path = None if out is None else out / SUMMARY
+    if out is not None:
+        remove_stale_temporaries(out)
+    done = {} if summary_path is None or overwrite else finished(read_records(summary_path))
+    items = list(zip(paths, stems(paths), strict=True))
+    todo = [path for path, _ in items if str(path.resolve()) not in done]
+    reader = read_ahead(todo, prefetch and scanner.budget is None)
     records, failed = [], 0
-    for path, stem in tqdm(list(zip(paths, stems(paths), strict=True)), desc="images",
-                           unit="image", disable=quiet):
+    for path, stem in tqdm(items, desc="images", unit="image", disable=quiet):
         start = time.perf_counter()
-        try:
-            rgb = read_image(path)
-            record = work(path, stem, rgb, scanner(rgb, progress=not quiet))
-            records.append({**record, "seconds": round(time.perf_counter() - start, 4)})
-        except PER_IMAGE_ERRORS as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            fail(message if str(path) in message else f"{path}: {message}")
+        previous = done.get(str(path.resolve()))
+        if previous is not None:
+            record = {**previous, "image": str(path), "status": "skipped", "seconds": 0.0}
+        else:
+            record = _scan_one(scanner, path, stem, next(reader), quiet, work, start)
+        if summary_path is not None:
+            append_record(summary_path, record)
+        if record["status"] == "error":
             failed += 1
             if errors is not None:
-                errors.append((str(path), message))
+                errors.append((str(path), record["error"]))
+        else:
+            records.append(record)
+        release_memory(collect=False)  # keeps RSS flat over long batches
     return records, failed
+
+
+def _scan_one(scanner: Scanner, path: Path, stem: str, read: tuple, quiet: bool,
+              work: Callable[..., dict], start: float) -> dict:
+    rgb, error = read
+    try:
+        if error is not None:
+            raise error
+        result = scanner(rgb, progress=not quiet)
+        record = work(path, stem, rgb, result)
+    except PER_IMAGE_ERRORS as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = message if str(path) in message else f"{path}: {message}"
+        fail(message)
+        return _error_record(path, message, round(time.perf_counter() - start, 4))
+    top = record.pop("top", None)
+    top = top_rows(result) if top is None else top
+    return {"image": str(path), "status": "ok", "error": None, "size": list(result.image_size),
+            "top": top, **record, "seconds": round(time.perf_counter() - start, 4)}
 
 
 def write_all(outputs: dict[Path, Callable[[Path], object]]) -> list[str]:
@@ -132,11 +209,6 @@ def write_all(outputs: dict[Path, Callable[[Path], object]]) -> list[str]:
             path.unlink(missing_ok=True)
         raise exc if isinstance(exc, OutputError) else OutputError(f"{path}: {exc}") from None
     return [str(p) for p in done]
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with atomic_output(path) as tmp:
-        np.savez_compressed(tmp, **arrays)
 
 
 def notes(result: ScanResult, scanner: Scanner) -> list[str]:

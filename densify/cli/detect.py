@@ -58,14 +58,15 @@ def _detect_lines(records: list[dict]) -> str:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="COCO results file [default: OUTDIR/detections.json].")
 def detect(inputs, model, weights, scales, flip, object_sizes, output_stride, device, precision,
-           output_dir, max_memory, threads, quiet, threshold, nms_iou, merge, merge_threshold,
-           classes, window_boxes, json_path) -> None:
+           output_dir, max_memory, threads, quiet, overwrite, prefetch, threshold, nms_iou, merge,
+           merge_threshold, classes, window_boxes, json_path) -> None:
     """Detect objects: boxes from every window above --threshold, merged by NMS (or --merge
     overfeat: OverFeat's greedy merge, whose scores are sums over the merged windows).
 
     Writes OUTDIR/<stem>_detections.png per image and one COCO results file (image_id = file
     stem, category_id = class index, bbox = [x, y, w, h] pixels). The background class never
-    yields boxes.
+    yields boxes. A line per image goes to OUTDIR/summary.jsonl; a rerun skips the images done
+    (--overwrite redoes them) and the COCO file holds every image's boxes.
     """
     from ..io.files import ensure_output_dir, write_json
     from ._scanning import (
@@ -90,7 +91,7 @@ def detect(inputs, model, weights, scales, flip, object_sizes, output_stride, de
             "window_boxes": window_boxes, "merge": merge, "merge_threshold": merge_threshold}
     paths, failed = expand(inputs)
     work = functools.partial(_detect_one, scanner, out, opts)
-    records, bad = each_image(scanner, paths, quiet, work)
+    records, bad = each_image(scanner, paths, quiet, work, None, out, overwrite, prefetch)
     write_json(json_path, [d for r in records for d in r["detections"]])
     click.echo(f"{model}: {header(scanner, weights)}")
     if records:

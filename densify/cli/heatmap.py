@@ -29,24 +29,25 @@ def _colormap(value: str) -> str:
 
 
 def _heatmap_one(scanner: Scanner, out: Path, chosen: int | None, top_k: int, alpha: float,
-                 colormap: str, sheet: bool, path: Path, stem: str, rgb, result: ScanResult
-                 ) -> dict:
+                 colormap: str, sheet: bool, full_maps: bool, path: Path, stem: str, rgb,
+                 result: ScanResult) -> dict:
     from ..io.draw import draw_boxes, draw_caption, overlay_heatmap
     from ..io.files import write_image
     from ..scan.display import sheet as draw_sheet
-    from ._scanning import save_npz, summary, write_all
+    from ..scan.resultfile import save_result
+    from ._scanning import summary, write_all
 
     top = result.top_classes(top_k)
     cls = chosen if chosen is not None else (top[0].index if top else 0)
     classes = [cls] + [t.index for t in top if t.index != cls]
-    maps = result.heatmaps(classes).numpy()
     best = result.best(cls)
-    vis = overlay_heatmap(rgb, maps[0], alpha, colormap)
+    vis = overlay_heatmap(rgb, result.heatmap(cls), alpha, colormap)
     vis = draw_boxes(vis, [best.box], [best.name], [best.score])
     vis = draw_caption(vis, f"{best.name} {best.score:.3f}")
     outputs = {
         out / f"{stem}_heatmap.png": lambda p: write_image(p, vis),
-        out / f"{stem}_heatmap.npz": lambda p: save_npz(p, result.arrays(classes, maps)),
+        out / f"{stem}_heatmap.npz": lambda p: save_result(
+            result, p, classes if full_maps else (), top_k),
     }
     if sheet:
         heading = f"{path.name}  {rgb.shape[1]}x{rgb.shape[0]} px"
@@ -72,7 +73,8 @@ def _heatmap_table(records: list[dict]) -> str:
             lines.append(f"  {i:2d}  {t['name'][:24]:24s} {t['score']:6.3f}  "
                          f"{','.join(f'{v:.0f}' for v in t['box']):24s} {t['factor']:.3g}")
         lines.extend(f"  note: {n}" for n in r["notes"])
-        lines.append(f"  wrote {', '.join(r['files'])}")
+        done = "kept (done by an earlier run)" if r["status"] == "skipped" else "wrote"
+        lines.append(f"  {done} {', '.join(r['files'])}")
     return "\n".join(lines)
 
 
@@ -111,7 +113,10 @@ def _scales_text(scanner: Scanner) -> str:
               help="Class to paint: a name (any case; an unambiguous part is enough) or an "
                    "index. Default: the top class.")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Classes listed and kept in the .npz.")
+              help="Classes listed (and stored as the .npz's summary).")
+@click.option("--full-maps", is_flag=True,
+              help="Also store the listed classes' maps at image resolution in the .npz (float16, "
+                   "2 bytes per pixel and class; default: only the per-scale cell maps).")
 @options.as_json
 @options.sheet
 @options.report
@@ -119,12 +124,14 @@ def _scales_text(scanner: Scanner) -> str:
 @click.option("--colormap", default="jet", show_default=True, callback=options.callback(
     _colormap), help="Any OpenCV colormap: jet, turbo, inferno, viridis, ...")
 def heatmap(inputs, model, weights, scales, flip, object_sizes, output_stride, device, precision,
-            output_dir, max_memory, threads, quiet, class_, top_k, as_json, sheet, report, alpha,
-            colormap) -> None:
-    """Class heat maps registered to each image: a PNG overlay and an NPZ of the maps.
+            output_dir, max_memory, threads, quiet, overwrite, prefetch, class_, top_k, full_maps,
+            as_json, sheet, report, alpha, colormap) -> None:
+    """Class heat maps registered to each image: a PNG overlay and the scan's result file.
 
-    Writes OUTDIR/<stem>_heatmap.png and OUTDIR/<stem>_heatmap.npz per image (and
-    <stem>_sheet.png with --sheet, OUTDIR/report.html with --report). A window's
+    Writes OUTDIR/<stem>_heatmap.png and OUTDIR/<stem>_heatmap.npz per image (the per-scale cell
+    maps; read it back with densify.load_result; and <stem>_sheet.png with --sheet,
+    OUTDIR/report.html with --report) and a line per image to OUTDIR/summary.jsonl; a rerun
+    skips the images done (--overwrite redoes them). A window's
     probability sits at the window's centre, interpolated between centres and averaged over
     scales (densify.heatmap). Scores are OverFeat's: the best window per scale, averaged over
     scales.
@@ -140,8 +147,8 @@ def heatmap(inputs, model, weights, scales, flip, object_sizes, output_stride, d
     errors: list[tuple[str, str]] = []
     paths, failed = expand(inputs, errors)
     work = functools.partial(_heatmap_one, scanner, out, chosen, top_k, alpha, colormap,
-                             sheet or report)
-    records, bad = each_image(scanner, paths, quiet, work, errors)
+                             sheet or report, full_maps)
+    records, bad = each_image(scanner, paths, quiet, work, errors, out, overwrite, prefetch)
     page = _write_report(out, scanner, model, weights, precision, top_k, records, errors,
                          time.perf_counter() - start) if report else None
     if as_json:

@@ -20,7 +20,7 @@ __all__ = [
     "DEFAULT_MODEL", "callback", "model", "weights", "output_stride", "input_size", "scales",
     "object_sizes", "device", "precision", "output_dir", "max_memory", "quiet", "as_json",
     "threshold", "nms_iou", "merge", "merge_threshold", "window_boxes", "image_size", "threads",
-    "sheet", "report", "flip", "scan_options",
+    "sheet", "report", "flip", "overwrite", "prefetch", "scan_options",
 ]
 
 #: The model every command uses when ``--model`` is not given: the project's digit spotter,
@@ -130,8 +130,9 @@ output_dir = click.option(
 # Used by: heatmap, detect, bench.
 max_memory = click.option(
     "--max-memory", default=None, metavar="SIZE", callback=callback(parse_bytes),
-    help="Memory budget, e.g. 3GB or 512MiB: larger scales are computed in exact overlapping "
-         "tiles.")
+    help="Memory budget, e.g. 3GB or 512MiB. heatmap/detect: the peak resident memory of the "
+         "whole process (weights, image, maps; a budget below the minimum is refused, stating "
+         "it); bench: one dense pass. What does not fit is computed in exact overlapping tiles.")
 
 # Used by: heatmap, detect, evaluate.
 quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -192,6 +193,18 @@ report = click.option(
          "files, the failed inputs with their errors, the settings and the timing. Static; "
          "opens from disk.")
 
+# Used by: heatmap, detect.
+overwrite = click.option(
+    "--overwrite", is_flag=True,
+    help="Redo images whose outputs exist (default: a rerun skips the images OUTDIR/summary.jsonl "
+         "records as done, so a killed batch resumes).")
+
+# Used by: heatmap, detect.
+prefetch = click.option(
+    "--prefetch/--no-prefetch", default=True, show_default=True,
+    help="Decode the next image in a background thread while scanning the current one (off "
+         "with --max-memory).")
+
 
 # Used by: heatmap, detect, evaluate.
 flip = click.option(
@@ -206,7 +219,7 @@ def scan_options(fn: Callable) -> Callable:
         click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_DIR...",
                        type=click.Path(path_type=Path)),
         model, weights, scales, flip, object_sizes, output_stride, device, precision, output_dir,
-        max_memory, threads, quiet,
+        max_memory, threads, quiet, overwrite, prefetch,
     ]
     for option in reversed(stack):
         fn = option(fn)

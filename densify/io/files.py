@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -32,11 +33,15 @@ import torch
 from ..errors import OutputError
 from .image import read_array
 
-__all__ = ["OutputError", "atomic_output", "ensure_output_dir", "write_image", "write_json"]
+__all__ = ["OutputError", "atomic_output", "ensure_output_dir", "write_image", "write_json",
+           "remove_stale_temporaries"]
 
 log = logging.getLogger(__name__)
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+#: The names :func:`atomic_output` gives its temporary files.
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp(\.[^.]*)?")
 
 
 def ensure_output_dir(path: str | Path) -> Path:
@@ -94,6 +99,18 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     log.debug("wrote %s", path)
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the temporary files a killed run left in ``directory`` (names as
+    :func:`atomic_output` makes them); returns them. Do not run it while another process writes
+    into the same directory.
+    """
+    stale = [p for p in Path(directory).iterdir() if _TEMPORARY.fullmatch(p.name) and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+        log.info("removed %s, left by an interrupted run", path)
+    return stale
 
 
 def write_image(path: str | Path, rgb: np.ndarray, params: Sequence[int] = ()) -> Path:

@@ -101,8 +101,8 @@ def write_report(path: str | Path, records: Sequence[Mapping], settings: Mapping
 def render_report(records: Sequence[Mapping], settings: Mapping[str, object], seconds: float,
                   out_dir: str | Path, title: str = "densify report") -> str:
     """The page as a string; links are relative to ``out_dir`` (where the page will be)."""
-    ok = [r for r in records if r.get("status", "ok") == "ok"]
-    bad = [r for r in records if r.get("status", "ok") != "ok"]
+    ok = [r for r in records if r.get("status", "ok") in ("ok", "skipped")]  # skipped: done before
+    bad = [r for r in records if r.get("status", "ok") not in ("ok", "skipped")]
     scanning = sum(float(r.get("seconds") or 0.0) for r in ok)
     per_image = f" ({scanning / len(ok):.2f} s per image)" if ok else ""
     summary = (f"{len(records)} input(s): <span class='ok'>{len(ok)} scanned</span>, "

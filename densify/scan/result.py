@@ -98,33 +98,6 @@ class ScanResult:
         """``(H, W)`` float32 map of one class, registered to the original image."""
         return self.heatmaps([cls])[0].numpy()
 
-    def arrays(self, classes: Sequence[int | str], maps: np.ndarray | None = None
-               ) -> dict[str, np.ndarray]:
-        """Everything needed to read the scan later, as plain arrays (``np.savez``-ready, no
-        pickling): ``heatmaps`` ``(k, H, W)`` of ``classes`` (``maps`` if already computed),
-        ``class_indices``, ``class_names``, ``scores``, ``categories``, ``image_size``,
-        ``factors``, ``sizes``, ``paddings`` ``(top, bottom, left, right)``, ``window``,
-        ``stride``, ``offset``, ``flipped`` (per map: ran on the mirrored image), and per map
-        ``i``: ``probs_i`` ``(K, h, w)`` and ``boxes_i`` ``(h*w, 4)`` window boxes in image
-        pixels."""
-        idx = [self.class_index(c) for c in classes]
-        g = self.maps[0].geometry
-        arrays = {
-            "heatmaps": self.heatmaps(idx).numpy() if maps is None else np.asarray(maps),
-            "class_indices": np.array(idx, np.int64),
-            "class_names": np.array([self.categories[c] for c in idx]),
-            "scores": self.scores()[idx].numpy(), "categories": np.array(self.categories),
-            "image_size": np.array(self.image_size), "factors": np.array(self.factors),
-            "sizes": np.array([m.size for m in self.maps]),
-            "paddings": np.array([m.padding for m in self.maps]),
-            "window": np.array(g.window), "stride": np.array(g.stride),
-            "offset": np.array(g.offset), "flipped": np.array([m.flipped for m in self.maps]),
-        }
-        for i, m in enumerate(self.maps):
-            arrays[f"probs_{i}"] = m.probs.numpy()
-            arrays[f"boxes_{i}"] = m.boxes().numpy()
-        return arrays
-
     def scores(self) -> torch.Tensor:
         """``Tensor[K]`` image-level scores (OverFeat, :func:`densify.heatmap.image_scores`)."""
         return _heatmap.image_scores(self.maps)

@@ -24,24 +24,25 @@ Output stride: ``output_stride=16`` applies OverFeat's stride-1 final pooling
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..convert.dense import DenseNet, convolutionize
 from ..convert.outputs import select_key
 from ..errors import ConversionError, ParameterError
-from ..io.image import read_array, read_image, resize, thumbnail, to_tensor
+from ..io.image import read_array, read_image, thumbnail
 from ..models.catalogue import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 from ..models.weights import Classifier, load_classifier
 from .detect import object_region
 from .maps import BOX_FORMATS, ScaleMap
+from .memory import MemoryBudget, level_input
 from .pyramid import Level, levels, object_range, parse_scales
 from .result import THUMBNAIL_SIDE, ScanResult
 from .tiling import HEADROOM, estimate_bytes, format_bytes, forward_tiled, parse_bytes
@@ -100,9 +101,12 @@ class Scanner:
             supply) the catalogue's values; ``categories`` default to ``"0"``, ``"1"``, ...
         object_box: ``(x1, y1, x2, y2)`` of the object inside the window, for tighter boxes;
             ``"auto"`` reads it from the model card (``object_height``, ``box_aspect``).
-        max_memory: bound on one forward pass's activation memory (bytes, or a string such as
-            ``"3GB"``): a scale whose estimate exceeds it is computed in stride-aligned,
-            overlapping tiles that give the same cells (:func:`densify.tiling.forward_tiled`).
+        max_memory: bound on the whole process's peak resident memory during a scan (bytes,
+            or a string such as ``"3GB"``; :mod:`densify.scan.memory`): what the process holds
+            once the model is converted is measured here, and a scale that does not fit in the
+            rest is computed in stride-aligned, overlapping tiles that give the same cells
+            (:func:`densify.scan.tiling.forward_tiled`). A budget below the fixed cost plus the
+            smallest tile raises :class:`densify.scan.tiling.TilingError` stating the minimum.
         object_sizes: ``(min, max)`` heights in image pixels of the objects to find; with
             ``scales=N`` the pyramid then spans the factors that map them onto the trained
             object height (:func:`densify.pyramid.object_range`). Default: the card's
@@ -151,7 +155,12 @@ class Scanner:
         self._set_preprocessing(spec, mean, std)
         self._set_classes(spec, categories, background_class, object_box)
         self.scale_range = card_scale_range(spec, object_sizes)
+        if self.classifier is not None:  # the scanner keeps one copy of the weights: the dense one
+            self.classifier = dataclasses.replace(self.classifier, model=None)
+        del net
         self.max_memory = None if max_memory is None else parse_bytes(max_memory)
+        self.budget = None if max_memory is None else MemoryBudget.measure(
+            self.scan_net, self.max_memory, PRECISIONS[precision] or self.dtype, self.device)
 
     @property
     def geometry(self):
@@ -240,46 +249,69 @@ class Scanner:
         ``flip`` each scale's map is followed by its mirrored one.
         """
         rgb, source = as_rgb(image)
-        views = [(level, flipped) for level in self.levels(rgb.shape[:2], scales)
+        pyramid = self.levels(rgb.shape[:2], scales)
+        views = [(level, flipped) for level in pyramid
                  for flipped in ((False, True) if self.flip else (False,))]
         mirror = np.ascontiguousarray(rgb[:, ::-1]) if self.flip else None
+        images = rgb.nbytes + (0 if mirror is None else mirror.nbytes)
+        self._check_budget(images, [level for level, _ in views])
         show = self.progress if progress is None else progress
         outs = []
         with torch.inference_mode(), self._autocast():
             for level, flipped in tqdm(views, desc="scales", unit="scale", leave=False,
                                        disable=not show):
-                outs.append(self._scan_level(mirror if flipped else rgb, level))
+                held = images + sum(p.nbytes + (0 if r is None else r.nbytes) for p, r in outs)
+                outs.append(self._scan_level(mirror if flipped else rgb, level, held))
         maps = tuple(ScaleMap(level, self.geometry, p.cpu(), None if r is None else r.cpu(),
                               self.box_format, flipped)
                      for (level, flipped), (p, r) in zip(views, outs, strict=True))
         return ScanResult(tuple(rgb.shape[:2]), self.categories, maps, self.background_class,
                           self.object_box, source, thumbnail(rgb, THUMBNAIL_SIDE).copy())
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The dense net on ``x``, tiled when its estimated memory exceeds ``self.max_memory``."""
+    @property
+    def _out_channels(self) -> int:
+        """Channels of :attr:`scan_net`'s output: the class scores plus any box regression."""
+        boxes = self.boxes_output.channels if self.boxes_output is not None else 0
+        return self.scores_output.channels + boxes
+
+    def _check_budget(self, held: int, pyramid: Sequence[Level]) -> None:
+        """Refuse an image that some scale of ``pyramid`` cannot fit in the memory budget, before
+        scanning any; ``held``: the image's bytes (the same accounting as :meth:`__call__`)."""
+        if self.budget is None:
+            return
+        for level in pyramid:
+            h, w = self.geometry.output_size(*level.input_size)
+            x_bytes = self.in_chans * level.input_size[0] * level.input_size[1] * self.dtype.itemsize
+            self.budget.room(held + 4 * self._out_channels * h * w, x_bytes, f"scale "
+                             f"{level.factor:.3g} ({level.input_size[0]}x{level.input_size[1]})")
+            held += 4 * self._out_channels * h * w
+
+    def _forward(self, x: torch.Tensor, held: int = 0) -> torch.Tensor:
+        """The dense net on ``x``, tiled when it does not fit in what the memory budget leaves
+        while the scan holds ``held`` bytes besides ``x`` (:mod:`densify.scan.memory`)."""
         net = self.scan_net
-        if self.max_memory is None:
+        if self.budget is None:
             return net(x)
         dtype = PRECISIONS[self.precision] or x.dtype
+        room = self.budget.room(held, x.nbytes, f"a {x.shape[-2]}x{x.shape[-1]} scale")
         need = estimate_bytes(net, x.shape[-2], x.shape[-1], dtype)
-        if need <= (1 - HEADROOM) * self.max_memory:  # the same headroom plan_tiles keeps
+        if need <= (1 - HEADROOM) * room:  # the same headroom plan_tiles keeps
             return net(x)
         log.info("scale %dx%d needs ~%s: tiling to fit %s", x.shape[-2], x.shape[-1],
-                 format_bytes(need), format_bytes(self.max_memory))
-        return forward_tiled(net, x, self.max_memory)
+                 format_bytes(need), format_bytes(room - x.nbytes))
+        return forward_tiled(net, x, room - x.nbytes)
 
-    def _scan_level(self, rgb: np.ndarray, level: Level) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _scan_level(self, rgb: np.ndarray, level: Level, held: int = 0
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(K, h, w)`` float32 probabilities on the device for one level, and the raw
-        ``(4 or 4K, h, w)`` float32 box regression (None without a boxes output)."""
-        resized = rgb if level.size == rgb.shape[:2] else resize(rgb, level.size)
-        x = to_tensor(resized, self.mean, self.std, self.in_chans)
-        top, bottom, left, right = level.padding
-        if any(level.padding):
-            x = F.pad(x, (left, right, top, bottom), value=0.0)
+        ``(4 or 4K, h, w)`` float32 box regression (None without a boxes output); ``held``:
+        bytes the scan holds besides this level (images, earlier maps), for the memory budget."""
+        x = level_input(rgb, level, self.mean, self.std, self.in_chans)
         x = x.to(self.device, self.dtype, non_blocking=True)
         x = x.contiguous(memory_format=torch.channels_last)
-        logits = self._forward(x)
         h, w = self.geometry.output_size(*level.input_size)
+        logits = self._forward(x, held + 4 * len(self.categories) * h * w)
+        del x
         if logits.shape[-2] < h or logits.shape[-1] < w:
             raise RuntimeError(f"the dense net gave {tuple(logits.shape[-2:])} cells on a "
                                f"{level.input_size} input, its geometry says {(h, w)}")
@@ -287,7 +319,10 @@ class Scanner:
         out = logits[0, :, :h, :w].float()
         num = self.scores_output.channels
         regression = out[num:] if self.boxes_output is not None else None
-        return to_probabilities(out[:num], self.scores_output.activation), regression
+        activation = self.scores_output.activation
+        scores = _softmax_rows(out[:num]) if activation is None else to_probabilities(
+            out[:num], activation)
+        return scores, regression
 
 
 def to_probabilities(scores: torch.Tensor, activation: str | None) -> torch.Tensor:
@@ -299,6 +334,14 @@ def to_probabilities(scores: torch.Tensor, activation: str | None) -> torch.Tens
     if activation == "log_softmax":
         return scores.exp()
     return scores
+
+
+def _softmax_rows(logits: torch.Tensor, rows: int = 64) -> torch.Tensor:
+    """``logits.softmax(dim=0)`` of a ``(K, h, w)`` map, in place, a band of rows at a time
+    (a 1000-class map of a large scale is hundreds of MB: no second copy)."""
+    for r in range(0, logits.shape[1], rows):
+        logits[:, r:r + rows] = logits[:, r:r + rows].softmax(dim=0)
+    return logits if logits.is_contiguous() else logits.contiguous()
 
 
 def _convert(model: nn.Module, input_size, output_stride: int | None) -> DenseNet:

@@ -1,0 +1,98 @@
+"""Scan records in JSON Lines: appended one whole line per image, read back torn lines and all.
+
+A batch (``densify heatmap DIR``, ``densify detect DIR``) appends one record per image to
+``OUTDIR/summary.jsonl`` as soon as the image is done, so that a run killed at any moment leaves
+every finished image recorded and a rerun can skip them. Fields (the "Scan records" interface):
+``{"image": path, "status": "ok" | "error" | "skipped", "error": str | None, "size": [H, W] |
+None, "top": [{"index", "name", "score", "box", "factor"}, ...], "files": [paths], "seconds":
+float}`` plus command-specific keys (``"detections"`` for detect).
+
+Atomicity: each record is one ``write`` of one line to a file opened for appending
+(``O_APPEND``), flushed and ``fsync``-ed before the next image starts. A kill can at worst leave
+the LAST line torn (no newline, not JSON); :func:`read_records` skips lines that do not parse, and
+:func:`append_record` first ends a torn line so the next record starts on its own line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import OutputError
+
+__all__ = ["append_record", "read_records", "finished"]
+
+log = logging.getLogger(__name__)
+
+
+def append_record(path: str | Path, record: dict[str, Any]) -> None:
+    """Append ``record`` as one JSON line to ``path`` (created if missing), durably.
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "summary.jsonl"
+        >>> append_record(path, {"image": "a.png", "status": "ok"})
+        >>> _ = path.open("a").write('{"image": "b.png", "sta')   # a kill mid-line
+        >>> append_record(path, {"image": "c.png", "status": "ok"})
+        >>> [r["image"] for r in read_records(path)]
+        ['a.png', 'c.png']
+    """
+    path = Path(path)
+    line = (json.dumps(record, allow_nan=False, default=str) + "\n").encode("utf-8")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if _torn(path):
+                line = b"\n" + line
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot append to the summary ({exc.strerror}); choose "
+                          "another output directory with -o") from None
+
+
+def _torn(path: Path) -> bool:
+    """True when the file's last byte is not a newline (a line cut short by a kill)."""
+    size = path.stat().st_size
+    if size == 0:
+        return False
+    with path.open("rb") as f:
+        f.seek(size - 1)
+        return f.read(1) != b"\n"
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Every record in ``path`` in file order; lines that do not parse (a torn last line) are
+    skipped with a warning; a missing file gives ``[]``."""
+    path = Path(path)
+    try:
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
+        return []
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            record = None
+        if isinstance(record, dict) and "image" in record:
+            records.append(record)
+        elif line.strip():
+            log.warning("%s:%d: skipping a line that is not a whole record", path, number)
+    return records
+
+
+def finished(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The images already done: resolved image path -> its latest ``ok``/``skipped`` record whose
+    output files all exist (outputs are written atomically, so existing means complete)."""
+    done = {}
+    for record in records:
+        if record.get("status") in ("ok", "skipped") and all(
+                Path(f).is_file() for f in record.get("files", [])):
+            done[str(Path(record["image"]).resolve())] = record
+    return done

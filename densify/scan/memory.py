@@ -1,0 +1,183 @@
+"""The whole process's memory during a scan: a budget, what the process holds, and lean inputs.
+
+``Scanner(max_memory=...)`` (``--max-memory``) bounds the peak resident memory (RSS) of the
+WHOLE process, not one forward pass. At start-up, once the model is converted (the original
+classifier released: the scanner keeps one copy of the weights), the process's resident size is
+measured (``VmRSS``: interpreter, torch, weights, thread pools): the *fixed cost*. Per scale, the
+scanner then counts what it holds on top of that (the decoded image, the scale's input tensor,
+the maps of the scales already done and the output buffer of this one) and gives the tiling
+(:func:`densify.scan.tiling.forward_tiled`) what remains; the tiling keeps 20 % of that for
+allocator slack (:data:`densify.scan.tiling.HEADROOM`).
+
+The minimum budget is the fixed cost plus the smallest tile (a window-sized input, with the
+headroom): a smaller one is refused at start-up in one line that states the minimum. On CUDA the
+same accounting uses the device's allocated memory instead of RSS.
+
+glibc keeps freed blocks of up to 32 MB in the heap by default (its mmap threshold grows with
+the blocks it has seen), so a process that ran large layers keeps their memory resident; with a
+budget the scanner sets the threshold to 1 MiB (``mallopt``, as ``MALLOC_MMAP_THRESHOLD_=1048576``
+would) so that freed activations go back to the system.
+
+Convention: sizes in bytes; inputs ``(1, C, H, W)`` float32 in ``channels_last`` layout.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .._parse import format_bytes
+from ..convert.dense import DenseNet
+from ..io.image import to_tensor
+from .pyramid import Level
+from .tiling import HEADROOM, TilingError, estimate_bytes
+
+__all__ = ["rss_bytes", "peak_rss_bytes", "release_memory", "limit_heap_slack", "MemoryBudget",
+           "level_input"]
+
+log = logging.getLogger(__name__)
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def _status_bytes(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` in bytes (0 where there is no /proc)."""
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(rf"^{field}:\s+(\d+)\s+kB", text, re.MULTILINE)
+    return int(match.group(1)) * 1024 if match else 0
+
+
+def rss_bytes() -> int:
+    """The process's resident memory now (``VmRSS``; 0 where /proc is missing)."""
+    return _status_bytes("VmRSS")
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident memory so far (``VmHWM``; what ``time -v`` reports)."""
+    return _status_bytes("VmHWM")
+
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def release_memory(collect: bool = True) -> None:
+    """Hand freed heap memory back to the system (glibc ``malloc_trim``), after collecting
+    garbage if ``collect``. Between the images of a batch this keeps the resident size flat:
+    without it, blocks freed by scans of varied sizes stay in the heap and RSS creeps up."""
+    if collect:
+        gc.collect()
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+def limit_heap_slack(threshold: int = 1 << 20) -> None:
+    """Serve blocks of ``threshold`` bytes and more by ``mmap`` (glibc), so that freed ones
+    leave the process at once instead of staying in the heap (module docstring)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(_M_MMAP_THRESHOLD, int(threshold))
+
+
+def _used_bytes(device: torch.device) -> int:
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else rss_bytes()
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """A whole-process memory budget for scans (module docstring).
+
+    Attributes:
+        total: the budget in bytes.
+        fixed: the process's memory when the scanner was ready (RSS, or CUDA allocated memory).
+        smallest_tile: :func:`estimate_bytes` of a window-sized input.
+    """
+
+    total: int
+    fixed: int
+    smallest_tile: int
+
+    @classmethod
+    def measure(cls, dense: DenseNet, total: int, dtype: torch.dtype, device: torch.device
+                ) -> MemoryBudget:
+        """Measure the fixed cost now; :class:`TilingError` if ``total`` is below the minimum."""
+        limit_heap_slack()
+        release_memory()
+        h, w = dense.input_size[1:]
+        budget = cls(int(total), _used_bytes(device), estimate_bytes(dense, h, w, dtype))
+        if budget.total < budget.minimum:
+            raise TilingError(
+                f"max memory {format_bytes(total)} is below the minimum of "
+                f"{format_bytes(budget.minimum)} for this model (the process with its weights "
+                f"{format_bytes(budget.fixed)} + the smallest tile "
+                f"{format_bytes(budget.minimum - budget.fixed)}); raise --max-memory")
+        log.info("memory budget %s: fixed %s, smallest tile %s", format_bytes(total),
+                 format_bytes(budget.fixed), format_bytes(budget.smallest_tile))
+        return budget
+
+    @property
+    def minimum(self) -> int:
+        """The smallest budget a scan can run in: the fixed cost plus one smallest tile."""
+        return self.fixed + int(self.smallest_tile / (1 - HEADROOM))
+
+    def room(self, held: int, need: int, what: str) -> int:
+        """Bytes left for a forward pass while the scan holds ``held`` bytes; ``need`` is what
+        the pass needs at least (its input plus a smallest tile). Raises :class:`TilingError`
+        (one line naming ``what``) when that does not fit."""
+        room = self.total - self.fixed - int(held)
+        if room < need + self.smallest_tile / (1 - HEADROOM):
+            least = self.total - room + need + int(self.smallest_tile / (1 - HEADROOM))
+            raise TilingError(
+                f"{what} does not fit in max memory {format_bytes(self.total)}: the process "
+                f"holds {format_bytes(self.fixed)}, the image and maps {format_bytes(held)}; "
+                f"it needs at least {format_bytes(least)}; raise --max-memory or scan fewer "
+                "or smaller scales")
+        return room
+
+
+def level_input(rgb: np.ndarray, level: Level, mean, std, in_chans: int = 3,
+                rows: int = 256) -> torch.Tensor:
+    """The net's input for one level: resized, normalized, padded, ``(1, C, H', W')`` float32
+    in ``channels_last`` layout (``H', W' = level.input_size``).
+
+    Equal, value for value, to ``F.pad(to_tensor(resize(rgb, level.size), ...), padding)``, but
+    built in place: one tensor of the input's size plus a band of ``rows`` rows, instead of
+    four full-size copies.
+    """
+    from ..io.image import resize
+
+    resized = rgb if level.size == tuple(rgb.shape[:2]) else resize(rgb, level.size)
+    top, bottom, left, right = level.padding
+    if in_chans != 3:
+        x = to_tensor(resized, mean, std, in_chans)
+        x = F.pad(x, (left, right, top, bottom), value=0.0) if any(level.padding) else x
+        return x.contiguous(memory_format=torch.channels_last)
+    to_tensor(resized[:1, :1], mean, std, in_chans)  # validates mean and std
+    m = np.asarray(torch.as_tensor(tuple(mean), dtype=torch.float32).expand(3))
+    s = np.asarray(torch.as_tensor(tuple(std), dtype=torch.float32).expand(3))
+    (h, w), (ph, pw) = level.size, level.input_size
+    out = np.zeros((ph, pw, 3), np.float32)  # HWC memory is NCHW channels_last
+    for r0 in range(0, h, rows):
+        band = resized[r0:r0 + rows].astype(np.float32)
+        band /= np.float32(255)
+        band -= m
+        band /= s
+        out[top + r0:top + r0 + band.shape[0], left:left + w] = band
+    return torch.from_numpy(out).permute(2, 0, 1).unsqueeze(0)
