@@ -102,3 +102,22 @@ def test_old_format_and_other_versions_are_refused_in_one_line(scanned, tmp_path
     np.savez(tmp_path / "damaged.npz", **arrays)
     with pytest.raises(ResultError, match="damaged result file"):
         load_result(tmp_path / "damaged.npz")
+
+
+def test_round_trip_keeps_box_regression_and_flips(tmp_path):
+    """The shipped digit spotter regresses boxes; with flips half the maps are mirrored."""
+    from pathlib import Path
+
+    from densify.io.image import read_image
+
+    scene = read_image(Path(__file__).resolve().parent.parent / "demos" / "digits_scene.png")
+    scanner = Scanner("lenet5-digits", scales=2, weights="DEFAULT", flip=True, device="cpu")
+    result = scanner(scene[100:500, 600:1000])
+    loaded = load_result(save_result(result, tmp_path / "digits.npz"))
+    assert [m.flipped for m in loaded.maps] == [False, True, False, True]
+    for a, b in zip(result.maps, loaded.maps, strict=True):
+        assert a.regression is not None and torch.equal(a.regression, b.regression)
+        assert a.box_format == b.box_format and a.flipped == b.flipped
+        assert torch.equal(a.regressed_boxes(3), b.regressed_boxes(3))
+    want, got = result.detections(0.9), loaded.detections(0.9)
+    assert len(want.boxes) >= 1 and len(got.boxes) == len(want.boxes)

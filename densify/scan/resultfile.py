@@ -9,7 +9,8 @@ A result file is an uncompressed-pickle-free ``.npz`` (zip, deflated) holding:
 - the geometry that registers cells to pixels: ``window``, ``stride``, ``offset``, ``rf_size``
   (empty when None), ``rf_offset``;
 - the pyramid: ``factors`` ``(S,)``, ``sizes`` ``(S, 2)``, ``paddings`` ``(S, 4)``
-  ``(top, bottom, left, right)``, ``level_window`` ``(2,)``;
+  ``(top, bottom, left, right)``, ``level_window`` ``(2,)``, ``flipped`` ``(S,)`` (the map ran on
+  the mirrored image);
 - per scale ``i``: ``probs_i`` ``(K, h, w)`` uint16 cell probabilities in fixed point
   (``p = probs_i / 65535``; and ``regression_i`` float32 with ``box_format`` when the scan
   regressed boxes);
@@ -72,6 +73,7 @@ def result_arrays(result: ScanResult, full_maps: Sequence[int | str] = (), top_k
         "sizes": np.array([m.size for m in result.maps], np.int64).reshape(-1, 2),
         "paddings": np.array([m.padding for m in result.maps], np.int64).reshape(-1, 4),
         "level_window": np.array(m0.level.window, np.int64),
+        "flipped": np.array([m.flipped for m in result.maps], bool),
         "top_index": np.array([t.index for t in top], np.int64),
         "top_score": np.array([t.score for t in top], np.float64),
         "top_box": np.array([t.box for t in top], np.float64).reshape(-1, 4),
@@ -79,9 +81,8 @@ def result_arrays(result: ScanResult, full_maps: Sequence[int | str] = (), top_k
     }
     for i, m in enumerate(result.maps):
         arrays[f"probs_{i}"] = _fixed(m.probs)
-        regression = getattr(m, "regression", None)
-        if regression is not None:
-            arrays[f"regression_{i}"] = regression.float().numpy()
+        if m.regression is not None:
+            arrays[f"regression_{i}"] = m.regression.float().numpy()
             arrays["box_format"] = np.array(m.box_format)
     if full_maps:
         idx = [result.class_index(c) for c in full_maps]
@@ -173,11 +174,10 @@ def _result(data: dict) -> ScanResult:
                       tuple(int(v) for v in data["paddings"][i]), image_size,
                       _pair(data["level_window"]))
         probs = torch.from_numpy(data[f"probs_{i}"].astype(np.float32) / np.float32(LEVELS))
-        extra = {}
-        if f"regression_{i}" in data:
-            extra = {"regression": torch.from_numpy(data[f"regression_{i}"]),
-                     "box_format": str(data["box_format"])}
-        maps.append(ScaleMap(level, geometry, probs, **extra))
+        regression = data.get(f"regression_{i}")
+        maps.append(ScaleMap(level, geometry, probs,
+                             None if regression is None else torch.from_numpy(regression),
+                             str(data.get("box_format", "offsets")), bool(data["flipped"][i])))
     background = int(data["background_class"])
     box = data["object_box"]
     return ScanResult(image_size, tuple(str(c) for c in data["categories"]), tuple(maps),
