@@ -8,7 +8,7 @@ import torch
 from squares import CATEGORIES, WINDOW, square_detector, square_image
 
 from densify.errors import ResultError
-from densify.scan.resultfile import LEVELS, load_result, save_result
+from densify.scan.resultfile import LEVELS, REGRESSION_FLOOR, load_result, save_result
 from densify.scan.scanner import Scanner
 
 TOL = 0.5 / LEVELS + 1e-7  # the fixed-point step (resultfile docstring)
@@ -116,8 +116,11 @@ def test_round_trip_keeps_box_regression_and_flips(tmp_path):
     loaded = load_result(save_result(result, tmp_path / "digits.npz"))
     assert [m.flipped for m in loaded.maps] == [False, True, False, True]
     for a, b in zip(result.maps, loaded.maps, strict=True):
-        assert a.regression is not None and torch.equal(a.regression, b.regression)
         assert a.box_format == b.box_format and a.flipped == b.flipped
-        assert torch.equal(a.regressed_boxes(3), b.regressed_boxes(3))
+        keep = a.probs[:10].amax(dim=0) >= REGRESSION_FLOOR  # 10: the background class
+        assert keep.any() and torch.allclose(a.regression[:, keep], b.regression[:, keep],
+                                             rtol=1e-3, atol=1e-3)
+        assert not b.regression[:, ~keep].any()
     want, got = result.detections(0.9), loaded.detections(0.9)
     assert len(want.boxes) >= 1 and len(got.boxes) == len(want.boxes)
+    assert torch.allclose(want.boxes.sort(dim=0).values, got.boxes.sort(dim=0).values, atol=0.05)

@@ -12,8 +12,10 @@ A result file is an uncompressed-pickle-free ``.npz`` (zip, deflated) holding:
   ``(top, bottom, left, right)``, ``level_window`` ``(2,)``, ``flipped`` ``(S,)`` (the map ran on
   the mirrored image);
 - per scale ``i``: ``probs_i`` ``(K, h, w)`` uint16 cell probabilities in fixed point
-  (``p = probs_i / 65535``; and ``regression_i`` float32 with ``box_format`` when the scan
-  regressed boxes);
+  (``p = probs_i / 65535``; and ``regression_i`` float16 with ``box_format`` when the scan
+  regressed boxes, kept at the cells where a class other than the background reaches
+  :data:`REGRESSION_FLOOR` and 0 elsewhere: such cells yield no detection at thresholds from
+  the floor up, and the zeros compress to nothing);
 - the summary: ``top_index``, ``top_score``, ``top_box`` ``(k, 4)``, ``top_factor`` of
   :meth:`ScanResult.top_classes`, computed from the float32 maps;
 - only on request (``full_maps=[classes]``): ``heatmaps`` ``(k, H, W)`` float16 at image
@@ -53,6 +55,8 @@ FORMAT = "densify-result"
 VERSION = 2
 #: Fixed-point levels of a stored probability.
 LEVELS = 65535
+#: Box regression is stored where some non-background class reaches this probability.
+REGRESSION_FLOOR = 0.01
 
 
 def result_arrays(result: ScanResult, full_maps: Sequence[int | str] = (), top_k: int = 5
@@ -82,7 +86,7 @@ def result_arrays(result: ScanResult, full_maps: Sequence[int | str] = (), top_k
     for i, m in enumerate(result.maps):
         arrays[f"probs_{i}"] = _fixed(m.probs)
         if m.regression is not None:
-            arrays[f"regression_{i}"] = m.regression.float().numpy()
+            arrays[f"regression_{i}"] = _regression(m, result.background_class)
             arrays["box_format"] = np.array(m.box_format)
     if full_maps:
         idx = [result.class_index(c) for c in full_maps]
@@ -148,6 +152,16 @@ def _fixed(probs: torch.Tensor) -> np.ndarray:
     return out
 
 
+def _regression(m: ScaleMap, background: int | None) -> np.ndarray:
+    """``m.regression`` as float16, zeroed at cells no class but the background reaches
+    :data:`REGRESSION_FLOOR` in."""
+    probs = m.probs.clone()
+    if background is not None:
+        probs[background] = 0.0
+    keep = (probs.amax(dim=0) >= REGRESSION_FLOOR).numpy()
+    return np.where(keep, m.regression.float().numpy(), 0.0).astype(np.float16)
+
+
 def _check_version(path: Path, data: dict) -> None:
     if "format" not in data:
         what = "a densify 0.2 heatmap file" if "heatmaps" in data else "not a densify result"
@@ -176,7 +190,8 @@ def _result(data: dict) -> ScanResult:
         probs = torch.from_numpy(data[f"probs_{i}"].astype(np.float32) / np.float32(LEVELS))
         regression = data.get(f"regression_{i}")
         maps.append(ScaleMap(level, geometry, probs,
-                             None if regression is None else torch.from_numpy(regression),
+                             None if regression is None else torch.from_numpy(
+                                 regression.astype(np.float32)),
                              str(data.get("box_format", "offsets")), bool(data["flipped"][i])))
     background = int(data["background_class"])
     box = data["object_box"]
