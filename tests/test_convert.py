@@ -9,8 +9,10 @@ import pytest
 import torch
 from conftest import (
     ALL_MODELS,
+    COSTLY_STRIDE_CHECK,
     DEVICE,
     GLOBAL_CONTEXT,
+    REPRESENTATIVE,
     SLOW_STRIDE_CHECK,
     build,
     dtype_params,
@@ -62,8 +64,9 @@ def _stride_models():
 _CONTEXT = {n for n in ALL_MODELS if n.startswith(GLOBAL_CONTEXT)}
 
 
-@pytest.mark.parametrize("name", model_params(_stride_models(), full_tier_unless(_stride_models()),
-                                              huge=SLOW_STRIDE_CHECK))
+@pytest.mark.parametrize("name", model_params(
+    _stride_models(), full_tier_unless(_stride_models(), set(REPRESENTATIVE) - set(COSTLY_STRIDE_CHECK)),
+    huge=SLOW_STRIDE_CHECK))
 def test_output_stride_halved(name, record):
     """Check 3: stride S/2 equals stride S on the image shifted by S/2, on interior cells."""
     dtype = torch.float64 if name in {"lenet5", "alexnet", "zfnet", "nin", "resnet18",
