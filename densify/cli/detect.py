@@ -57,9 +57,10 @@ def _detect_lines(records: list[dict]) -> str:
 @options.window_boxes
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="COCO results file [default: OUTDIR/detections.json].")
+@options.ray_options
 def detect(inputs, model, weights, scales, flip, object_sizes, output_stride, device, precision,
            output_dir, max_memory, threads, quiet, overwrite, prefetch, threshold, nms_iou, merge,
-           merge_threshold, classes, window_boxes, json_path) -> None:
+           merge_threshold, classes, window_boxes, json_path, ray) -> None:
     """Detect objects: boxes from every window above --threshold, merged by NMS (or --merge
     overfeat: OverFeat's greedy merge, whose scores are sums over the merged windows).
 
@@ -80,6 +81,14 @@ def detect(inputs, model, weights, scales, flip, object_sizes, output_stride, de
     )
 
     out = ensure_output_dir(output_dir)
+    if ray is not None:  # one row per image in OUTDIR/detect.parquet, no PNG/COCO file
+        from ._ray import scan_on_ray
+
+        return scan_on_ray(ray, "detect", inputs, out, quiet, threads, model=model,
+                           weights=weights, scales=scales, object_sizes=object_sizes,
+                           output_stride=output_stride, device=device, precision=precision,
+                           max_memory=max_memory, threshold=threshold, iou=nms_iou,
+                           classes=list(classes) or None, refine=not window_boxes)
     json_path = json_path or out / "detections.json"
     ensure_output_dir(json_path.parent)
     scanner = make_scanner(model, weights, scales, output_stride, device, precision, object_sizes,

@@ -123,9 +123,10 @@ def _scales_text(scanner: Scanner) -> str:
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--colormap", default="jet", show_default=True, callback=options.callback(
     _colormap), help="Any OpenCV colormap: jet, turbo, inferno, viridis, ...")
+@options.ray_options
 def heatmap(inputs, model, weights, scales, flip, object_sizes, output_stride, device, precision,
             output_dir, max_memory, threads, quiet, overwrite, prefetch, class_, top_k, full_maps,
-            as_json, sheet, report, alpha, colormap) -> None:
+            as_json, sheet, report, alpha, colormap, ray) -> None:
     """Class heat maps registered to each image: a PNG overlay and the scan's result file.
 
     Writes OUTDIR/<stem>_heatmap.png and OUTDIR/<stem>_heatmap.npz per image (the per-scale cell
@@ -141,6 +142,13 @@ def heatmap(inputs, model, weights, scales, flip, object_sizes, output_stride, d
 
     start = time.perf_counter()
     out = ensure_output_dir(output_dir)
+    if ray is not None:  # one row per image in OUTDIR/heatmap.parquet, no PNG/NPZ
+        from ._ray import scan_on_ray
+
+        return scan_on_ray(ray, "heatmap", inputs, out, quiet, threads, model=model,
+                           weights=weights, scales=scales, object_sizes=object_sizes,
+                           output_stride=output_stride, device=device, precision=precision,
+                           max_memory=max_memory, top_k=top_k)
     scanner = make_scanner(model, weights, scales, output_stride, device, precision, object_sizes,
                            max_memory, threads, flip)
     chosen = resolve_class(scanner, class_)

@@ -8,8 +8,10 @@ callbacks that need the library import it when they run.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 
@@ -20,7 +22,7 @@ __all__ = [
     "DEFAULT_MODEL", "callback", "model", "weights", "output_stride", "input_size", "scales",
     "object_sizes", "device", "precision", "output_dir", "max_memory", "quiet", "as_json",
     "threshold", "nms_iou", "merge", "merge_threshold", "window_boxes", "image_size", "threads",
-    "sheet", "report", "flip", "overwrite", "prefetch", "scan_options",
+    "sheet", "report", "flip", "overwrite", "prefetch", "scan_options", "RayOptions", "ray_options",
 ]
 
 #: The model every command uses when ``--model`` is not given: the project's digit spotter,
@@ -224,3 +226,40 @@ def scan_options(fn: Callable) -> Callable:
     for option in reversed(stack):
         fn = option(fn)
     return fn
+
+
+class RayOptions(NamedTuple):
+    """``--ray`` and its settings, as the scanning commands receive them (``ray=None``: no --ray)."""
+
+    address: str | None
+    workers: int | None
+    gpus_per_worker: float
+
+
+# Used by: heatmap, detect. One ``ray`` parameter (RayOptions or None) instead of four.
+def ray_options(fn: Callable) -> Callable:
+    """``--ray``, ``--address``, ``--workers``, ``--gpus-per-worker``, passed on as ``ray``."""
+
+    @functools.wraps(fn)
+    def command(*args, ray: bool, address, workers, gpus_per_worker, **kwargs):
+        if not ray and (address or workers or gpus_per_worker):
+            raise click.UsageError("--address, --workers and --gpus-per-worker need --ray")
+        return fn(*args, ray=RayOptions(address, workers, gpus_per_worker) if ray else None,
+                  **kwargs)
+
+    stack = [
+        click.option("--ray", is_flag=True,
+                     help="Scan on Ray Data (pip install 'densify[ray]'): one row per image "
+                          "(top classes, detections, errors) in OUTDIR/<command>.parquet instead "
+                          "of the per-image files."),
+        click.option("--address", default=None, metavar="auto|ray://HOST:PORT",
+                     help="With --ray: the cluster to join (default: start a local Ray)."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="With --ray: actors, each with its own model (default: one per CPU, "
+                          "or per GPU share with --gpus-per-worker)."),
+        click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0,
+                     help="With --ray: GPUs per actor (fractions share a GPU)."),
+    ]
+    for option in reversed(stack):
+        command = option(command)
+    return command

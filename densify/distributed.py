@@ -1,0 +1,316 @@
+"""Scan many images on a Ray cluster with Ray Data: the single-process scan, run by an actor pool.
+
+    from densify.distributed import scan_dataset
+    rows = scan_dataset("photos/", "lenet5-digits", workers=4, output_dir="out/scan.parquet")
+    rows.filter(expr="status == 'error'").show()
+
+What happens: the inputs become a Ray dataset of paths (or an existing dataset is used as is);
+``map_batches`` sends batches of ``batch_size`` rows to a fixed pool of ``workers`` actors. Each
+actor builds one :class:`densify.scan.scanner.Scanner` when it starts (the model is converted once
+per actor, on its GPU when ``gpus_per_worker > 0``), then reads every image of a batch with
+densify's own reader (:func:`densify.io.image.read_image`, inside the actor: nothing but paths
+crosses the cluster) and scans it with the same code as ``Scanner(...)(image)``. A bad image
+(missing, truncated, not an image, too large, out of memory) becomes a row with
+``status="error"`` and the one-line message; any other exception is a bug and fails the job.
+The rows are written by Ray Data's own writers (``write_parquet`` or ``write_json``).
+
+One row per input, in the fields of a scan record (``image``, ``status``, ``error``, ``size``,
+``top``, ``seconds``) plus ``detections`` (:data:`ROW_FIELDS`):
+
+- ``top``: the ``top_k`` classes of :meth:`densify.scan.result.ScanResult.top_classes`, each
+  ``{"index", "name", "score", "box", "factor"}``;
+- ``detections``: :meth:`ScanResult.detections` at ``threshold``/``iou``, each
+  ``{"box": [x1, y1, x2, y2], "score", "label", "name"}``.
+
+Convention:
+    boxes are ``(x1, y1, x2, y2)`` float pixels of the ORIGINAL image; sizes are ``[H, W]``.
+
+This module is the only one that imports Ray, and only when called; without it the calls raise
+one line naming ``pip install 'densify[ray]'``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import DensifyError, ImageError, OutputError, ParameterError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import ray.data
+
+    from .scan.scanner import Scanner
+
+__all__ = ["RAY_HINT", "ROW_FIELDS", "ScanConfig", "scan_dataset", "require_ray", "row_schema",
+           "scan_rows", "write_rows"]
+
+RAY_HINT = "pip install 'densify[ray]'"
+ROW_FIELDS = ("image", "status", "error", "size", "top", "detections", "seconds")
+FORMATS = ("parquet", "json")
+
+
+def require_ray():
+    """Import and return ``ray`` (with ``ray.data``), or raise one line naming the extra."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise ParameterError(f"Ray Data is not installed ({exc}); {RAY_HINT}") from None
+    return ray
+
+
+def row_schema():
+    """The pyarrow schema of a row (every batch carries it, so error-only batches agree)."""
+    import pyarrow as pa
+
+    box = pa.list_(pa.float64())
+    top = pa.struct([("index", pa.int64()), ("name", pa.string()), ("score", pa.float64()),
+                     ("box", box), ("factor", pa.float64())])
+    det = pa.struct([("box", box), ("score", pa.float64()), ("label", pa.int64()),
+                     ("name", pa.string())])
+    return pa.schema([("image", pa.string()), ("status", pa.string()), ("error", pa.string()),
+                      ("size", pa.list_(pa.int64())), ("top", pa.list_(top)),
+                      ("detections", pa.list_(det)), ("seconds", pa.float64())])
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """What every actor needs: the :class:`Scanner` arguments and the per-image outputs.
+
+    ``scanner`` holds the keyword arguments of ``Scanner(**scanner)``; ``threshold`` None means
+    the model card's recommended threshold, else 0.5; ``classes`` are class indices (None: all).
+    """
+
+    scanner: dict[str, Any] = field(default_factory=dict)
+    top_k: int = 5
+    threshold: float | None = None
+    iou: float = 0.3
+    classes: tuple[int, ...] | None = None
+    refine: bool = True
+    threads: int | None = None
+
+    def detection_threshold(self, scanner: Scanner) -> float:
+        if self.threshold is not None:
+            return self.threshold
+        spec = scanner.classifier.spec if scanner.classifier else None
+        return float(spec.extra.get("threshold", 0.5)) if spec else 0.5
+
+
+def scan_rows(scanner: Scanner, config: ScanConfig, image: str | None, array=None) -> dict:
+    """One row: read ``image`` (a path) unless ``array`` is given, scan it, summarize it.
+
+    A bad image or running out of memory on it gives ``status="error"`` and the message.
+    """
+    import torch
+
+    from .io.image import read_array, read_image
+
+    start = time.perf_counter()
+    row = {"image": image, "status": "ok", "error": None, "size": None, "top": [],
+           "detections": []}
+    try:
+        rgb = read_image(image) if array is None else read_array(array)
+        result = scanner(rgb, progress=False)
+        row["size"] = list(result.image_size)
+        row["top"] = [{"index": t.index, "name": t.name, "score": t.score, "box": list(t.box),
+                       "factor": t.factor} for t in result.top_classes(config.top_k)]
+        det = result.detections(config.detection_threshold(scanner), config.iou,
+                                config.classes, refine=config.refine)
+        row["detections"] = [{"box": b, "score": s, "label": c, "name": result.categories[c]}
+                             for b, s, c in zip(det.boxes.tolist(), det.scores.tolist(),
+                                                det.labels.tolist(), strict=True)]
+    except (DensifyError, torch.OutOfMemoryError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        row["status"] = "error"
+        row["error"] = message if image is None or image in message else f"{image}: {message}"
+    row["seconds"] = time.perf_counter() - start
+    return row
+
+
+class ScanActor:
+    """The callable class of ``map_batches``: one converted model per actor, one row per image."""
+
+    def __init__(self, config: ScanConfig):
+        import torch
+
+        from .scan.scanner import Scanner
+
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        self.config = config
+        self.scanner = Scanner(**config.scanner)
+
+    def __call__(self, batch: dict[str, np.ndarray]):
+        import pyarrow as pa
+
+        paths = batch.get("path")
+        images = batch.get("image")
+        count = len(paths if paths is not None else images)
+        rows = [scan_rows(self.scanner, self.config,
+                          None if paths is None else str(paths[i]),
+                          None if images is None else images[i]) for i in range(count)]
+        return pa.Table.from_pylist(rows, schema=row_schema())
+
+
+def image_paths(source: str | Path | Sequence[str | Path]) -> list[str]:
+    """Paths of ``source``: a directory (its images, :func:`densify.io.image.expand_inputs`), a
+    glob (``**`` recursive), one file, or a list of paths taken as given (not checked here: a
+    missing one becomes an error row)."""
+    from .io.image import expand_inputs
+
+    if isinstance(source, (str, Path)):
+        text = str(source)
+        if Path(text).is_dir():
+            return [str(p) for p in expand_inputs([text])]
+        if glob.has_magic(text):
+            found = sorted(p for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            if not found:
+                raise ImageError(f"{text}: no files match this pattern; check the glob")
+            return found
+        return [text]
+    paths = [str(p) for p in source]
+    if not paths:
+        raise ParameterError("no input paths given; pass a directory, a glob or a list of paths")
+    return paths
+
+
+def input_dataset(source, batch_size: int, workers: int = 1, max_blocks: int = 10_000
+                  ) -> tuple[ray.data.Dataset, int]:
+    """``(dataset, batch size)``: a Ray dataset with a ``path`` and/or an ``image`` column (RGB
+    arrays) from ``source``, and the batch size to map it with.
+
+    Paths are split into blocks of one batch (at most ``max_blocks`` blocks), and the batch
+    shrinks so that every one of the ``workers`` actors gets some (Ray Data bundles blocks up to
+    a batch, and one bundle goes to one actor).
+    """
+    ray = require_ray()
+    if isinstance(source, ray.data.Dataset):
+        names = source.schema().names
+        kept = [c for c in ("path", "image") if c in names]
+        if not kept:
+            raise ParameterError(f"the dataset has columns {names}; scan_dataset needs a 'path' "
+                                 "(file paths) or an 'image' (RGB arrays) column: rename one")
+        return source.select_columns(kept), batch_size
+    paths = image_paths(source)
+    batch = max(1, min(batch_size, -(-len(paths) // workers)))
+    blocks = max(1, min(max_blocks, -(-len(paths) // batch)))
+    return ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks), batch
+
+
+def _checked_config(config: ScanConfig, classes) -> ScanConfig:
+    """Build the scanner once here, on the CPU, so that a bad model, weights file, class or
+    threshold stops the call with one line before any actor starts; classes become indices."""
+    from .scan.result import class_index
+    from .scan.scanner import Scanner
+
+    probe = Scanner(**{**config.scanner, "device": "cpu"})
+    if config.threshold is not None and not 0 < config.threshold <= 1:
+        raise ParameterError(f"threshold must lie in (0, 1], got {config.threshold}")
+    if not 0 <= config.iou <= 1:
+        raise ParameterError(f"NMS IoU must lie in [0, 1], got {config.iou}")
+    if config.top_k < 1:
+        raise ParameterError(f"top_k must be at least 1, got {config.top_k}")
+    if classes is None:
+        return config
+    chosen = tuple(class_index(probe.categories, c) for c in classes)
+    if probe.background_class is not None and probe.background_class in chosen:
+        raise ParameterError(f"class {probe.background_class} is the background class and never "
+                             "yields boxes; choose object classes")
+    return ScanConfig(**{**config.__dict__, "classes": chosen})
+
+
+def scan_dataset(source, model="lenet5-digits", *, scales=6, output_stride: int | None = 16,
+                 weights: str | Path = "DEFAULT", device: str = "auto", precision: str = "fp32",
+                 object_sizes=None, max_memory=None, top_k: int = 5,
+                 threshold: float | None = None, iou: float = 0.3, classes=None,
+                 refine: bool = True, workers: int = 1, gpus_per_worker: float = 0,
+                 cpus_per_worker: float = 1, batch_size: int = 8,
+                 output_dir: str | Path | None = None, output_format: str = "parquet",
+                 **scanner_options) -> ray.data.Dataset:
+    """Scan every image of ``source`` on Ray Data; one row per image (module docstring).
+
+    Args:
+        source: a directory, a glob, a file, a list of paths, or a ``ray.data.Dataset`` with a
+            ``path`` column (files read in the workers) or an ``image`` column (RGB arrays,
+            e.g. from ``ray.data.read_images``).
+        model, scales, output_stride, weights, device, precision, object_sizes, max_memory,
+            scanner_options: as :class:`densify.scan.scanner.Scanner` (the model: a catalogue
+            name, or a module Ray can pickle).
+        top_k: classes per row. threshold, iou, classes, refine: as
+            :meth:`densify.scan.result.ScanResult.detections` (threshold None: the model card's,
+            else 0.5).
+        workers: actors in the pool, each with its own copy of the converted model.
+        gpus_per_worker: GPUs per actor (fractions share a GPU); 0: CPU only.
+        cpus_per_worker: CPUs reserved per actor; also its torch threads (at least 1).
+        batch_size: images handed to an actor at a time.
+        output_dir: where Ray Data writes the rows (``output_format`` ``"parquet"`` or
+            ``"json"``, JSON Lines); a local directory must not hold files yet and appears only
+            once complete. None: nothing is written.
+
+    Returns:
+        The rows as a lazy ``ray.data.Dataset`` (None ``output_dir``), or the written rows read
+        back from ``output_dir``.
+
+    Raises:
+        DensifyError: bad arguments, before any image is scanned; a missing extra.
+    """
+    ray = require_ray()
+    if output_format not in FORMATS:
+        raise ParameterError(f"unknown output format {output_format!r}; use parquet or json")
+    if workers < 1 or batch_size < 1 or gpus_per_worker < 0 or cpus_per_worker <= 0:
+        raise ParameterError("workers and batch_size must be at least 1, gpus_per_worker at least "
+                             "0 and cpus_per_worker above 0")
+    kwargs = {"model": model, "scales": scales, "output_stride": output_stride,
+              "weights": weights, "device": device, "precision": precision,
+              "object_sizes": object_sizes, "max_memory": max_memory, **scanner_options}
+    config = _checked_config(ScanConfig(kwargs, top_k, threshold, iou, None, refine,
+                                        max(1, int(cpus_per_worker))), classes)
+    inputs, batch = input_dataset(source, batch_size, workers)
+    rows = inputs.map_batches(
+        ScanActor, fn_constructor_args=(config,), batch_size=batch, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker,
+        num_gpus=gpus_per_worker or None)
+    if output_dir is None:
+        return rows
+    where = write_rows(rows, output_dir, output_format)
+    reader = ray.data.read_parquet if output_format == "parquet" else ray.data.read_json
+    return reader(where)
+
+
+def write_rows(rows: ray.data.Dataset, output_dir: str | Path, output_format: str = "parquet"
+               ) -> str:
+    """Write ``rows`` with Ray Data's writer; returns where.
+
+    A local ``output_dir`` is filled under a hidden temporary name beside it and renamed when
+    complete (it must be empty or absent; on a multi-node cluster it must be on a file system
+    every node sees). A URI (``s3://...``) is written in place.
+    """
+    write = getattr(rows, f"write_{output_format}")
+    if "://" in str(output_dir):
+        write(str(output_dir))
+        return str(output_dir)
+    target = Path(output_dir)
+    if target.is_file() or (target.is_dir() and any(target.iterdir())):
+        raise OutputError(f"{target}: already exists and is not an empty directory; remove it or "
+                          "choose another output directory")
+    from .io.files import ensure_output_dir
+
+    ensure_output_dir(target.parent)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        write(str(tmp))
+        if target.is_dir():
+            target.rmdir()
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return str(target)
