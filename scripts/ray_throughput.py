@@ -1,0 +1,100 @@
+"""Images per second: the single-process loop against Ray Data with 1 and 2 workers.
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python scripts/ray_throughput.py --images 64 --size 600x800
+
+Writes ``--images`` copies of 8 generated digit scenes (``densify.digits.synth.make_scene``) to a
+temporary directory, then times the same work three ways, reading each file with densify's reader
+and scanning it with the shipped ``lenet5-digits`` model (6 scales, top-5 classes, detections):
+
+- ``single``: one process, one ``Scanner``, a Python loop (torch threads: ``--threads``);
+- ``ray N``: :func:`densify.distributed.scan_dataset` with ``workers=N`` on a local Ray instance
+  (one CPU and one torch thread per actor), written to Parquet. The time runs from the call to
+  the last row written: it includes starting the actors and converting the model in each.
+
+Also prints the mean scan time per image inside the actors (the rows' ``seconds``), which
+separates the per-image cost from Ray's fixed costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import torch
+
+from densify._parse import parse_hw
+from densify.digits.synth import make_scene
+from densify.distributed import require_ray, scan_dataset
+from densify.io.image import read_image
+from densify.scan.scanner import Scanner
+
+MODEL, SCALES = "lenet5-digits", 6
+
+
+def make_images(root: Path, count: int, size: tuple[int, int]) -> list[Path]:
+    scenes = []
+    for seed in range(8):
+        scenes.append(root / f"scene{seed}.png")
+        cv2.imwrite(str(scenes[-1]), make_scene(seed, size).image[..., ::-1])
+    paths = [root / f"image{i:05d}.png" for i in range(count)]
+    for i, path in enumerate(paths):
+        shutil.copy(scenes[i % len(scenes)], path)
+    for scene in scenes:
+        scene.unlink()
+    return paths
+
+
+def single_process(paths: list[Path], threads: int) -> float:
+    torch.set_num_threads(threads)
+    scanner = Scanner(MODEL, SCALES, 16, "cpu", weights="DEFAULT")
+    scanner(read_image(paths[0]))  # warm-up, as the actors' first image is not timed apart
+    start = time.perf_counter()
+    for path in paths:
+        result = scanner(read_image(path))
+        result.top_classes(5)
+        result.detections(0.9, 0.3)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def on_ray(root: Path, out: Path, workers: int, count: int) -> tuple[float, float]:
+    start = time.perf_counter()
+    rows = scan_dataset(str(root), MODEL, scales=SCALES, workers=workers, output_dir=out)
+    rate = count / (time.perf_counter() - start)
+    seconds = rows.select_columns(["seconds"]).to_pandas()["seconds"]
+    assert len(seconds) == count
+    return rate, float(seconds.mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--size", default="600x800", help="HxW of the generated images")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the loop")
+    parser.add_argument("--workers", default="1,2", help="Ray worker counts to time")
+    args = parser.parse_args()
+    ray = require_ray()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "images"
+        root.mkdir()
+        paths = make_images(root, args.images, parse_hw(args.size, "size"))
+        print(f"{args.images} images {args.size}, {MODEL}, {SCALES} scales, "
+              f"{os.cpu_count()} CPUs")
+        print(f"single process ({args.threads} thread(s)): "
+              f"{single_process(paths, args.threads):.2f} images/s")
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        for workers in (int(w) for w in args.workers.split(",")):
+            rate, mean = on_ray(root, Path(tmp) / f"rows{workers}", workers, args.images)
+            print(f"ray, {workers} worker(s): {rate:.2f} images/s end to end "
+                  f"(scan inside the actors: {mean * 1000:.0f} ms/image)")
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
