@@ -15,7 +15,8 @@ crosses the cluster) and scans it with the same code as ``Scanner(...)(image)``.
 The rows are written by Ray Data's own writers (``write_parquet`` or ``write_json``).
 
 One row per input, in the fields of a scan record (``image``, ``status``, ``error``, ``size``,
-``top``, ``seconds``) plus ``detections`` (:data:`ROW_FIELDS`):
+``top``, ``files``, ``seconds``) plus ``detections`` (:data:`ROW_FIELDS`); ``files`` is empty (no
+per-image files are written yet):
 
 - ``top``: the ``top_k`` classes of :meth:`densify.scan.result.ScanResult.top_classes`, each
   ``{"index", "name", "score", "box", "factor"}``;
@@ -53,7 +54,7 @@ __all__ = ["RAY_HINT", "ROW_FIELDS", "ScanConfig", "scan_dataset", "require_ray"
            "scan_rows", "write_rows"]
 
 RAY_HINT = "pip install 'densify[ray]'"
-ROW_FIELDS = ("image", "status", "error", "size", "top", "detections", "seconds")
+ROW_FIELDS = ("image", "status", "error", "size", "top", "detections", "files", "seconds")
 FORMATS = ("parquet", "json")
 
 
@@ -78,7 +79,8 @@ def row_schema():
                      ("name", pa.string())])
     return pa.schema([("image", pa.string()), ("status", pa.string()), ("error", pa.string()),
                       ("size", pa.list_(pa.int64())), ("top", pa.list_(top)),
-                      ("detections", pa.list_(det)), ("seconds", pa.float64())])
+                      ("detections", pa.list_(det)), ("files", pa.list_(pa.string())),
+                      ("seconds", pa.float64())])
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ def scan_rows(scanner: Scanner, config: ScanConfig, image: str | None, array=Non
 
     start = time.perf_counter()
     row = {"image": image, "status": "ok", "error": None, "size": None, "top": [],
-           "detections": []}
+           "detections": [], "files": []}
     try:
         rgb = read_image(image) if array is None else read_array(array)
         result = scanner(rgb, progress=False)
@@ -163,7 +165,12 @@ class ScanActor:
 def image_paths(source: str | Path | Sequence[str | Path]) -> list[str]:
     """Paths of ``source``: a directory (its images, :func:`densify.io.image.expand_inputs`), a
     glob (``**`` recursive), one file, or a list of paths taken as given (not checked here: a
-    missing one becomes an error row)."""
+    missing one becomes an error row).
+
+    Examples:
+        >>> image_paths(["a.png", Path("b/c.jpg")])
+        ['a.png', 'b/c.jpg']
+    """
     from .io.image import expand_inputs
 
     if isinstance(source, (str, Path)):

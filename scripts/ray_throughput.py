@@ -84,7 +84,7 @@ def main() -> None:
         root.mkdir()
         paths = make_images(root, args.images, parse_hw(args.size, "size"))
         print(f"{args.images} images {args.size}, {MODEL}, {SCALES} scales, "
-              f"{os.cpu_count()} CPUs")
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
         print(f"single process ({args.threads} thread(s)): "
               f"{single_process(paths, args.threads):.2f} images/s")
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
@@ -94,6 +94,7 @@ def main() -> None:
             print(f"ray, {workers} worker(s): {rate:.2f} images/s end to end "
                   f"(scan inside the actors: {mean * 1000:.0f} ms/image)")
         ray.shutdown()
+    print(f"load average at the end {os.getloadavg()[0]:.1f} (1 min)")
 
 
 if __name__ == "__main__":
