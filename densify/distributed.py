@@ -2,7 +2,7 @@
 
     from densify.distributed import scan_dataset
     rows = scan_dataset("photos/", "lenet5-digits", workers=4, output_dir="out/scan.parquet")
-    rows.filter(expr="status == 'error'").show()
+    rows.filter(lambda row: row["status"] == "error").show()
 
 What happens: the inputs become a Ray dataset of paths (or an existing dataset is used as is);
 ``map_batches`` sends batches of ``batch_size`` rows to a fixed pool of ``workers`` actors. Each
@@ -50,8 +50,8 @@ if TYPE_CHECKING:
 
     from .scan.scanner import Scanner
 
-__all__ = ["RAY_HINT", "ROW_FIELDS", "ScanConfig", "scan_dataset", "require_ray", "row_schema",
-           "scan_rows", "write_rows"]
+__all__ = ["RAY_HINT", "ROW_FIELDS", "ScanConfig", "ScanActor", "scan_dataset", "require_ray",
+           "row_schema", "scan_row", "image_paths", "input_dataset", "write_rows"]
 
 RAY_HINT = "pip install 'densify[ray]'"
 ROW_FIELDS = ("image", "status", "error", "size", "top", "detections", "files", "seconds")
@@ -106,7 +106,7 @@ class ScanConfig:
         return float(spec.extra.get("threshold", 0.5)) if spec else 0.5
 
 
-def scan_rows(scanner: Scanner, config: ScanConfig, image: str | None, array=None) -> dict:
+def scan_row(scanner: Scanner, config: ScanConfig, image: str | None, array=None) -> dict:
     """One row: read ``image`` (a path) unless ``array`` is given, scan it, summarize it.
 
     A bad image or running out of memory on it gives ``status="error"`` and the message.
@@ -131,8 +131,8 @@ def scan_rows(scanner: Scanner, config: ScanConfig, image: str | None, array=Non
                                                 det.labels.tolist(), strict=True)]
     except (DensifyError, torch.OutOfMemoryError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        row["status"] = "error"
-        row["error"] = message if image is None or image in message else f"{image}: {message}"
+        where = message if image is None or image in message else f"{image}: {message}"
+        row.update(status="error", error=where, size=None, top=[], detections=[])
     row["seconds"] = time.perf_counter() - start
     return row
 
@@ -156,7 +156,7 @@ class ScanActor:
         paths = batch.get("path")
         images = batch.get("image")
         count = len(paths if paths is not None else images)
-        rows = [scan_rows(self.scanner, self.config,
+        rows = [scan_row(self.scanner, self.config,
                           None if paths is None else str(paths[i]),
                           None if images is None else images[i]) for i in range(count)]
         return pa.Table.from_pylist(rows, schema=row_schema())
