@@ -207,3 +207,18 @@ def test_missing_extra_is_one_line_naming_the_install(monkeypatch, tmp_path):
     result = CliRunner().invoke(main, ["heatmap", str(tmp_path), "--ray", "-o", str(tmp_path)])
     assert result.exit_code != 0 and "Traceback" not in result.output + result.stderr
     assert "pip install 'densify[ray]'" in result.stderr
+
+
+def test_default_workers_fill_the_cluster():
+    from densify.cli._ray import default_workers
+    from densify.cli.options import RayOptions
+
+    class Cluster:
+        @staticmethod
+        def cluster_resources():
+            return {"CPU": 16.0, "GPU": 2.0}
+
+    assert default_workers(Cluster, RayOptions(None, None, 0), 1) == 16
+    assert default_workers(Cluster, RayOptions(None, None, 0), 4) == 4
+    assert default_workers(Cluster, RayOptions(None, None, 0.25), 1) == 8
+    assert default_workers(Cluster, RayOptions(None, 3, 0.25), 1) == 3
