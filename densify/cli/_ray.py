@@ -64,6 +64,8 @@ def scan_on_ray(options: RayOptions, command: str, inputs, output_dir: Path, qui
     started = connect(ray, options.address)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = not quiet
+        if quiet:
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
         cpus = threads or 1
         workers = default_workers(ray, options, cpus)
         scan_dataset([str(p) for p in paths], **scan, workers=workers, cpus_per_worker=cpus,
