@@ -38,7 +38,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -231,7 +231,7 @@ def _checked_config(config: ScanConfig, classes) -> ScanConfig:
     if probe.background_class is not None and probe.background_class in chosen:
         raise ParameterError(f"class {probe.background_class} is the background class and never "
                              "yields boxes; choose object classes")
-    return ScanConfig(**{**config.__dict__, "classes": chosen})
+    return replace(config, classes=chosen)
 
 
 def scan_dataset(source, model="lenet5-digits", *, scales=6, output_stride: int | None = 16,

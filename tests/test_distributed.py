@@ -136,15 +136,19 @@ def test_output_reads_back_with_read_parquet(ray_local, written):
 
 @needs_ray
 def test_dataset_of_arrays_and_json_output(ray_local, rows, images, tmp_path):
-    """A dataset with an ``image`` column (RGB arrays of different sizes) and a ``path`` label."""
+    """A dataset with an ``image`` column (RGB arrays of different sizes) and a ``path`` label;
+    a class filter keeps exactly the detections of those classes."""
     from densify.distributed import scan_dataset
     from densify.io.image import read_image
 
     paths = [str(p) for p in sorted(images.glob("scene0*.png"))[:3]]
     source = ray_local.data.from_items([{"path": p, "image": read_image(p), "other": 1}
                                         for p in paths])
-    back = scan_dataset(source, MODEL, **SCAN, workers=1, output_dir=tmp_path / "rows",
-                        output_format="json").take_all()
+    found = sorted({d["name"] for p in paths for d in rows[Path(p).name]["detections"]})
+    assert len(found) >= 2
+    keep = found[:-1]  # a class filter that drops some detections, by class name
+    back = scan_dataset(source, MODEL, **SCAN, workers=1, classes=keep,
+                        output_dir=tmp_path / "rows", output_format="json").take_all()
     assert sorted(r["image"] for r in back) == paths
     assert len({tuple(r["size"]) for r in back}) == 3
     for row in back:
@@ -153,7 +157,10 @@ def test_dataset_of_arrays_and_json_output(ray_local, rows, images, tmp_path):
         assert [t["index"] for t in row["top"]] == [t["index"] for t in expected["top"]]
         np.testing.assert_allclose([t["score"] for t in row["top"]],
                                    [t["score"] for t in expected["top"]], rtol=1e-6)
-        assert len(row["detections"]) == len(expected["detections"])
+        kept = [d for d in expected["detections"] if d["name"] in keep]
+        assert [d["name"] for d in row["detections"]] == [d["name"] for d in kept]
+        np.testing.assert_allclose([d["score"] for d in row["detections"]],
+                                   [d["score"] for d in kept], rtol=1e-6)
 
 
 @needs_ray
