@@ -88,7 +88,9 @@ class ScanConfig:
     """What every actor needs: the :class:`Scanner` arguments and the per-image outputs.
 
     ``scanner`` holds the keyword arguments of ``Scanner(**scanner)``; ``threshold`` None means
-    the model card's recommended threshold, else 0.5; ``classes`` are class indices (None: all).
+    the model card's recommended threshold, else 0.5; ``classes`` are class indices (None: all);
+    ``detection`` holds further keyword arguments of :meth:`ScanResult.detections` (``refine``,
+    ``window_boxes``, ``merge``, ...).
     """
 
     scanner: dict[str, Any] = field(default_factory=dict)
@@ -96,7 +98,7 @@ class ScanConfig:
     threshold: float | None = None
     iou: float = 0.3
     classes: tuple[int, ...] | None = None
-    refine: bool = True
+    detection: dict[str, Any] = field(default_factory=dict)
     threads: int | None = None
 
     def detection_threshold(self, scanner: Scanner) -> float:
@@ -125,7 +127,7 @@ def scan_row(scanner: Scanner, config: ScanConfig, image: str | None, array=None
         row["top"] = [{"index": t.index, "name": t.name, "score": t.score, "box": list(t.box),
                        "factor": t.factor} for t in result.top_classes(config.top_k)]
         det = result.detections(config.detection_threshold(scanner), config.iou,
-                                config.classes, refine=config.refine)
+                                config.classes, **config.detection)
         row["detections"] = [{"box": b, "score": s, "label": c, "name": result.categories[c]}
                              for b, s, c in zip(det.boxes.tolist(), det.scores.tolist(),
                                                 det.labels.tolist(), strict=True)]
@@ -213,32 +215,35 @@ def input_dataset(source, batch_size: int, workers: int = 1, max_blocks: int = 1
 
 
 def _checked_config(config: ScanConfig, classes) -> ScanConfig:
-    """Build the scanner once here, on the CPU, so that a bad model, weights file, class or
-    threshold stops the call with one line before any actor starts; classes become indices."""
+    """Build the scanner once here, on the CPU, and detect on a blank window with it, so that a
+    bad model, weights file, class, threshold or detection option stops the call with one line
+    before any actor starts; classes become indices."""
+    import numpy as np
+
     from .scan.result import class_index
     from .scan.scanner import Scanner
 
-    probe = Scanner(**{**config.scanner, "device": "cpu"})
-    if config.threshold is not None and not 0 < config.threshold <= 1:
-        raise ParameterError(f"threshold must lie in (0, 1], got {config.threshold}")
-    if not 0 <= config.iou <= 1:
-        raise ParameterError(f"NMS IoU must lie in [0, 1], got {config.iou}")
     if config.top_k < 1:
         raise ParameterError(f"top_k must be at least 1, got {config.top_k}")
-    if classes is None:
-        return config
-    chosen = tuple(class_index(probe.categories, c) for c in classes)
-    if probe.background_class is not None and probe.background_class in chosen:
-        raise ParameterError(f"class {probe.background_class} is the background class and never "
-                             "yields boxes; choose object classes")
-    return replace(config, classes=chosen)
+    probe = Scanner(**{**config.scanner, "device": "cpu"})
+    chosen = None if classes is None else tuple(class_index(probe.categories, c) for c in classes)
+    config = replace(config, classes=chosen)
+    blank = np.zeros((*probe.geometry.window, 3), np.uint8)
+    try:
+        probe(blank, scales=[1.0]).detections(config.detection_threshold(probe), config.iou,
+                                              chosen, **config.detection)
+    except TypeError as exc:
+        raise ParameterError(f"bad detection option ({exc}); use the keywords of "
+                             "ScanResult.detections") from None
+    return config
 
 
 def scan_dataset(source, model="lenet5-digits", *, scales=6, output_stride: int | None = 16,
                  weights: str | Path = "DEFAULT", device: str = "auto", precision: str = "fp32",
                  object_sizes=None, max_memory=None, top_k: int = 5,
                  threshold: float | None = None, iou: float = 0.3, classes=None,
-                 refine: bool = True, workers: int = 1, gpus_per_worker: float = 0,
+                 detection_options: dict[str, Any] | None = None, workers: int = 1,
+                 gpus_per_worker: float = 0,
                  cpus_per_worker: float = 1, batch_size: int = 8,
                  output_dir: str | Path | None = None, output_format: str = "parquet",
                  **scanner_options) -> ray.data.Dataset:
@@ -251,9 +256,9 @@ def scan_dataset(source, model="lenet5-digits", *, scales=6, output_stride: int 
         model, scales, output_stride, weights, device, precision, object_sizes, max_memory,
             scanner_options: as :class:`densify.scan.scanner.Scanner` (the model: a catalogue
             name, or a module Ray can pickle).
-        top_k: classes per row. threshold, iou, classes, refine: as
-            :meth:`densify.scan.result.ScanResult.detections` (threshold None: the model card's,
-            else 0.5).
+        top_k: classes per row. threshold, iou, classes, detection_options (e.g. ``{"merge":
+            "overfeat"}``): as :meth:`densify.scan.result.ScanResult.detections` (threshold
+            None: the model card's, else 0.5).
         workers: actors in the pool, each with its own copy of the converted model.
         gpus_per_worker: GPUs per actor (fractions share a GPU); 0: CPU only.
         cpus_per_worker: CPUs reserved per actor; also its torch threads (at least 1).
@@ -278,7 +283,8 @@ def scan_dataset(source, model="lenet5-digits", *, scales=6, output_stride: int 
     kwargs = {"model": model, "scales": scales, "output_stride": output_stride,
               "weights": weights, "device": device, "precision": precision,
               "object_sizes": object_sizes, "max_memory": max_memory, **scanner_options}
-    config = _checked_config(ScanConfig(kwargs, top_k, threshold, iou, None, refine,
+    config = _checked_config(ScanConfig(kwargs, top_k, threshold, iou, None,
+                                        dict(detection_options or {}),
                                         max(1, int(cpus_per_worker))), classes)
     inputs, batch = input_dataset(source, batch_size, workers)
     rows = inputs.map_batches(

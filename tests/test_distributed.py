@@ -171,6 +171,10 @@ def test_usage_errors_stop_before_any_image(ray_local, images, written):
         scan_dataset(str(images), MODEL, **SCAN, output_dir=written)
     with pytest.raises(ParameterError, match="background class"):
         scan_dataset(str(images), MODEL, **SCAN, classes=["background"])
+    with pytest.raises(ParameterError, match="bad detection option"):
+        scan_dataset(str(images), MODEL, **SCAN, detection_options={"bogus": 1})
+    with pytest.raises(ParameterError, match="threshold"):
+        scan_dataset(str(images), MODEL, **SCAN, threshold=1.5)
     with pytest.raises(ParameterError, match="output format"):
         scan_dataset(str(images), MODEL, **SCAN, output_format="csv")
     with pytest.raises(ParameterError, match="'path'"):

@@ -51,11 +51,11 @@ def scan_on_ray(options: RayOptions, command: str, inputs, output_dir: Path, qui
     import pyarrow.dataset as pads
 
     from ..distributed import require_ray, scan_dataset
-    from ._scanning import expand, fail, finish
+    from ._scanning import default_stride, expand, fail, finish
 
     ray = require_ray()
-    if scan.get("output_stride") is None:
-        scan["output_stride"] = 16  # as without --ray (the native stride where 16 is unreachable)
+    if scan.get("output_stride") is None:  # as without --ray
+        scan["output_stride"] = default_stride(scan["model"])
     target = Path(output_dir) / f"{command}.parquet"
     paths, failed = expand(inputs)
     if not paths:

@@ -85,10 +85,12 @@ def detect(inputs, model, weights, scales, flip, object_sizes, output_stride, de
         from ._ray import scan_on_ray
 
         return scan_on_ray(ray, "detect", inputs, out, quiet, threads, model=model,
-                           weights=weights, scales=scales, object_sizes=object_sizes,
+                           weights=weights, scales=scales, flip=flip, object_sizes=object_sizes,
                            output_stride=output_stride, device=device, precision=precision,
                            max_memory=max_memory, threshold=threshold, iou=nms_iou,
-                           classes=list(classes) or None, refine=not window_boxes)
+                           classes=list(classes) or None, detection_options={
+                               "refine": not window_boxes, "window_boxes": window_boxes,
+                               "merge": merge, "merge_threshold": merge_threshold})
     json_path = json_path or out / "detections.json"
     ensure_output_dir(json_path.parent)
     scanner = make_scanner(model, weights, scales, output_stride, device, precision, object_sizes,

@@ -146,7 +146,7 @@ def heatmap(inputs, model, weights, scales, flip, object_sizes, output_stride, d
         from ._ray import scan_on_ray
 
         return scan_on_ray(ray, "heatmap", inputs, out, quiet, threads, model=model,
-                           weights=weights, scales=scales, object_sizes=object_sizes,
+                           weights=weights, scales=scales, flip=flip, object_sizes=object_sizes,
                            output_stride=output_stride, device=device, precision=precision,
                            max_memory=max_memory, top_k=top_k)
     scanner = make_scanner(model, weights, scales, output_stride, device, precision, object_sizes,
