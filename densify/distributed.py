@@ -15,8 +15,8 @@ crosses the cluster) and scans it with the same code as ``Scanner(...)(image)``.
 The rows are written by Ray Data's own writers (``write_parquet`` or ``write_json``).
 
 One row per input, in the fields of a scan record (``image``, ``status``, ``error``, ``size``,
-``top``, ``files``, ``seconds``) plus ``detections`` (:data:`ROW_FIELDS`); ``files`` is empty (no
-per-image files are written yet):
+``top``, ``files``, ``seconds``) plus ``detections`` (:data:`ROW_FIELDS`); ``files`` lists the
+image's result file when ``results_dir`` is given:
 
 - ``top``: the ``top_k`` classes of :meth:`densify.scan.result.ScanResult.top_classes`, each
   ``{"index", "name", "score", "box", "factor"}``;
@@ -33,6 +33,7 @@ one line naming ``pip install 'densify[ray]'``.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import shutil
 import time
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     from .scan.scanner import Scanner
 
 __all__ = ["RAY_HINT", "ROW_FIELDS", "ScanConfig", "ScanActor", "scan_dataset", "require_ray",
-           "row_schema", "scan_row", "image_paths", "input_dataset", "write_rows"]
+           "row_schema", "scan_row", "result_path", "image_paths", "input_dataset", "write_rows"]
 
 RAY_HINT = "pip install 'densify[ray]'"
 ROW_FIELDS = ("image", "status", "error", "size", "top", "detections", "files", "seconds")
@@ -100,12 +101,25 @@ class ScanConfig:
     classes: tuple[int, ...] | None = None
     detection: dict[str, Any] = field(default_factory=dict)
     threads: int | None = None
+    results_dir: str | None = None
 
     def detection_threshold(self, scanner: Scanner) -> float:
         if self.threshold is not None:
             return self.threshold
         spec = scanner.classifier.spec if scanner.classifier else None
         return float(spec.extra.get("threshold", 0.5)) if spec else 0.5
+
+
+def result_path(results_dir: str | Path, image: str | None) -> Path:
+    """``results_dir/<stem>-<8 hex of the path's SHA-1>.npz``: unique per path across folders
+    (a random name for images without a path).
+
+    Examples:
+        >>> result_path("out", "a/photo.jpg") != result_path("out", "b/photo.jpg")
+        True
+    """
+    tag = hashlib.sha1(image.encode()).hexdigest()[:8] if image else uuid.uuid4().hex[:8]
+    return Path(results_dir) / f"{Path(image).stem if image else 'image'}-{tag}.npz"
 
 
 def scan_row(scanner: Scanner, config: ScanConfig, image: str | None, array=None) -> dict:
@@ -116,6 +130,7 @@ def scan_row(scanner: Scanner, config: ScanConfig, image: str | None, array=None
     import torch
 
     from .io.image import read_array, read_image
+    from .scan.resultfile import save_result
 
     start = time.perf_counter()
     row = {"image": image, "status": "ok", "error": None, "size": None, "top": [],
@@ -131,6 +146,9 @@ def scan_row(scanner: Scanner, config: ScanConfig, image: str | None, array=None
         row["detections"] = [{"box": b, "score": s, "label": c, "name": result.categories[c]}
                              for b, s, c in zip(det.boxes.tolist(), det.scores.tolist(),
                                                 det.labels.tolist(), strict=True)]
+        if config.results_dir is not None:
+            row["files"] = [str(save_result(result, result_path(config.results_dir, image),
+                                            top_k=config.top_k))]
     except (DensifyError, torch.OutOfMemoryError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         where = message if image is None or image in message else f"{image}: {message}"
@@ -246,7 +264,7 @@ def scan_dataset(source, model="lenet5-digits", *, scales=6, output_stride: int 
                  gpus_per_worker: float = 0,
                  cpus_per_worker: float = 1, batch_size: int = 8,
                  output_dir: str | Path | None = None, output_format: str = "parquet",
-                 **scanner_options) -> ray.data.Dataset:
+                 results_dir: str | Path | None = None, **scanner_options) -> ray.data.Dataset:
     """Scan every image of ``source`` on Ray Data; one row per image (module docstring).
 
     Args:
@@ -266,6 +284,9 @@ def scan_dataset(source, model="lenet5-digits", *, scales=6, output_stride: int 
         output_dir: where Ray Data writes the rows (``output_format`` ``"parquet"`` or
             ``"json"``, JSON Lines); a local directory must not hold files yet and appears only
             once complete. None: nothing is written.
+        results_dir: also write each image's compact result file there
+            (:func:`densify.scan.resultfile.save_result`, :func:`result_path` names), listed in
+            the row's ``files``; on a cluster, a directory every node sees.
 
     Returns:
         The rows as a lazy ``ray.data.Dataset`` (None ``output_dir``), or the written rows read
@@ -283,9 +304,13 @@ def scan_dataset(source, model="lenet5-digits", *, scales=6, output_stride: int 
     kwargs = {"model": model, "scales": scales, "output_stride": output_stride,
               "weights": weights, "device": device, "precision": precision,
               "object_sizes": object_sizes, "max_memory": max_memory, **scanner_options}
+    if results_dir is not None:
+        from .io.files import ensure_output_dir
+
+        results_dir = str(ensure_output_dir(results_dir))
     config = _checked_config(ScanConfig(kwargs, top_k, threshold, iou, None,
                                         dict(detection_options or {}),
-                                        max(1, int(cpus_per_worker))), classes)
+                                        max(1, int(cpus_per_worker)), results_dir), classes)
     inputs, batch = input_dataset(source, batch_size, workers)
     rows = inputs.map_batches(
         ScanActor, fn_constructor_args=(config,), batch_size=batch, batch_format="numpy",

@@ -140,6 +140,7 @@ def test_dataset_of_arrays_and_json_output(ray_local, rows, images, tmp_path):
     a class filter keeps exactly the detections of those classes."""
     from densify.distributed import scan_dataset
     from densify.io.image import read_image
+    from densify.scan.resultfile import load_result
 
     paths = [str(p) for p in sorted(images.glob("scene0*.png"))[:3]]
     source = ray_local.data.from_items([{"path": p, "image": read_image(p), "other": 1}
@@ -148,7 +149,8 @@ def test_dataset_of_arrays_and_json_output(ray_local, rows, images, tmp_path):
     assert len(found) >= 2
     keep = found[:-1]  # a class filter that drops some detections, by class name
     back = scan_dataset(source, MODEL, **SCAN, workers=1, classes=keep,
-                        output_dir=tmp_path / "rows", output_format="json").take_all()
+                        output_dir=tmp_path / "rows", output_format="json",
+                        results_dir=tmp_path / "results").take_all()
     assert sorted(r["image"] for r in back) == paths
     assert len({tuple(r["size"]) for r in back}) == 3
     for row in back:
@@ -157,6 +159,11 @@ def test_dataset_of_arrays_and_json_output(ray_local, rows, images, tmp_path):
         assert [t["index"] for t in row["top"]] == [t["index"] for t in expected["top"]]
         np.testing.assert_allclose([t["score"] for t in row["top"]],
                                    [t["score"] for t in expected["top"]], rtol=1e-6)
+        (saved,) = row["files"]  # the compact result file reads back as the same scan
+        top = load_result(saved).top_classes(5)
+        assert [t.index for t in top] == [t["index"] for t in row["top"]]
+        np.testing.assert_allclose([t.score for t in top], [t["score"] for t in row["top"]],
+                                   atol=1e-5)
         kept = [d for d in expected["detections"] if d["name"] in keep]
         assert [d["name"] for d in row["detections"]] == [d["name"] for d in kept]
         np.testing.assert_allclose([d["score"] for d in row["detections"]],
