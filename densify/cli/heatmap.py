@@ -120,7 +120,7 @@ def _scales_text(scanner: Scanner) -> str:
     _colormap), help="Any OpenCV colormap: jet, turbo, inferno, viridis, ...")
 def heatmap(inputs, model, weights, scales, flip, object_sizes, output_stride, device, precision,
             output_dir, max_memory, threads, quiet, class_, top_k, as_json, sheet, report, alpha,
-            colormap) -> None:
+            colormap, **reading) -> None:
     """Class heat maps registered to each image: a PNG overlay and an NPZ of the maps.
 
     Writes OUTDIR/<stem>_heatmap.png and OUTDIR/<stem>_heatmap.npz per image (and
@@ -135,7 +135,7 @@ def heatmap(inputs, model, weights, scales, flip, object_sizes, output_stride, d
     start = time.perf_counter()
     out = ensure_output_dir(output_dir)
     scanner = make_scanner(model, weights, scales, output_stride, device, precision, object_sizes,
-                           max_memory, threads, flip)
+                           max_memory, threads, flip, reading)
     chosen = resolve_class(scanner, class_)
     errors: list[tuple[str, str]] = []
     paths, failed = expand(inputs, errors)
