@@ -64,7 +64,7 @@ def make_scanner(model, weights, scales, output_stride, device, precision, objec
         torch.set_num_threads(threads)
     r = reading or {}
     clf = load_model(model, weights, input_size=r.get("input_size"), mean=r.get("mean"),
-                     std=r.get("std"), classes=r.get("classes"))
+                     std=r.get("std"), classes=r.get("classes_file"))
     stride = default_stride(model) if output_stride is None else output_stride
     return Scanner(clf, scales, stride, device, precision, object_sizes=object_sizes,
                    max_memory=max_memory, flip=flip, scores=r.get("scores_output"),

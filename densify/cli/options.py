@@ -236,7 +236,7 @@ std = click.option(
 
 # Used by: heatmap, detect.
 classes = click.option(
-    "--classes", default=None, metavar="FILE", callback=callback(_classes),
+    "--classes", "classes_file", default=None, metavar="FILE", callback=callback(_classes),
     help="Class names, one per line (default: the model's; indices for your own model).")
 
 # Used by: heatmap, detect.

@@ -77,7 +77,9 @@ class DenseNet(nn.Module):
         ``(N, K_i, h, w)`` map: a Tensor, or the same tuple/list/dict/NamedTuple of maps.
     """
 
-    __jit_unused_properties__ = ["multi_output"]  # TorchScript export scripts forward only
+    # TorchScript compiles forward only: the Python-side descriptions stay out of it.
+    __jit_ignored_attributes__ = ["outputs"]
+    __jit_unused_properties__ = ["multi_output"]
 
     def __init__(self, net: fx.GraphModule, geometry: Geometry, input_size: tuple[int, int, int],
                  global_context: tuple[str, ...] = (), feature_node: str | None = None,
