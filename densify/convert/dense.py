@@ -1,19 +1,24 @@
 """Convolutionization: turn a classifier into a fully convolutional dense net.
 
-``convolutionize(model)`` traces the classifier with ``torch.fx``, finds where its trunk's
-``(N, C, h, w)`` feature map is collapsed into vectors (a flatten, or a global pooling layer), and
-rewrites everything after that point to act on maps instead:
+``convolutionize(model)`` traces the classifier with ``torch.fx``, splits it into trunk and head
+by the one rule of :mod:`densify.convert.head`, and converts the head to act on maps:
 
-- the first fully connected layer after a flatten of a ``C × k × k`` map becomes a ``k × k``
-  convolution (weights reshaped, every shape checked); later ones become ``1 × 1`` convolutions;
-- a global average (max) pool becomes a stride-1 ``k × k`` average (max) pool, ``k`` being the
-  trunk's feature size at the canonical input: the pool runs first and the ``1 × 1`` convolution
-  after it, the classifier's own order, which keeps norms and activations between them exact
-  (ConvNeXt, MobileNetV3) and costs ``C·k² + C·K`` per cell against ``C·K + K·k²`` the other way
-  round (a 2 % difference for ResNet-50, in favour of pooling first whenever ``C ≤ K``);
-- dropout goes; batch/layer norms over pooled features become per-cell norms;
+- the fast path (:mod:`densify.convert.fast`) rewrites every head op into its map equivalent:
+  the first fully connected layer after a flatten of a ``C × k × k`` map becomes a ``k × k``
+  convolution (weights reshaped in the order the flatten read the map, a permute before it
+  folded in), later ones ``1 × 1`` convolutions; a global average (max) pool becomes a stride-1
+  ``k × k`` pool, ``k`` being the trunk's feature size at the canonical input: the pool runs
+  first and the ``1 × 1`` convolution after it, the classifier's own order, which keeps norms
+  and activations between them exact (ConvNeXt, MobileNetV3); dropout goes; norms,
+  activations and softmax act per cell;
+- the general path (:mod:`densify.convert.general`), for heads with ops the fast path does not
+  know, runs the classifier's own head subgraph on every window;
 - an ``AdaptiveAvgPool2d`` never stays in the dense path: at the canonical size it is the identity
   (AlexNet's 6 × 6, VGG's 7 × 7) and is dropped, or an exact uniform pool.
+
+Multi-output classifiers give a dense net with the same output structure
+(:mod:`densify.convert.outputs`), and every conversion is checked before it is returned
+(:func:`densify.convert.selfcheck.self_check`).
 
 Global pooling *inside* the trunk (squeeze-and-excitation gates in EfficientNet, MobileNetV3,
 RegNetY, SE-ResNet) is kept global: on a large input those gates see the whole image, so such a
