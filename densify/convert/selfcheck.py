@@ -140,8 +140,9 @@ def self_check(model: nn.Module, dense, head: fx.GraphModule | None) -> None:
     s = dense.geometry.stride
     x = random_input(model, chans, wh + s[0], ww + s[1], seed=1)
     feats, out = trunk_and_output(dense)(x)
-    maps = vectors(out)
-    windows = feature_windows(dense, feats, *maps[0].shape[-2:])
+    h, w = dense.output_size(wh + s[0], ww + s[1])  # the cells whose window fits
+    maps = [m[:, :, :h, :w] for m in vectors(out)]
+    windows = feature_windows(dense, feats, h, w)
     _raise_on_mismatch(f"a {wh + s[0]}x{ww + s[1]} input", batched(head, windows, 256), maps,
                        dense)
 
