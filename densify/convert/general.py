@@ -43,7 +43,8 @@ class WindowHead(WindowLayer):
         kernel_size: the window ``(kh, kw)`` in feature cells.
         in_shape: what the head reads per window, e.g. ``(C, kh, kw)``, or ``(C,)`` for pooled
             vectors (the window's ``C·kh·kw`` values in channel-major order, reshaped).
-        chunk_elements: window elements evaluated at once.
+        chunk_elements: window elements evaluated at once (an exported graph evaluates all
+            windows at once: its height and width stay symbolic).
 
     Shape:
         ``(N, C, H, W) -> tuple of (N, K_i, H - dh·(kh - 1), W - dw·(kw - 1))``, one map per
@@ -65,6 +66,8 @@ class WindowHead(WindowLayer):
         n, c, height, width = x.shape
         (kh, kw), (dh, dw) = self.kernel_size, self.dilation
         h, w = height - dh * (kh - 1), width - dw * (kw - 1)
+        if _exporting():  # one chunk: the exported graph keeps height and width symbolic
+            return self._maps(x, n, h, w)
         if h < 1 or w < 1:
             raise RuntimeError(f"a {height}x{width} feature map is smaller than the head's "
                                f"{kh}x{kw} window (dilation {dh}x{dw})")
@@ -72,16 +75,24 @@ class WindowHead(WindowLayer):
         parts = []
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
-            band = x[:, :, r0:r1 + dh * (kh - 1)]
-            cols = F.unfold(band, (kh, kw), dilation=(dh, dw))  # (n, c·kh·kw, cells)
-            windows = cols.transpose(1, 2).reshape(-1, *self.in_shape)
-            outs = [t for _, t in leaves(self.head(windows))]
-            parts.append([t.reshape(n, r1 - r0, w, -1).permute(0, 3, 1, 2) for t in outs])
+            parts.append(self._maps(x[:, :, r0:r1 + dh * (kh - 1)], n, r1 - r0, w))
         return tuple(torch.cat(maps, dim=2) for maps in zip(*parts, strict=True))
+
+    def _maps(self, band: torch.Tensor, n: int, rows: int, w: int) -> tuple[torch.Tensor, ...]:
+        """The head on every window of ``band`` (``rows × w`` cells): one map per output."""
+        cols = F.unfold(band, self.kernel_size, dilation=self.dilation)  # (n, c·kh·kw, cells)
+        windows = cols.transpose(1, 2).reshape(-1, *self.in_shape)
+        return tuple(t.reshape(n, rows, w, -1).permute(0, 3, 1, 2)
+                     for _, t in leaves(self.head(windows)))
 
     def extra_repr(self) -> str:
         return (f"kernel_size={self.kernel_size}, dilation={self.dilation}, "
                 f"in_shape={self.in_shape}")
+
+
+def _exporting() -> bool:
+    compiler = torch.compiler
+    return compiler.is_compiling() or bool(getattr(compiler, "is_exporting", lambda: False)())
 
 
 def build_general(gm: fx.GraphModule, head: Head) -> str:
