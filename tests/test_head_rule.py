@@ -107,3 +107,14 @@ def test_indexing_a_spatial_axis_starts_the_head_and_a_convolutional_net_has_non
     assert [n.name for n in head.others] == ["getitem"]
     gm, head = _head(Net(lambda m, x: x))
     assert not head.starts
+
+
+def test_a_gate_multiplied_first_is_still_trunk():
+    """torchvision's SqueezeExcitation returns ``scale * input``: the 1×1 gate comes first."""
+    def gated(m, x):
+        return m.fc2((torch.sigmoid(x.mean((2, 3), keepdim=True)) * x).mean((2, 3)))
+
+    model = Net(gated)
+    model.fc2 = nn.Linear(8, 4)
+    gm, head = _head(model)
+    assert len(head.context) == 1 and len(head.pools) == 1 and not head.others

@@ -85,7 +85,7 @@ def find_head(gm: fx.GraphModule) -> Head:
         trunk_in = [a for a in node.all_input_nodes if a in head.axes]
         if not trunk_in or node.op == "output":
             continue
-        src = next((a for a in trunk_in if _is_spatial(a, head)), None)
+        src = _source(node, [a for a in trunk_in if _is_spatial(a, head)])
         if src is None:  # sizes, tuples of maps: trunk-derived, carry on
             head.axes[node] = head.axes[trunk_in[0]]
             continue
@@ -97,6 +97,13 @@ def find_head(gm: fx.GraphModule) -> Head:
                 "found no op that collapses the trunk's feature map between it and the "
                 "classifier's output; densify converts CNN classifiers whose head reads a map")
     return head
+
+
+def _source(node: fx.Node, maps: list) -> fx.Node | None:
+    """The input ``node`` acts on: the one with ``node``'s own shape if any (``scale * x``
+    broadcasts a squeeze-and-excitation gate over ``x``), else the first."""
+    out = shape_of(node)
+    return next((a for a in maps if shape_of(a) == out), maps[0] if maps else None)
 
 
 def _is_spatial(node: fx.Node, head: Head) -> bool:
