@@ -44,7 +44,7 @@ from .fast import UnsupportedHead, rewrite_head, rewrite_trunk_adaptive_pools
 from .fields import walk_fields
 from .general import build_general, original_head
 from .geometry import Geometry, cell_count
-from .graph import output_node, prepare, propagate_shapes, shape_of
+from .graph import ADAPTIVE, output_node, prepare, propagate_shapes, shape_of
 from .head import Head, feature_map, find_head
 from .outputs import OutputInfo, activation_of, crop_outputs, leaf_nodes, leaves, pick, select_key
 from .selfcheck import self_check
@@ -229,10 +229,22 @@ def _rewrite(model, size, gm: fx.GraphModule, found: Head, head: str):
                 raise ConversionError(f"the fast path cannot convert this head: {exc}; use "
                                       "head='auto' or 'general'") from None
             log.info("general path: the fast path stopped at %s", exc)
+            _warn_adaptive(gm, found)
             gm, _ = prepare(model, size)  # the rewrite stopped half-way: start again
             found = find_head(gm)
             rewrite_trunk_adaptive_pools(gm, found)
     return gm, found, build_general(gm, found), "general", original
+
+
+def _warn_adaptive(gm: fx.GraphModule, found: Head) -> None:
+    """A non-uniform adaptive pool usually means an input size other than the canonical one."""
+    for node in found.others:
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), ADAPTIVE):
+            src, out = shape_of(node.args[0])[-2:], shape_of(node)[-2:]
+            log.warning("%s: adaptive pooling from %s to %s at this input size is not a fixed "
+                        "sliding window, so the general path runs it on every window; pass the "
+                        "classifier's canonical input_size for the fast path", node.target,
+                        tuple(src), tuple(out))
 
 
 def _finish(gm: fx.GraphModule, example: torch.Tensor) -> fx.GraphModule:

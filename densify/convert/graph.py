@@ -88,8 +88,14 @@ def propagate_shapes(gm: fx.GraphModule, example: torch.Tensor) -> None:
         mode = FakeTensorMode(allow_non_fake_inputs=True)
         ShapeProp(gm, fake_mode=mode).propagate(mode.from_tensor(example))
     except Exception:  # fake tensors unsupported by some op: fall back to a real forward pass
-        with torch.no_grad():
-            ShapeProp(gm).propagate(example)
+        try:
+            with torch.no_grad():
+                ShapeProp(gm).propagate(example)
+        except RuntimeError as exc:
+            size = "x".join(str(v) for v in example.shape[1:])
+            raise ConversionError(f"the classifier fails on a {size} input ("
+                                  f"{str(exc).splitlines()[0]}); pass its canonical input_size"
+                                  ) from None
 
 
 def shape_of(node) -> tuple[int, ...] | None:
