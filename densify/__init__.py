@@ -42,7 +42,7 @@ _LAZY = {
     "build_model": "models.catalogue",
     "load_classifier": "models.weights", "Classifier": "models.weights",
     "convolutionize": "convert.dense", "DenseNet": "convert.dense",
-    "available_strides": "convert.dense",
+    "available_strides": "convert.dense", "OutputInfo": "convert.outputs",
     "Geometry": "convert.geometry",
     "check_canonical": "convert.verify", "check_head": "convert.verify",
     "check_output_stride": "convert.verify", "check_crops": "convert.verify",
@@ -55,8 +55,8 @@ _LAZY = {
 
 __all__ = [  # the names of _LAZY, then the errors
     "MODELS", "ModelSpec", "get_spec", "build_model", "load_classifier", "Classifier",
-    "convolutionize", "DenseNet", "available_strides", "Geometry", "check_canonical", "check_head",
-    "check_output_stride", "check_crops", "levels", "Level", "parse_scales", "Scanner",
+    "convolutionize", "DenseNet", "available_strides", "OutputInfo", "Geometry", "check_canonical",
+    "check_head", "check_output_stride", "check_crops", "levels", "Level", "parse_scales", "Scanner",
     "ScanResult", "ClassScore", "ScaleMap", "Detections", "save_result", "load_result",
     "DensifyError", "ConversionError", "ModelError", "WeightsError", "ImageError", "OutputError",
     "ResultError",
@@ -78,6 +78,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from .convert.dense import DenseNet, available_strides, convolutionize
     from .convert.geometry import Geometry
+    from .convert.outputs import OutputInfo
     from .convert.verify import check_canonical, check_crops, check_head, check_output_stride
     from .models.catalogue import MODELS, ModelSpec, build_model, get_spec
     from .models.weights import Classifier, load_classifier

@@ -178,9 +178,19 @@ def test_errors_are_one_line_and_name_the_fix():
         convolutionize(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 2)))
     with pytest.raises(ConversionError, match="not reachable"):
         convolutionize(build("lenet5", torch.float32), (1, 28, 28), output_stride=3)
-    with pytest.raises(ConversionError, match="canonical input_size"):
-        convolutionize(build("vgg11", torch.float32), (3, 200, 200))
+    with pytest.raises(ConversionError, match="fails on a 1x36x36 input .*canonical input_size"):
+        convolutionize(build("lenet5", torch.float32), (1, 36, 36))
 
+
+def test_a_non_canonical_size_warns_and_takes_the_general_path(caplog):
+    """VGG's 7×7 adaptive pool is not a sliding window at 200 px: exact per window (general
+    path), with a warning naming the fix."""
+    with caplog.at_level("WARNING", logger="densify.convert"):
+        dense = convolutionize(build("vgg11", torch.float32), (3, 200, 200))
+    assert dense.outputs[0].path == "general" and "canonical input_size" in caplog.text
+
+
+def test_untraceable_is_one_line():
     class Untraceable(nn.Module):
         def forward(self, x):
             if x.sum() > 0:

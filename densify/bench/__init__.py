@@ -171,7 +171,7 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     if isinstance(model, DenseNet):
         net = fuse(model.net, no_trace=True)  # keeps node names: feature_node stays valid
         return DenseNet(net, model.geometry, model.input_size, model.global_context,
-                        model.feature_node).eval()
+                        model.feature_node, model.outputs).eval()
     try:
         return fuse(model).eval()
     except Exception as exc:  # torch.fx cannot trace every classifier: keep it as it is
@@ -396,6 +396,7 @@ class _Options:
     breakdown: bool
     fold_bn: bool
     seed: int
+    head: str = "auto"
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -407,7 +408,7 @@ def run_bench(model: str, size: tuple[int, int] | None = None, output_stride: in
               baseline: bool = True, timm: bool = True, max_memory: int | str | None = None,
               baseline_windows: int | None = None, batch_size: int = 16,
               breakdown: bool = True, fold_bn: bool = True, weights: str = "random",
-              seed: int = 0, threads: int | None = None) -> dict:
+              seed: int = 0, threads: int | None = None, head: str = "auto") -> dict:
     """Time the dense net, the crop baseline and timm's test-time pooling on one random image.
 
     Args:
@@ -424,6 +425,8 @@ def run_bench(model: str, size: tuple[int, int] | None = None, output_stride: in
         threads: intra-op threads for the whole bench (default: torch's); on a machine shared
             with other busy processes fewer threads than cores avoids OpenMP threads waiting for
             each other at every layer.
+        head: ``"auto"``, ``"fast"`` or ``"general"`` (:func:`densify.convert.convolutionize`):
+            time the general path against the fast one.
 
     Returns:
         A JSON-serialisable dict (see the module docstring for the figures).
@@ -436,7 +439,7 @@ def run_bench(model: str, size: tuple[int, int] | None = None, output_stride: in
     _check_args(size, repeat, precision, window)
     opts = _Options(size, output_stride, repeat, precision, channels_last, baseline, timm,
                     parse_bytes(max_memory) if max_memory is not None else None,
-                    baseline_windows, batch_size, breakdown, fold_bn, seed)
+                    baseline_windows, batch_size, breakdown, fold_bn, seed, head)
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -448,7 +451,7 @@ def run_bench(model: str, size: tuple[int, int] | None = None, output_stride: in
 
 def _prepare(clf: Classifier, o: _Options):
     """The dense net and the baseline's classifier, optimised alike, and the random image."""
-    dense = convolutionize(clf.model, clf.spec.input_size, o.output_stride).eval()
+    dense = convolutionize(clf.model, clf.spec.input_size, o.output_stride, head=o.head).eval()
     original = clf.model.eval()
     if o.fold_bn:
         dense, original = fold_batchnorm(dense), fold_batchnorm(original)
@@ -493,7 +496,7 @@ def _header(clf: Classifier, dense: DenseNet, o: _Options, peak: float,
         "window": list(dense.geometry.window), "output_stride": dense.output_stride,
         "cells": list(cells), "windows": cells[0] * cells[1], "precision": o.precision,
         "channels_last": o.channels_last, "fold_bn": o.fold_bn,
-        "threads": torch.get_num_threads(),
+        "head_path": dense.outputs[0].path, "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
         "peak_gflops_per_s": peak,
         "flop_method": "FlopCounterMode on fake tensors: 2 x multiply-adds of convolutions and "
@@ -519,7 +522,8 @@ def _memory_model(dense: DenseNet, fig: dict, act: torch.dtype, channels_last: b
 def format_report(r: dict) -> str:
     """The bench result as a short text table."""
     lines = [f"{r['model']} on {r['size'][0]}x{r['size'][1]}, window {r['window'][0]}, stride "
-             f"{r['output_stride']}: {r['windows']} windows; {r['precision']}, channels_last="
+             f"{r['output_stride']}, {r.get('head_path', 'fast')} head: {r['windows']} windows; "
+             f"{r['precision']}, channels_last="
              f"{r['channels_last']}, {r['threads']} threads, {r['cpu_capability']}",
              f"peak 3x3 conv: {r['peak_gflops_per_s']:.0f} GFLOP/s; load average "
              f"{r['load_average']['start'][0]:.2f} -> {r['load_average']['end'][0]:.2f}",

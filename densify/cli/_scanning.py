@@ -63,22 +63,34 @@ def expand(inputs: Iterable[Path], errors: list[tuple[str, str]] | None = None
 
 
 def make_scanner(model, weights, scales, output_stride, device, precision, object_sizes=None,
-                 max_memory=None, threads=None, flip=False) -> Scanner:
+                 max_memory=None, threads=None, flip=False, reading: dict | None = None) -> Scanner:
     """The scanner every scanning command uses (:func:`default_stride` unless
-    ``--output-stride``)."""
+    ``--output-stride``).
+
+    ``reading``: the :func:`densify.cli.options.model_options` values (input size, mean, std,
+    classes, scores/boxes outputs, box format)."""
+    from ..models.user import load_model
+
     if threads is not None:
         torch.set_num_threads(threads)
+    r = reading or {}
+    clf = load_model(model, weights, input_size=r.get("input_size"), mean=r.get("mean"),
+                     std=r.get("std"), classes=r.get("classes_file"))
     stride = default_stride(model) if output_stride is None else output_stride
-    return Scanner(model, scales, stride, device, precision, weights, object_sizes=object_sizes,
-                   max_memory=max_memory, flip=flip)
+    return Scanner(clf, scales, stride, device, precision, object_sizes=object_sizes,
+                   max_memory=max_memory, flip=flip, scores=r.get("scores_output"),
+                   boxes=r.get("boxes_output"), box_format=r.get("box_format"))
 
 
 def default_stride(model: str) -> int:
     """The scanning stride without ``--output-stride``: the largest reachable one up to 16 (16
     for ImageNet nets, OverFeat-accurate's 12 from its native 36), else 16 (the scanner then
-    keeps the native stride: LeNet-5's 4)."""
+    keeps the native stride: LeNet-5's 4; a user's ``module:factory`` model: 16 when
+    reachable)."""
     from ..models.catalogue import get_spec
 
+    if ":" in model:
+        return 16
     fine = [s for s in get_spec(model).strides if s <= 16]
     return max(fine) if fine else 16
 

@@ -35,14 +35,15 @@ __all__ = ["bench"]
 @click.option("--fold-bn/--no-fold-bn", default=True, show_default=True,
               help="Fold batch norms into convolutions (dense net and baseline alike).")
 @options.threads
+@options.head
 def bench(model, weights, size, output_stride, repeat, precision, channels_last, as_json,
           baseline, baseline_windows, batch_size, use_timm, max_memory, breakdown, fold_bn,
-          threads) -> None:
+          threads, head) -> None:
     """Time the dense net against batched window crops and timm's test-time pooling."""
     from ..bench import format_report, run_bench
 
     result = run_bench(model, size, output_stride, repeat, precision, channels_last,
                        baseline=baseline, timm=use_timm, max_memory=max_memory,
                        baseline_windows=baseline_windows, batch_size=batch_size,
-                       breakdown=breakdown, fold_bn=fold_bn, weights=weights, threads=threads)
+                       breakdown=breakdown, fold_bn=fold_bn, weights=weights, threads=threads, head=head)
     click.echo(json.dumps(result, indent=2) if as_json else format_report(result))

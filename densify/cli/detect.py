@@ -60,7 +60,7 @@ def _detect_lines(records: list[dict]) -> str:
 @options.ray_options
 def detect(inputs, model, weights, scales, flip, object_sizes, output_stride, device, precision,
            output_dir, max_memory, threads, quiet, overwrite, prefetch, threshold, nms_iou, merge,
-           merge_threshold, classes, window_boxes, json_path, ray) -> None:
+           merge_threshold, classes, window_boxes, json_path, ray, **reading) -> None:
     """Detect objects: boxes from every window above --threshold, merged by NMS (or --merge
     overfeat: OverFeat's greedy merge, whose scores are sums over the merged windows).
 
@@ -94,7 +94,7 @@ def detect(inputs, model, weights, scales, flip, object_sizes, output_stride, de
     json_path = json_path or out / "detections.json"
     ensure_output_dir(json_path.parent)
     scanner = make_scanner(model, weights, scales, output_stride, device, precision, object_sizes,
-                           max_memory, threads, flip)
+                           max_memory, threads, flip, reading)
     chosen = [resolve_class(scanner, c) for c in classes] or None
     if chosen and scanner.background_class in chosen:
         raise click.BadParameter("the background class never yields boxes", param_hint="--class")

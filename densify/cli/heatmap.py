@@ -126,7 +126,7 @@ def _scales_text(scanner: Scanner) -> str:
 @options.ray_options
 def heatmap(inputs, model, weights, scales, flip, object_sizes, output_stride, device, precision,
             output_dir, max_memory, threads, quiet, overwrite, prefetch, class_, top_k, full_maps,
-            as_json, sheet, report, alpha, colormap, ray) -> None:
+            as_json, sheet, report, alpha, colormap, ray, **reading) -> None:
     """Class heat maps registered to each image: a PNG overlay and the scan's result file.
 
     Writes OUTDIR/<stem>_heatmap.png and OUTDIR/<stem>_heatmap.npz per image (the per-scale cell
@@ -150,7 +150,7 @@ def heatmap(inputs, model, weights, scales, flip, object_sizes, output_stride, d
                            output_stride=output_stride, device=device, precision=precision,
                            max_memory=max_memory, top_k=top_k)
     scanner = make_scanner(model, weights, scales, output_stride, device, precision, object_sizes,
-                           max_memory, threads, flip)
+                           max_memory, threads, flip, reading)
     chosen = resolve_class(scanner, class_)
     errors: list[tuple[str, str]] = []
     paths, failed = expand(inputs, errors)

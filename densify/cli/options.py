@@ -22,7 +22,9 @@ __all__ = [
     "DEFAULT_MODEL", "callback", "model", "weights", "output_stride", "input_size", "scales",
     "object_sizes", "device", "precision", "output_dir", "max_memory", "quiet", "as_json",
     "threshold", "nms_iou", "merge", "merge_threshold", "window_boxes", "image_size", "threads",
-    "sheet", "report", "flip", "overwrite", "prefetch", "scan_options", "RayOptions", "ray_options",
+    "sheet", "report", "flip", "overwrite", "prefetch", "mean", "std", "classes", "scores_output",
+    "boxes_output", "box_format", "model_options", "scan_options", "head", "RayOptions",
+    "ray_options",
 ]
 
 #: The model every command uses when ``--model`` is not given: the project's digit spotter,
@@ -47,7 +49,22 @@ def callback(parse: Callable) -> Callable:
 def _model_name(value: str) -> str:
     from ..models.catalogue import get_spec
 
-    return get_spec(value).name
+    return value if ":" in value else get_spec(value).name  # module:factory: checked on load
+
+
+def _floats(value: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in value.replace(" ", "").split(","))
+    except ValueError:
+        raise ValueError(f"cannot read {value!r}; give comma-separated numbers, e.g. "
+                         "0.485,0.456,0.406") from None
+
+
+def _classes(value: str) -> str:
+    from ..models.user import read_classes
+
+    read_classes(value)  # validates
+    return value
 
 
 def _scales(value: str):
@@ -78,7 +95,9 @@ def _device(value: str) -> str:
 # Used by: models (NAME argument aside), verify, convert, heatmap, detect, evaluate, bench.
 model = click.option(
     "--model", "-m", default=DEFAULT_MODEL, show_default=True, callback=callback(_model_name),
-    help="Catalogue name (densify models lists them).")
+    help="Catalogue name (densify models lists them), or your own classifier as "
+         "package.module:factory (an importable callable returning the nn.Module; verify, "
+         "convert, heatmap and detect; give --input-size).")
 
 # Used by: verify, convert, heatmap, detect, evaluate, bench.
 weights = click.option(
@@ -95,11 +114,17 @@ output_stride = click.option(
          "stride for convert and bench; verify's check 3 tests the next reachable one (half, or "
          "a third for overfeat_accurate).")
 
-# Used by: verify, convert, bench.
+# Used by: verify, convert, bench, heatmap, detect.
 input_size = click.option(
     "--input-size", default=None, metavar="HxW", callback=callback(
         lambda v: parse_hw(v, "input size")),
     help="Canonical input to convert at, HxW or N (default: the model's own).")
+
+# Used by: verify, convert, bench.
+head = click.option(
+    "--head", type=click.Choice(["auto", "fast", "general"]), default="auto", show_default=True,
+    help="How the head is converted: fast (rewritten into convolutions), general (the "
+         "classifier's own head run on every window), auto (fast where possible).")
 
 # Used by: heatmap, detect, evaluate.
 scales = click.option(
@@ -214,6 +239,48 @@ flip = click.option(
     help="Also scan every scale on the mirrored image (OverFeat): maps registered back, image "
          "scores averaged over scales and flips.")
 
+# Used by: heatmap, detect.
+mean = click.option(
+    "--mean", default=None, metavar="M1,M2,M3", callback=callback(_floats),
+    help="Per-channel normalization mean of [0, 1] pixel values (default: the model's; ImageNet "
+         "for your own 3-channel model).")
+
+# Used by: heatmap, detect.
+std = click.option(
+    "--std", default=None, metavar="S1,S2,S3", callback=callback(_floats),
+    help="Per-channel normalization standard deviation (default as --mean).")
+
+# Used by: heatmap, detect.
+classes = click.option(
+    "--classes", "classes_file", default=None, metavar="FILE", callback=callback(_classes),
+    help="Class names, one per line (default: the model's; indices for your own model).")
+
+# Used by: heatmap, detect.
+scores_output = click.option(
+    "--scores-output", default=None, metavar="KEY",
+    help="For models with several outputs: the one holding class scores (index or key; "
+         "default: the model card's, else the only output).")
+
+# Used by: heatmap, detect.
+boxes_output = click.option(
+    "--boxes-output", default=None, metavar="KEY",
+    help="A box-regression output (index or key; 4 or 4 x classes channels): its boxes replace "
+         "the windows (default: the model card's, else none).")
+
+# Used by: heatmap, detect.
+box_format = click.option(
+    "--box-format", type=click.Choice(["offsets", "deltas"]), default=None,
+    help="offsets: (dx1, dy1, dx2, dy2) edge shifts in window units; deltas: R-CNN (dx, dy, "
+         "log dw, log dh) around the window centre (default: the model card's, else offsets).")
+
+
+def model_options(fn: Callable) -> Callable:
+    """How to read a model's input and outputs (heatmap, detect), in --help order."""
+    for option in reversed([input_size, mean, std, classes, scores_output, boxes_output,
+                            box_format]):
+        fn = option(fn)
+    return fn
+
 
 def scan_options(fn: Callable) -> Callable:
     """The options of every scanning command (heatmap, detect), in --help order."""
@@ -221,7 +288,7 @@ def scan_options(fn: Callable) -> Callable:
         click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_DIR...",
                        type=click.Path(path_type=Path)),
         model, weights, scales, flip, object_sizes, output_stride, device, precision, output_dir,
-        max_memory, threads, quiet, overwrite, prefetch,
+        max_memory, threads, quiet, overwrite, prefetch, model_options,
     ]
     for option in reversed(stack):
         fn = option(fn)

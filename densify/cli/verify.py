@@ -18,20 +18,26 @@ DTYPES = ("float64", "float32")
 @options.input_size
 @click.option("--dtype", type=click.Choice(DTYPES), default="float64", show_default=True)
 @click.option("--crops", is_flag=True, help="Also measure dense cells against window crops.")
-def verify(model, weights, output_stride, input_size, dtype, crops) -> None:
-    """Prove the dense net equals the classifier: checks 1-3 (exit 1 if any fails)."""
+@options.head
+def verify(model, weights, output_stride, input_size, dtype, crops, head) -> None:
+    """Prove the dense net equals the classifier: checks 1-3 (exit 1 if any fails).
+
+    Prints which path converted the head (fast: rewritten into convolutions; general: the
+    classifier's own head run on every window) for each output."""
     import torch
 
     from ..convert import verify as checks
     from ..convert.dense import convolutionize
-    from ..models.weights import load_classifier
+    from ..models.user import load_model
 
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
-    clf = load_classifier(model, weights)
+    clf = load_model(model, weights, input_size=input_size)
     net = clf.model.to(getattr(torch, dtype))
-    size = clf.spec.input_size if input_size is None else (clf.spec.input_size[0], *input_size)
-    dense = convolutionize(net, size)
+    size = clf.spec.input_size
+    dense = convolutionize(net, size, head=head)
+    click.echo(f"{'head path':14s} " + ", ".join(
+        o.path if o.key is None else f"{o.key}: {o.path}" for o in dense.outputs))
     results = [checks.check_canonical(net, dense), checks.check_head(net, dense),
                checks.check_output_stride(net, size, output_stride)]
     if crops:

@@ -1,9 +1,12 @@
 """Stage 1, classifier → dense net: :func:`convolutionize` and the proof that it is exact.
 
 Modules, in the order a conversion uses them: :mod:`.graph` (the torch.fx toolkit), :mod:`.head`
-(where the head starts and its rewrite), :mod:`.stride` (stride-1 final pooling), :mod:`.fields`
-and :mod:`.geometry` (where each cell looks), :mod:`.dense` (:class:`DenseNet`,
-:func:`convolutionize`), :mod:`.verify` (checks 1-5), :mod:`.export` (TorchScript / ONNX).
+(the rule: where the head starts), :mod:`.fast` (the head rewritten into convolutions),
+:mod:`.general` (the original head run on every window), :mod:`.outputs` (multi-output
+structures), :mod:`.stride` (stride-1 final pooling), :mod:`.fields` and :mod:`.geometry` (where
+each cell looks), :mod:`.dense` (:class:`DenseNet`, :func:`convolutionize`), :mod:`.selfcheck`
+(the check every conversion runs), :mod:`.verify` (checks 1-5), :mod:`.export` (TorchScript /
+ONNX).
 """
 
 from ..errors import ConversionError

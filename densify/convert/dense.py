@@ -1,19 +1,24 @@
 """Convolutionization: turn a classifier into a fully convolutional dense net.
 
-``convolutionize(model)`` traces the classifier with ``torch.fx``, finds where its trunk's
-``(N, C, h, w)`` feature map is collapsed into vectors (a flatten, or a global pooling layer), and
-rewrites everything after that point to act on maps instead:
+``convolutionize(model)`` traces the classifier with ``torch.fx``, splits it into trunk and head
+by the one rule of :mod:`densify.convert.head`, and converts the head to act on maps:
 
-- the first fully connected layer after a flatten of a ``C × k × k`` map becomes a ``k × k``
-  convolution (weights reshaped, every shape checked); later ones become ``1 × 1`` convolutions;
-- a global average (max) pool becomes a stride-1 ``k × k`` average (max) pool, ``k`` being the
-  trunk's feature size at the canonical input: the pool runs first and the ``1 × 1`` convolution
-  after it, the classifier's own order, which keeps norms and activations between them exact
-  (ConvNeXt, MobileNetV3) and costs ``C·k² + C·K`` per cell against ``C·K + K·k²`` the other way
-  round (a 2 % difference for ResNet-50, in favour of pooling first whenever ``C ≤ K``);
-- dropout goes; batch/layer norms over pooled features become per-cell norms;
+- the fast path (:mod:`densify.convert.fast`) rewrites every head op into its map equivalent:
+  the first fully connected layer after a flatten of a ``C × k × k`` map becomes a ``k × k``
+  convolution (weights reshaped in the order the flatten read the map, a permute before it
+  folded in), later ones ``1 × 1`` convolutions; a global average (max) pool becomes a stride-1
+  ``k × k`` pool, ``k`` being the trunk's feature size at the canonical input: the pool runs
+  first and the ``1 × 1`` convolution after it, the classifier's own order, which keeps norms
+  and activations between them exact (ConvNeXt, MobileNetV3); dropout goes; norms,
+  activations and softmax act per cell;
+- the general path (:mod:`densify.convert.general`), for heads with ops the fast path does not
+  know, runs the classifier's own head subgraph on every window;
 - an ``AdaptiveAvgPool2d`` never stays in the dense path: at the canonical size it is the identity
   (AlexNet's 6 × 6, VGG's 7 × 7) and is dropped, or an exact uniform pool.
+
+Multi-output classifiers give a dense net with the same output structure
+(:mod:`densify.convert.outputs`), and every conversion is checked before it is returned
+(:func:`densify.convert.selfcheck.self_check`).
 
 Global pooling *inside* the trunk (squeeze-and-excitation gates in EfficientNet, MobileNetV3,
 RegNetY, SE-ResNet) is kept global: on a large input those gates see the whole image, so such a
@@ -34,15 +39,22 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..errors import ConversionError
+from ..errors import ConversionError, ParameterError
+from .fast import UnsupportedHead, rewrite_head, rewrite_trunk_adaptive_pools
 from .fields import walk_fields
+from .general import build_general, original_head
 from .geometry import Geometry, cell_count
-from .graph import output_node, prepare, propagate_shapes, shape_of
-from .head import find_head, rewrite_head, rewrite_trunk_adaptive_pools
+from .graph import ADAPTIVE, output_node, prepare, propagate_shapes, shape_of
+from .head import Head, feature_map, find_head
 from .outputs import OutputInfo, activation_of, crop_outputs, leaf_nodes, leaves, pick, select_key
+from .selfcheck import self_check
 from .stride import reachable_strides, set_output_stride
 
-__all__ = ["DenseNet", "convolutionize", "available_strides", "canonical_size"]
+__all__ = ["DenseNet", "convolutionize", "available_strides", "canonical_size", "HEAD_PATHS",
+           "describe_outputs"]
+
+#: ``convolutionize(head=...)``: which path converts the head.
+HEAD_PATHS = ("auto", "fast", "general")
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +82,9 @@ class DenseNet(nn.Module):
         ``(N, K_i, h, w)`` map: a Tensor, or the same tuple/list/dict/NamedTuple of maps.
     """
 
-    __jit_unused_properties__ = ["multi_output"]  # TorchScript export scripts forward only
+    # TorchScript compiles forward only: the Python-side descriptions stay out of it.
+    __jit_ignored_attributes__ = ["outputs"]
+    __jit_unused_properties__ = ["multi_output"]
 
     def __init__(self, net: fx.GraphModule, geometry: Geometry, input_size: tuple[int, int, int],
                  global_context: tuple[str, ...] = (), feature_node: str | None = None,
@@ -152,43 +166,94 @@ class DenseNet(nn.Module):
                 f"global_context={len(self.global_context)}")
 
 
-def convolutionize(model: nn.Module, input_size=None, output_stride: int | None = None
-                   ) -> DenseNet:
+def convolutionize(model: nn.Module, input_size=None, output_stride: int | None = None, *,
+                   verify: bool = True, head: str = "auto") -> DenseNet:
     """Return a fully convolutional copy of ``model`` in eval mode; ``model`` is left untouched.
 
     Args:
-        model: a CNN classifier mapping ``(N, C, H, W)`` at its canonical size to ``(N, K)``.
+        model: a CNN classifier mapping ``(N, C, H, W)`` at its canonical size to ``(N, K)``
+            vectors, or to a tuple/list/dict/NamedTuple of them (:attr:`DenseNet.outputs`).
         input_size: canonical input: ``H``, ``(H, W)`` or ``(C, H, W)``. Taken from
             ``model.pretrained_cfg`` (timm) when omitted; otherwise required.
         output_stride: pixels between output cells; ``None`` keeps the classifier's own stride
             (32 for ImageNet CNNs). Halving it applies stride-1 final pooling (OverFeat).
+        verify: run the self-check (checks 1 and 2, :func:`densify.convert.selfcheck.self_check`)
+            before returning; a mismatch raises :class:`ConversionError`.
+        head: ``"auto"`` (the fast path where it knows every head op, else the general path),
+            ``"fast"`` (refuse what the fast path does not know) or ``"general"``.
 
     Returns:
-        :class:`DenseNet` producing ``(N, K, h, w)`` logits.
+        :class:`DenseNet` producing ``(N, K, h, w)`` maps (the same structure of them for
+        multi-output classifiers).
     """
+    if head not in HEAD_PATHS:
+        raise ParameterError(f"unknown head path {head!r}; use one of {', '.join(HEAD_PATHS)}")
     size = canonical_size(model, input_size)
     gm, example = prepare(model, size)
     size = (example.shape[1],) + size[1:]
-    head = find_head(gm)
-    rewrite_trunk_adaptive_pools(gm, head)
-    feature_node = rewrite_head(gm, head)
-    gm.graph.eliminate_dead_code()
-    gm.delete_all_unused_submodules()
-    gm.graph.lint()
-    gm.recompile()
-    propagate_shapes(gm, example)  # fresh shapes for the dense graph; fails loudly if broken
-    outputs = describe_outputs(gm)
+    activations = [activation_of(gm, n) for _, n in leaf_nodes(gm)]
+    gm, found, feature_node, path, original = _rewrite(model, size, gm, find_head(gm), head)
+    gm = _finish(gm, example)
+    outputs = tuple(OutputInfo(o.key, o.channels, a, path)
+                    for o, a in zip(describe_outputs(gm), activations, strict=True))
     if output_stride is not None:
         set_output_stride(gm, int(output_stride))
     field = walk_fields(gm)[output_node(gm)]
     geometry = Geometry(window=size[1:], stride=field.stride, rf_size=field.size,
                         rf_offset=field.offset)
-    context = tuple(str(n.target) for n in head.context)
+    context = tuple(str(n.target) for n in found.context)
     if context:
         log.warning("%d global-context layer(s) (e.g. %s) pool the whole input: dense output is "
                     "exact at the canonical input, approximate window by window",
                     len(context), context[0])
-    return DenseNet(gm, geometry, size, context, feature_node, outputs).eval()
+    dense = DenseNet(gm, geometry, size, context, feature_node, outputs).eval()
+    if verify:
+        self_check(model, dense, original)
+    return dense
+
+
+def _rewrite(model, size, gm: fx.GraphModule, found: Head, head: str):
+    """Rewrite ``gm`` into a dense net: ``(graph module, head found, feature node name, path,
+    the classifier's own head from that node)``."""
+    if not found.starts:
+        return gm, found, None, "fast", None
+    rewrite_trunk_adaptive_pools(gm, found)
+    feature = feature_map(found, found.starts)
+    original = original_head(gm, feature)  # before the rewrite edits gm
+    if head != "general":
+        try:
+            rewrite_head(gm, found)
+            return gm, found, feature.name, "fast", original
+        except UnsupportedHead as exc:
+            if head == "fast":
+                raise ConversionError(f"the fast path cannot convert this head: {exc}; use "
+                                      "head='auto' or 'general'") from None
+            log.info("general path: the fast path stopped at %s", exc)
+            _warn_adaptive(gm, found)
+            gm, _ = prepare(model, size)  # the rewrite stopped half-way: start again
+            found = find_head(gm)
+            rewrite_trunk_adaptive_pools(gm, found)
+    return gm, found, build_general(gm, found), "general", original
+
+
+def _warn_adaptive(gm: fx.GraphModule, found: Head) -> None:
+    """A non-uniform adaptive pool usually means an input size other than the canonical one."""
+    for node in found.others:
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), ADAPTIVE):
+            src, out = shape_of(node.args[0])[-2:], shape_of(node)[-2:]
+            log.warning("%s: adaptive pooling from %s to %s at this input size is not a fixed "
+                        "sliding window, so the general path runs it on every window; pass the "
+                        "classifier's canonical input_size for the fast path", node.target,
+                        tuple(src), tuple(out))
+
+
+def _finish(gm: fx.GraphModule, example: torch.Tensor) -> fx.GraphModule:
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.graph.lint()
+    gm.recompile()
+    propagate_shapes(gm, example)  # fresh shapes for the dense graph; fails loudly if broken
+    return gm
 
 
 def describe_outputs(gm: fx.GraphModule) -> tuple[OutputInfo, ...]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ConversionError
 from .dense import DenseNet
 
 __all__ = ["export"]
@@ -23,6 +24,9 @@ def export(dense: DenseNet, path: str | Path, opset: int | None = None) -> Path:
     path = Path(path)
     dense = dense.eval()
     if path.suffix == ".pt" or path.name.endswith(".pt"):
+        if any(o.path == "general" for o in dense.outputs):
+            raise ConversionError("TorchScript cannot compile a general-path head (the "
+                                  "classifier's own head code run per window); export to .onnx")
         torch.jit.save(torch.jit.script(dense), str(path))
         return path
     c, h, w = dense.input_size

@@ -20,17 +20,17 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import ConversionError
-from .layers import DilatedAvgPool2d, DilatedMaxPool2d
+from .layers import DilatedAvgPool2d, DilatedMaxPool2d, WindowLayer
 
 __all__ = [
     "SLIDING", "ADAPTIVE", "DROPS", "POINTWISE_MODULES", "POINTWISE_FUNCTIONS", "POINTWISE_METHODS",
     "SOFTMAX_FUNCTIONS", "RESHAPES", "Tracer", "trace", "example_input", "propagate_shapes",
     "shape_of", "output_node", "descendants", "set_module", "replace_with_module", "bypass",
     "remove_dropout", "functional_pools_to_modules", "global_pool_kind", "is_flatten", "is_map",
-    "device_of", "dtype_of", "pair", "prepare", "subgraph",
+    "device_of", "dtype_of", "pair", "prepare", "subgraph", "unshare_modules",
 ]
 
-SLIDING = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, DilatedAvgPool2d, DilatedMaxPool2d)
+SLIDING = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, DilatedAvgPool2d, DilatedMaxPool2d, WindowLayer)
 ADAPTIVE = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 LEAVES = SLIDING + ADAPTIVE + (nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
 POINTWISE_MODULES = (
@@ -42,10 +42,13 @@ POINTWISE_FUNCTIONS = {
     operator.add, operator.mul, operator.sub, operator.truediv, operator.neg,
     torch.add, torch.mul, torch.sub, torch.div, torch.relu, torch.sigmoid, torch.tanh, torch.clamp,
     F.relu, F.relu6, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh, F.sigmoid,
-    F.tanh, F.elu, F.leaky_relu, F.softplus,
+    F.tanh, F.elu, F.leaky_relu, F.softplus, F.selu, F.celu, F.logsigmoid, F.softsign,
+    F.tanhshrink, F.hardshrink, F.softshrink, F.threshold, torch.exp, torch.abs, torch.square,
+    torch.sqrt, torch.pow, operator.pow, torch.maximum, torch.minimum, torch.erf,
 }
 POINTWISE_METHODS = {"relu", "sigmoid", "tanh", "add", "mul", "sub", "div", "clamp", "float",
-                      "to", "type_as", "contiguous"}
+                      "to", "type_as", "contiguous", "exp", "abs", "pow", "sqrt", "neg", "square",
+                      "clamp_min", "clamp_max"}
 SOFTMAX_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
 RESHAPES = {"flatten", "view", "reshape", "squeeze"}
 
@@ -85,8 +88,14 @@ def propagate_shapes(gm: fx.GraphModule, example: torch.Tensor) -> None:
         mode = FakeTensorMode(allow_non_fake_inputs=True)
         ShapeProp(gm, fake_mode=mode).propagate(mode.from_tensor(example))
     except Exception:  # fake tensors unsupported by some op: fall back to a real forward pass
-        with torch.no_grad():
-            ShapeProp(gm).propagate(example)
+        try:
+            with torch.no_grad():
+                ShapeProp(gm).propagate(example)
+        except RuntimeError as exc:
+            size = "x".join(str(v) for v in example.shape[1:])
+            raise ConversionError(f"the classifier fails on a {size} input ("
+                                  f"{str(exc).splitlines()[0]}); pass its canonical input_size"
+                                  ) from None
 
 
 def shape_of(node) -> tuple[int, ...] | None:
@@ -109,6 +118,23 @@ def replace_with_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module, ar
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
     return new
+
+
+def unshare_modules(gm: fx.GraphModule) -> None:
+    """Give every call of a module reused at several places (``self.pool`` called twice) its
+    own copy, so that editing one call's stride or dilation leaves the others alone."""
+    import copy
+
+    seen = set()
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        if node.target in seen:
+            target = f"densify_{node.name}"
+            gm.add_submodule(target, copy.deepcopy(gm.get_submodule(node.target)))
+            node.target = target
+        seen.add(node.target)
+    gm.recompile()
 
 
 def remove_dropout(gm: fx.GraphModule) -> None:
@@ -238,10 +264,13 @@ def subgraph(gm: fx.GraphModule, start: str | None, end: str | None) -> fx.Graph
         elif node.op == "output":
             if end is None:
                 graph.output(fx.map_arg(node.args[0], lambda a: env[a]))
-        elif all(a in env for a in node.all_input_nodes) and (
+        elif node.op == "get_attr" or all(a in env for a in node.all_input_nodes) and (
                 node.all_input_nodes or start is None):
             env[node] = graph.node_copy(node, lambda a: env[a])
         if end is not None and node.name == end:
             graph.output(env[node])
             break
-    return fx.GraphModule(gm, graph)
+    out = fx.GraphModule(gm, graph)
+    out.graph.eliminate_dead_code()
+    out.recompile()
+    return out

@@ -1,63 +1,250 @@
-"""Where the head starts, and its rewrite from vectors to maps.
+"""Where the head starts: the one rule that splits a classifier into trunk and head.
 
-The rule (one place): the **trunk** is everything that commutes with sliding the window
-(convolutions, pools, point-wise and per-channel ops, residual adds, concatenation of maps). The
-**head** starts at the first op on the way to an output that is not such an op on an
-``(N, C, h, w)`` map: a flatten/view/reshape to vectors, or a global pool over ``h, w``
-(:func:`find_head`). A global pool that feeds back into a full-size map (squeeze-and-excitation)
-is *context*, not head: it stays global.
+The rule:
+    the **trunk** is everything that commutes with sliding the window: convolutions, pools,
+    padding, point-wise and per-channel ops (activations, norms over channels, ``Linear`` or
+    ``LayerNorm`` on a channels-last map's channel axis), residual adds, concatenations of maps
+    along channels, and permutes/reshapes that keep both spatial axes whole (ConvNeXt's
+    channels-last blocks, ShuffleNet's channel shuffle). The **head** starts at the first op, on
+    the way to an output, that is not such an op on a map: a flatten/view/reshape that merges or
+    drops a spatial axis, a global pool or a reduction over ``h, w``, a matmul/einsum or Linear
+    acting on a spatial axis, an interpolation, a non-uniform adaptive pool — anything that mixes
+    positions of the map.
 
-:func:`rewrite_head` turns every op after that point into its map equivalent: a flatten of a
-``C × k × k`` map becomes the identity and the Linear after it a ``k × k`` convolution (weights
-reshaped: flatten order is channel-major, then rows, then columns, which is ``Conv2d``'s weight
-layout); later Linears become ``1 × 1`` convolutions; a global pool becomes a stride-1 ``k × k``
-pool; norms, softmax and activations act per cell.
+:func:`find_head` walks the traced graph once, tracking for every trunk tensor which of its axes
+are the spatial ones (``(2, 3)`` for ``(N, C, h, w)``; ``(1, 2)`` after ``permute(0, 2, 3, 1)``),
+and classifies each head start (:class:`Head`):
+
+- ``pools``: global pools of an ``(N, C, h, w)`` map; a global pool whose result is combined again
+  with a full-size map (squeeze-and-excitation) is *context*, kept global, not a head start;
+- ``flattens``: flattens of a 4-d map to ``(N, features)`` vectors, with the order in which the
+  flatten reads the map's axes (``(1, 2, 3)`` = channels, rows, columns; a TF/Keras/Caffe2 port
+  that permutes to ``(H, W, C)`` first reads ``(2, 3, 1)``);
+- ``others``: every other head start; only the general path (:mod:`densify.convert.general`)
+  evaluates those.
+
+An op that mixes positions and whose result flows back into a full-size map (attention, a
+non-local block) cannot be slid: it is refused in one line naming it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import operator
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConversionError
-from .graph import (
-    ADAPTIVE,
-    DROPS,
-    POINTWISE_FUNCTIONS,
-    POINTWISE_METHODS,
-    POINTWISE_MODULES,
-    RESHAPES,
-    SOFTMAX_FUNCTIONS,
-    bypass,
-    descendants,
-    device_of,
-    dtype_of,
-    global_pool_kind,
-    is_flatten,
-    output_node,
-    replace_with_module,
-    set_module,
-    shape_of,
-)
-from .layers import ChannelLayerNorm
-from .outputs import is_namedtuple_node
+from .graph import ADAPTIVE, SLIDING, descendants, global_pool_kind, output_node, shape_of
 
-__all__ = ["Head", "find_head", "rewrite_trunk_adaptive_pools", "rewrite_head"]
+__all__ = ["Head", "find_head", "feature_map", "MATMULS", "RESHAPE_METHODS", "PAD_MODULES"]
+
+MATMULS = {operator.matmul, torch.matmul, torch.mm, torch.bmm, torch.einsum, torch.addmm,
+           F.linear, torch.tensordot, torch.inner}
+RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "unflatten"}
+RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
+PAD_MODULES = (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d)
+NCHW = (2, 3)
+#: Ops whose ``dim`` argument mixes positions when it names a spatial axis.
+DIM_OPS = {"softmax", "log_softmax", "softmin", "cumsum", "cumprod", "normalize", "logcumsumexp"}
+
 
 @dataclass(frozen=True)
 class Head:
-    """What the analysis found: how each collapse node is rewritten."""
+    """Where the head starts (module docstring).
 
-    pools: dict  # node -> "avg" | "max": global pools that become stride-1 k×k pools
-    flattens: set  # nodes that flatten an (N, C, h, w) map: become the identity
-    context: set  # global pools that stay global (squeeze-and-excitation)
+    Attributes:
+        pools: global-pool node -> ``"avg"`` | ``"max"``.
+        flattens: flatten node -> the order of NCHW axes it reads, e.g. ``(1, 2, 3)``.
+        others: any other head-start nodes (general path only).
+        context: global pools that stay global (squeeze-and-excitation).
+        axes: spatial axes ``(row, column)`` of every trunk tensor node.
+    """
+
+    pools: dict = field(default_factory=dict)
+    flattens: dict = field(default_factory=dict)
+    others: list = field(default_factory=list)
+    context: set = field(default_factory=set)
+    axes: dict = field(default_factory=dict)
+
+    @property
+    def starts(self) -> list:
+        return [*self.pools, *self.flattens, *self.others]
+
+
+def find_head(gm: fx.GraphModule) -> Head:
+    """Classify every node of ``gm`` (shape-annotated) by the rule of the module docstring."""
+    head = Head()
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            head.axes[node] = NCHW
+            continue
+        trunk_in = [a for a in node.all_input_nodes if a in head.axes]
+        if not trunk_in or node.op == "output":
+            continue
+        src = _source(node, [a for a in trunk_in if _is_spatial(a, head)])
+        if src is None:  # sizes, tuples of maps: trunk-derived, carry on
+            head.axes[node] = head.axes[trunk_in[0]]
+            continue
+        _classify(gm, node, src, head)
+    if not head.starts:
+        out = shape_of(output_node(gm).args[0])
+        if out is None or len(out) != 4:
+            raise ConversionError(
+                "found no op that collapses the trunk's feature map between it and the "
+                "classifier's output; densify converts CNN classifiers whose head reads a map")
+    return head
+
+
+def _source(node: fx.Node, maps: list) -> fx.Node | None:
+    """The input ``node`` acts on: the one with ``node``'s own shape if any (``scale * x``
+    broadcasts a squeeze-and-excitation gate over ``x``), else the first."""
+    out = shape_of(node)
+    return next((a for a in maps if shape_of(a) == out), maps[0] if maps else None)
+
+
+def _is_spatial(node: fx.Node, head: Head) -> bool:
+    shape = shape_of(node)
+    return shape is not None and len(shape) >= 3 and node in head.axes
+
+
+def _classify(gm: fx.GraphModule, node: fx.Node, src: fx.Node, head: Head) -> None:
+    """Trunk op (record the spatial axes of its result) or head start (record its kind)."""
+    kind = global_pool_kind(gm, node) if head.axes[src] == NCHW else None
+    if kind is not None:
+        if _is_context(node):
+            head.context.add(node)
+            head.axes[node] = NCHW
+        else:
+            head.pools[node] = kind
+        return
+    axes = trunk_axes(gm, node, src, head.axes[src])
+    if axes is not None:
+        head.axes[node] = axes
+        return
+    if _is_context(node):
+        raise ConversionError(
+            f"{_describe(gm, node)} mixes positions of the feature map and its result flows back "
+            "into the trunk (attention or global context); densify cannot slide such a net")
+    order = flatten_order(node, src, head.axes[src])
+    if order is not None:
+        head.flattens[node] = order
+    else:
+        head.others.append(node)
+
+
+def trunk_axes(gm: fx.GraphModule, node: fx.Node, src: fx.Node, axes: tuple[int, int]
+               ) -> tuple[int, int] | None:
+    """The spatial axes of ``node``'s result if it is a trunk op on ``src`` (a map whose spatial
+    axes are ``axes``), else None: ``node`` starts the head."""
+    s_in, s_out = shape_of(src), shape_of(node)
+    if s_out is None:
+        return axes
+    if node.op == "call_module":
+        return _module_axes(gm.get_submodule(node.target), s_in, s_out, axes)
+    if node.target is F.linear:  # on a channels-last map's channels: per cell
+        return axes if len(s_in) - 1 not in axes and len(s_out) == len(s_in) else None
+    if node.target in MATMULS:
+        return None
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    if name in DIM_OPS and _dims(node, len(s_in)) & set(axes):
+        return None
+    if name in ("permute", "transpose", "swapaxes", "movedim"):
+        return _permuted_axes(node, len(s_in), axes)
+    if node.target in RESHAPE_FUNCTIONS or (node.op == "call_method" and name in RESHAPE_METHODS):
+        return _reshaped_axes(s_in, s_out, axes)
+    if node.target is F.pad and axes == NCHW:
+        return axes
+    return _same_axes(s_in, s_out, axes)
+
+
+def _module_axes(m: nn.Module, s_in, s_out, axes):
+    if isinstance(m, SLIDING + PAD_MODULES):
+        return axes if axes == NCHW else None
+    if isinstance(m, ADAPTIVE):
+        uniform = all(s_in[a] % s_out[a] == 0 for a in axes) and len(s_out) == len(s_in)
+        return axes if uniform and axes == NCHW else None
+    if isinstance(m, nn.Linear) or (type(m) is nn.LayerNorm and len(m.normalized_shape) == 1):
+        return axes if len(s_in) - 1 not in axes and len(s_out) == len(s_in) else None
+    if type(m) is nn.LayerNorm:  # over several trailing axes: mixes positions
+        return None
+    if isinstance(m, (nn.Flatten, nn.Unflatten)):
+        return _reshaped_axes(s_in, s_out, axes)
+    if isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Softmin)) and m.dim is not None and (
+            m.dim % len(s_in)) in axes:
+        return None
+    return _same_axes(s_in, s_out, axes)
+
+
+def _dims(node: fx.Node, ndim: int) -> set:
+    """The ``dim`` argument of a softmax-like op (second positional or keyword), as a set."""
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if dim is None:
+        return set()
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    return {int(d) % ndim for d in dims if isinstance(d, int)}
+
+
+def _same_axes(s_in, s_out, axes):
+    """Shape-preserving on the spatial axes (point-wise, per-channel, channel concatenation)."""
+    if len(s_out) != len(s_in) or any(s_out[a] != s_in[a] for a in axes):
+        return None
+    return axes
+
+
+def _permuted_axes(node: fx.Node, ndim: int, axes):
+    dims = list(range(ndim))
+    args = [a for a in node.args[1:]] or list(node.kwargs.values())
+    if node.target in ("permute",) or getattr(node.target, "__name__", "") == "permute":
+        perm = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
+        dims = [int(p) % ndim for p in perm]
+    elif node.target in ("transpose", "swapaxes") or getattr(node.target, "__name__", "") in (
+            "transpose", "swapaxes"):
+        a, b = (int(d) % ndim for d in args[:2])
+        dims[a], dims[b] = dims[b], dims[a]
+    else:
+        return None
+    return dims.index(axes[0]), dims.index(axes[1])
+
+
+def _reshaped_axes(s_in, s_out, axes):
+    """A reshape keeps the spatial axes when everything from the first of them on is unchanged
+    (the trailing dims), and the batch stays first."""
+    first = min(axes)
+    shift = len(s_out) - len(s_in)
+    if first + shift < 1 or tuple(s_out[first + shift:]) != tuple(s_in[first:]):
+        return None
+    return axes[0] + shift, axes[1] + shift
+
+
+def flatten_order(node: fx.Node, src: fx.Node, axes) -> tuple[int, int, int] | None:
+    """For a flatten of a 4-d map to ``(N, features)``: the NCHW axes in the order the flatten
+    reads them (``(1, 2, 3)`` for an ``(N, C, h, w)`` map, ``(2, 3, 1)`` for ``(N, h, w, C)``)."""
+    s_in, s_out = shape_of(src), shape_of(node)
+    if s_in is None or s_out is None or len(s_in) != 4 or len(s_out) != 2:
+        return None
+    if not _is_flatten_op(node) or s_out[0] != s_in[0]:
+        return None
+    channel = next(a for a in (1, 2, 3) if a not in axes)
+    to_nchw = {channel: 1, axes[0]: 2, axes[1]: 3}
+    return tuple(to_nchw[a] for a in (1, 2, 3))
+
+
+def _is_flatten_op(node: fx.Node) -> bool:
+    if node.op == "call_function":
+        return node.target in RESHAPE_FUNCTIONS
+    if node.op == "call_method":
+        return node.target in RESHAPE_METHODS
+    if node.op == "call_module":
+        return type(node.graph.owning_module.get_submodule(node.target)) is nn.Flatten
+    return False
 
 
 def _is_context(node: fx.Node) -> bool:
-    """A global pool whose result is combined with a full-size map (squeeze-and-excitation)."""
+    """A node whose result is combined with a full-size map (squeeze-and-excitation)."""
     below = descendants(node)
     for d in below:
         for other in d.all_input_nodes:
@@ -68,188 +255,31 @@ def _is_context(node: fx.Node) -> bool:
     return False
 
 
-def find_head(gm: fx.GraphModule) -> Head:
-    pools, flattens, context = {}, set(), set()
-    for node in gm.graph.nodes:
-        kind = global_pool_kind(gm, node)
-        if kind is not None:
-            (context.add(node) if _is_context(node) else pools.__setitem__(node, kind))
-        elif is_flatten(node):
-            flattens.add(node)
-    if not pools and not flattens:
-        out = shape_of(output_node(gm).args[0])
-        if out is not None and len(out) == 4:
-            return Head(pools, flattens, context)  # already fully convolutional
-        raise ConversionError(
-            "found no flatten or global pooling between the trunk and the classifier; densify "
-            "converts CNN classifiers whose head acts on a pooled or flattened feature map")
-    return Head(pools, flattens, context)
+def feature_map(head: Head, nodes) -> fx.Node:
+    """The ``(N, C, h, w)`` trunk map the head-start ``nodes`` read: for each, the nearest NCHW
+    trunk map behind it (through trunk ops on other layouts, e.g. a channels-last map); if they
+    read several, the nearest map all of them are computed from (the head then includes the
+    trunk ops between, evaluated per window on the general path)."""
+    order = {n: i for i, n in enumerate(next(iter(head.axes)).graph.nodes)}
+    found = {_nearest_map(head, _trunk_input(head, n)) for n in nodes}
+    while len(found) > 1:
+        last = max(found, key=order.__getitem__)
+        found.remove(last)
+        found.add(_nearest_map(head, _trunk_input(head, last)))
+    return found.pop()
 
 
-def rewrite_trunk_adaptive_pools(gm: fx.GraphModule, head: Head) -> None:
-    """Adaptive pools that are not global: identity at the canonical size, or an exact uniform
-    pool; anything else cannot be made size-independent."""
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or node in head.pools or node in head.context:
-            continue
-        m = gm.get_submodule(node.target)
-        if not isinstance(m, ADAPTIVE):
-            continue
-        src, out = shape_of(node.args[0]), shape_of(node)
-        if src[-2:] == out[-2:]:
-            bypass(gm, node)
-            continue
-        if src[-2] % out[-2] or src[-1] % out[-1]:
-            raise ConversionError(
-                f"{node.target}: adaptive pooling from {src[-2:]} to {out[-2:]} at this input size "
-                "is not a fixed sliding window; pass the classifier's canonical input_size")
-        k = (src[-2] // out[-2], src[-1] // out[-1])
-        pool = nn.AvgPool2d(k, k) if isinstance(m, nn.AdaptiveAvgPool2d) else nn.MaxPool2d(k, k)
-        replace_with_module(gm, node, pool, node.args[:1])
+def _trunk_input(head: Head, node: fx.Node) -> fx.Node:
+    return next(a for a in node.all_input_nodes if a in head.axes)
 
 
-def rewrite_head(gm: fx.GraphModule, head: Head) -> str | None:
-    """Global pools → stride-1 k×k pools; flattens → identity; vector ops → map ops.
-
-    Returns the name of the trunk's last feature map (the head's input), or ``None`` for a net
-    that was already fully convolutional.
-    """
-    layout: dict[fx.Node, tuple[int, int, int]] = {}
-    features = []
-    for node in list(gm.graph.nodes):
-        if node in head.pools:
-            features.append(node.args[0])
-            src = shape_of(node.args[0])
-            k = (src[2], src[3])
-            pool = nn.AvgPool2d(k, stride=1) if head.pools[node] == "avg" else nn.MaxPool2d(k, 1)
-            new = replace_with_module(gm, node, pool, node.args[:1])
-            layout[new] = (src[1], 1, 1)
-        elif node in head.flattens:
-            src = shape_of(node.args[0])
-            prior = layout.get(node.args[0])
-            # Flattening the (C, 1, 1) result of a head pool keeps that pool's layout.
-            layout_here = prior if prior is not None else (src[1], src[2], src[3])
-            arg = node.args[0]
-            if prior is None:
-                features.append(arg)
-            bypass(gm, node)
-            layout[arg] = layout_here
-        else:
-            ins = [a for a in node.all_input_nodes if a in layout]
-            if ins and node.op != "output" and not is_namedtuple_node(node):
-                _rewrite_vector_op(gm, node, layout, layout[ins[0]])
-    names = {f.name for f in features}
-    if len(names) > 1:
-        raise ConversionError(f"the head reads several feature maps ({sorted(names)}); densify "
-                              "converts heads that read one trunk output")
-    return names.pop() if names else None
+def _nearest_map(head: Head, node: fx.Node) -> fx.Node:
+    while not (head.axes.get(node) == NCHW and len(shape_of(node) or ()) == 4):
+        node = _trunk_input(head, node)
+    return node
 
 
-def _rewrite_vector_op(gm, node: fx.Node, layout: dict, lay: tuple[int, int, int]) -> None:
-    """Rewrite one op that consumed flattened/pooled vectors so it consumes maps instead."""
-    shape = shape_of(node)
-    if shape is not None and len(shape) == 4:  # e.g. LayerNorm2d on the pooled (N, C, 1, 1) map
-        layout[node] = lay
-        return
+def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
     if node.op == "call_module":
-        return _rewrite_vector_module(gm, node, layout, lay)
-    if node.op == "call_function":
-        if node.target is torch.flatten:
-            layout[node.args[0]] = lay
-            return bypass(gm, node)
-        if node.target in SOFTMAX_FUNCTIONS:
-            return _set_channel_dim(node, layout, lay)
-        if node.target is torch.cat:
-            return _rewrite_cat(node, layout)
-        if node.target in POINTWISE_FUNCTIONS or node.target is getattr:
-            layout[node] = lay
-            return None
-    if node.op == "call_method":
-        if node.target in RESHAPES and shape is not None and len(shape) == 2:
-            layout[node.args[0]] = lay
-            return bypass(gm, node)
-        if node.target in ("softmax", "log_softmax"):
-            return _set_channel_dim(node, layout, lay)
-        if node.target in POINTWISE_METHODS or node.target == "size":
-            layout[node] = lay
-            return None
-    raise ConversionError(
-        f"cannot convolutionize head op {node.format_node()}: densify maps linear layers, norms, "
-        "dropout, softmax and point-wise activations; rewrite the head with these")
-
-
-def _rewrite_vector_module(gm, node: fx.Node, layout: dict, lay) -> None:
-    m = gm.get_submodule(node.target)
-    c, kh, kw = lay
-    if isinstance(m, nn.Linear):
-        set_module(gm, node.target, _linear_to_conv(m, lay, node.target))
-        layout[node] = (m.out_features, 1, 1)
-    elif isinstance(m, DROPS) or type(m) is nn.Flatten:
-        if type(m) is nn.Flatten:
-            layout[node.args[0]] = lay
-        bypass(gm, node)
-    elif isinstance(m, POINTWISE_MODULES):
-        layout[node] = lay
-    elif isinstance(m, (nn.Softmax, nn.LogSoftmax)):
-        m.dim = 1
-        layout[node] = lay
-    elif isinstance(m, nn.BatchNorm1d) and (kh, kw) == (1, 1):
-        set_module(gm, node.target, _batchnorm1d_to_2d(m))
-        layout[node] = lay
-    elif isinstance(m, nn.LayerNorm) and tuple(m.normalized_shape) == (c,) and (kh, kw) == (1, 1):
-        norm = ChannelLayerNorm(c, eps=m.eps, elementwise_affine=m.elementwise_affine,
-                                bias=m.bias is not None, device=device_of(m), dtype=dtype_of(m))
-        norm.load_state_dict(m.state_dict())
-        set_module(gm, node.target, norm)
-        layout[node] = lay
-    else:
-        raise ConversionError(
-            f"cannot convolutionize head layer {node.target} ({type(m).__name__}) on "
-            f"{c}×{kh}×{kw} features; supported: Linear, BatchNorm1d/LayerNorm after global "
-            "pooling, dropout, activations")
-
-
-def _linear_to_conv(lin: nn.Linear, lay: tuple[int, int, int], name: str) -> nn.Conv2d:
-    """``Linear(C·kh·kw → K)`` as ``Conv2d(C → K, (kh, kw))``: same weights, reshaped."""
-    c, kh, kw = lay
-    if lin.in_features != c * kh * kw:
-        raise ConversionError(
-            f"{name}: Linear expects {lin.in_features} features but the map before it flattens "
-            f"to {c}×{kh}×{kw} = {c * kh * kw}; pass the classifier's canonical input_size")
-    conv = nn.Conv2d(c, lin.out_features, (kh, kw), bias=lin.bias is not None,
-                     device=device_of(lin), dtype=dtype_of(lin))
-    with torch.no_grad():
-        # Flatten order is channel-major, then rows, then columns: exactly Conv2d's weight layout.
-        conv.weight.copy_(lin.weight.reshape(lin.out_features, c, kh, kw))
-        if lin.bias is not None:
-            conv.bias.copy_(lin.bias)
-    assert conv.weight.shape == (lin.out_features, c, kh, kw)
-    return conv
-
-
-def _batchnorm1d_to_2d(bn: nn.BatchNorm1d) -> nn.BatchNorm2d:
-    out = nn.BatchNorm2d(bn.num_features, bn.eps, bn.momentum, bn.affine,
-                         bn.track_running_stats, device=device_of(bn), dtype=dtype_of(bn))
-    out.load_state_dict(bn.state_dict())
-    return out.eval()
-
-
-def _set_channel_dim(node: fx.Node, layout: dict, lay) -> None:
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    if dim not in (1, -1):
-        raise ConversionError(f"{node.name}: softmax over dim {dim} of class vectors; use dim=1")
-    if len(node.args) > 1:
-        node.args = (node.args[0], 1) + tuple(node.args[2:])
-    else:
-        node.kwargs = {**node.kwargs, "dim": 1}
-    layout[node] = lay
-
-
-def _rewrite_cat(node: fx.Node, layout: dict) -> None:
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-    lays = [layout.get(a) for a in node.args[0]]
-    if dim not in (1, -1) or any(lay is None or lay[1:] != (1, 1) for lay in lays):
-        raise ConversionError(f"{node.name}: concatenation of class vectors along dim {dim}")
-    node.args = (node.args[0], 1)
-    node.kwargs = {}
-    layout[node] = (sum(lay[0] for lay in lays), 1, 1)
+        return f"{node.target} ({type(gm.get_submodule(node.target)).__name__})"
+    return f"{node.name} ({getattr(node.target, '__name__', node.target)})"

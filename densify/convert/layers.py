@@ -12,7 +12,14 @@ from torch import nn
 
 from ..errors import ParameterError
 
-__all__ = ["dilated_avg_pool2d", "DilatedAvgPool2d", "DilatedMaxPool2d", "ChannelLayerNorm"]
+__all__ = ["dilated_avg_pool2d", "DilatedAvgPool2d", "DilatedMaxPool2d", "ChannelLayerNorm",
+           "WindowLayer"]
+
+
+class WindowLayer(nn.Module):
+    """Base of densify's own sliding-window layers that are not pools: subclasses have
+    ``kernel_size``, ``stride``, ``dilation`` and ``padding`` pairs, which receptive fields and
+    stride-1 final pooling read and edit as for a convolution."""
 
 
 def _pair(v) -> tuple[int, int]:

@@ -13,6 +13,7 @@ Convention:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from torch import nn
 
 from ..errors import ParameterError
 
-__all__ = ["ACTIVATIONS", "OutputInfo", "is_namedtuple_node", "leaf_nodes", "leaves",
+__all__ = ["ACTIVATIONS", "OutputInfo", "is_namedtuple_node", "leaf_nodes", "set_leaves", "leaves",
            "activation_of", "select_key", "pick", "crop_outputs"]
 
 #: What an output may already end in; ``None`` means raw scores (logits, regressions).
@@ -68,6 +69,26 @@ def leaf_nodes(gm: fx.GraphModule) -> list[tuple[Hashable | None, fx.Node]]:
         values = dict(zip(names, out.args, strict=False)) | dict(out.kwargs)
         return [(name, values[name]) for name in names]
     return _items(out)
+
+
+def set_leaves(gm: fx.GraphModule, source: fx.Node) -> None:
+    """Make ``gm``'s outputs ``source[0], source[1], ...`` (a node returning a tuple of maps, one
+    per output in structure order), keeping the output structure."""
+    out_node = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    old = out_node.args[0]
+    keys = [k for k, _ in leaf_nodes(gm)]
+    graph = gm.graph
+    with graph.inserting_before(out_node):
+        items = [graph.call_function(operator.getitem, (source, i)) for i in range(len(keys))]
+        if is_namedtuple_node(old):
+            new = graph.call_function(old.target, tuple(items))
+        elif isinstance(old, dict):
+            new = dict(zip(keys, items, strict=True))
+        elif isinstance(old, (tuple, list)):
+            new = type(old)(items)
+        else:
+            new = items[0]
+    out_node.args = (new,)
 
 
 def leaves(value) -> list[tuple[Hashable | None, torch.Tensor]]:

@@ -13,13 +13,14 @@ from torch import nn
 
 from ..errors import ConversionError
 from .fields import stride_of, walk_fields, window_params
-from .graph import SLIDING, descendants, output_node, pair, set_module
+from .graph import SLIDING, descendants, output_node, pair, set_module, unshare_modules
 from .layers import DilatedAvgPool2d, DilatedMaxPool2d
 
 __all__ = ["set_output_stride", "reachable_strides"]
 
 def set_output_stride(gm: fx.GraphModule, target: int) -> None:
     """De-stride the last strided level and dilate everything after it, until ``target``."""
+    unshare_modules(gm)
     while True:
         fields = walk_fields(gm)
         stride = fields[output_node(gm)].stride[0]

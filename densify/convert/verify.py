@@ -19,90 +19,34 @@ largest logit, the tolerance for the dtype, and how many values/cells were compa
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 from torch import nn
 
 from .dense import DenseNet, available_strides, convolutionize
-from .fields import walk_fields
-from .graph import prepare, shape_of, subgraph
-from .outputs import leaves
+from .graph import prepare, subgraph
+from .selfcheck import (
+    TOLERANCE,
+    Check,
+    batched,
+    cells,
+    compare,
+    feature_windows,
+    random_input,
+    vectors,
+)
 
 __all__ = ["Check", "TOLERANCE", "check_canonical", "check_head", "check_output_stride",
            "check_crops", "probe_geometry", "original_head", "dense_trunk"]
 
-#: Worst error allowed, relative to the largest |logit|, per dtype.
-TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
-
-
-@dataclass(frozen=True)
-class Check:
-    """Outcome of one equivalence check.
-
-    ``max_rel`` is the worst absolute error divided by the largest |logit| compared; ``count`` is
-    the number of cells compared (0 means the check did not apply: see ``note``).
-    """
-
-    name: str
-    max_abs: float
-    max_rel: float
-    tolerance: float
-    count: int
-    note: str = ""
-
-    @property
-    def passed(self) -> bool:
-        return self.count > 0 and self.max_rel <= self.tolerance
-
-
-def _compare(name: str, expected, actual, note: str = "") -> Check:
-    """Worst errors between classifier outputs and dense cells: each a ``(cells, K)`` tensor, or
-    a structure / list of them (one per output). Errors are relative to each output's largest
-    |value|; the worst output is reported."""
-    exp, act = _vectors(expected), _vectors(actual)
-    tol = TOLERANCE[act[0].dtype]
-    if exp[0].numel() == 0:
-        return Check(name, float("nan"), float("nan"), tol, 0, note)
-    worst_abs, worst_rel = 0.0, 0.0
-    for e, a in zip(exp, act, strict=True):
-        diff = (e.double() - a.double()).abs().max().item()
-        scale = e.double().abs().max().item() or 1.0
-        worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, diff / scale)
-    return Check(name, worst_abs, worst_rel, tol, exp[0].shape[0], note)
-
-
-def _vectors(value) -> list[torch.Tensor]:
-    return [t for _, t in leaves(value)]
-
-
-def _cells(x) -> list[torch.Tensor]:
-    """Each ``(N, K, h, w)`` output map → ``(N·h·w, K)``, row-major over cells."""
-    return [m.permute(0, 2, 3, 1).reshape(-1, m.shape[1]) for m in _vectors(x)]
-
-
-def _batched(fn, x: torch.Tensor, chunk: int = 64) -> list[torch.Tensor]:
-    """``fn`` on ``x`` in chunks of ``chunk`` samples, outputs concatenated per leaf."""
-    parts = [_vectors(fn(c)) for c in x.split(chunk)]
-    return [torch.cat(p) for p in zip(*parts, strict=True)]
-
-
-def _param(model: nn.Module) -> torch.Tensor:
-    return next(model.parameters())
-
-
-def _random_input(model: nn.Module, chans: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    p = _param(model)
-    return torch.randn(1, chans, h, w, generator=gen, dtype=torch.float64).to(p.device, p.dtype)
 
 
 @torch.no_grad()
 def check_canonical(model: nn.Module, dense: DenseNet, seed: int = 0) -> Check:
     """Check 1: dense output at the canonical input vs the classifier's logits."""
-    x = _random_input(model, *dense.input_size, seed=seed)
-    return _compare("canonical", model.eval()(x), _cells(dense(x)))
+    x = random_input(model, *dense.input_size, seed=seed)
+    return compare("canonical", model.eval()(x), cells(dense(x)))
 
 
 # ----------------------------------------------------------------------- trunk and head as graphs
@@ -125,18 +69,14 @@ def check_head(model: nn.Module, dense: DenseNet, extra_cells: int = 3, seed: in
         return Check("head", float("nan"), float("nan"), 0.0, 0, "already convolutional")
     chans, wh, ww = dense.input_size
     s = dense.geometry.stride
-    x = _random_input(model, chans, wh + extra_cells * s[0], ww + extra_cells * s[1], seed)
+    x = random_input(model, chans, wh + extra_cells * s[0], ww + extra_cells * s[1], seed)
     feats = dense_trunk(dense)(x)
-    node = next(n for n in dense.net.graph.nodes if n.name == dense.feature_node)
-    kh, kw = shape_of(node)[-2:]  # the head's window: feature size at the canonical input
-    fstride = walk_fields(dense.net)[node].stride
-    step = (s[0] // fstride[0], s[1] // fstride[1])
     out = dense(x)
-    h, w = _vectors(out)[0].shape[-2:]
-    windows = torch.cat([feats[:, :, i * step[0]:i * step[0] + kh, j * step[1]:j * step[1] + kw]
-                         for i in range(h) for j in range(w)])
-    expected = _batched(original_head(model, dense), windows)
-    return _compare("head", expected, _cells(out), f"{h}x{w} cells, {kh}x{kw} feature windows")
+    h, w = vectors(out)[0].shape[-2:]
+    windows = feature_windows(dense, feats, h, w)
+    expected = batched(original_head(model, dense), windows)
+    kh, kw = windows.shape[-2:]
+    return compare("head", expected, cells(out), f"{h}x{w} cells, {kh}x{kw} feature windows")
 
 
 # --------------------------------------------------------------------------- output stride
@@ -171,19 +111,19 @@ def check_output_stride(model: nn.Module, input_size=None, output_stride: int | 
     first = [-(-max(0, -off[a]) // stride) for a in (0, 1)]
     size = [max(full.geometry.window[a], off[a] + first[a] * stride + rf[a]) + half
             + (extra_cells - 1) * stride for a in (0, 1)]
-    x = _random_input(model, chans, size[0], size[1], seed)
-    out = _vectors(fine(x))
+    x = random_input(model, chans, size[0], size[1], seed)
+    out = vectors(fine(x))
     factor = stride // half
     exp, act = [[] for _ in out], [[] for _ in out]
     for a, b in itertools.product(range(factor), repeat=2):
         shifted = x[:, :, a * half:, b * half:]
-        for i, (ref, fin) in enumerate(zip(_vectors(full(shifted)), out, strict=True)):
+        for i, (ref, fin) in enumerate(zip(vectors(full(shifted)), out, strict=True)):
             h = min(ref.shape[2], (fin.shape[2] - a + factor - 1) // factor)
             w = min(ref.shape[3], (fin.shape[3] - b + factor - 1) // factor)
             keep = _interior(full, shifted.shape[2], shifted.shape[3], h, w)
             exp[i].append(ref[:, :, :h, :w].permute(0, 2, 3, 1)[0][keep])
             act[i].append(fin[:, :, a::factor, b::factor][:, :, :h, :w].permute(0, 2, 3, 1)[0][keep])
-    return _compare("output_stride", [torch.cat(e) for e in exp], [torch.cat(a) for a in act],
+    return compare("output_stride", [torch.cat(e) for e in exp], [torch.cat(a) for a in act],
                     f"stride {stride}->{half} on {size[0]}x{size[1]}, interior cells")
 
 
@@ -197,13 +137,13 @@ def check_crops(model: nn.Module, dense: DenseNet, extra_cells: int = 2, seed: i
     chans, wh, ww = dense.input_size
     s = dense.geometry.stride
     if x is None:
-        x = _random_input(model, chans, wh + extra_cells * s[0], ww + extra_cells * s[1], seed)
+        x = random_input(model, chans, wh + extra_cells * s[0], ww + extra_cells * s[1], seed)
     out = dense(x)
-    h, w = _vectors(out)[0].shape[-2:]
+    h, w = vectors(out)[0].shape[-2:]
     crops = torch.cat([x[:, :, i * s[0]:i * s[0] + wh, j * s[1]:j * s[1] + ww]
                        for i in range(h) for j in range(w)])
-    expected = _batched(model.eval(), crops)
-    return _compare("crops", expected, _cells(out), f"{h}x{w} cells")
+    expected = batched(model.eval(), crops)
+    return compare("crops", expected, cells(out), f"{h}x{w} cells")
 
 
 @torch.no_grad()
@@ -222,8 +162,8 @@ def probe_geometry(dense: DenseNet, pixels: list[tuple[int, int]] | None = None,
     chans, wh, ww = dense.input_size
     g = dense.geometry
     height, width = wh + extra_cells * g.stride[0], ww + extra_cells * g.stride[1]
-    x = _random_input(dense, chans, height, width, seed)
-    base = torch.cat(_vectors(dense(x)), 1)
+    x = random_input(dense, chans, height, width, seed)
+    base = torch.cat(vectors(dense(x)), 1)
     h, w = base.shape[-2:]
     if pixels is None:
         pixels = [(height // 2, width // 2), (g.stride[0] + 1, width - g.stride[1] - 2),
@@ -235,7 +175,7 @@ def probe_geometry(dense: DenseNet, pixels: list[tuple[int, int]] | None = None,
         for bump in (10.0, -10.0, 100.0, -100.0):
             bumped = x.clone()
             bumped[:, :, y, xx] += bump
-            changed |= (torch.cat(_vectors(dense(bumped)), 1) - base).abs().amax(dim=1)[0] > 0
+            changed |= (torch.cat(vectors(dense(bumped)), 1) - base).abs().amax(dim=1)[0] > 0
         field = (g.cells_containing(y, xx, h, w, receptive_field=True) if g.rf_size is not None
                  else torch.ones(h, w, dtype=torch.bool))
         results.append({"pixel": (y, xx), "changed": changed, "in_field": field,

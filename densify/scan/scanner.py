@@ -208,8 +208,9 @@ class Scanner:
 
     def _set_classes(self, spec, categories, background_class, object_box) -> None:
         num = self.scores_output.channels
-        if categories is None:
-            categories = self.classifier.categories if self.classifier else range(num)
+        if categories is None:  # a user's model without a class list: indices
+            categories = (self.classifier.categories if self.classifier and
+                          self.classifier.categories else range(num))
         self.categories = tuple(str(c) for c in categories)
         if len(self.categories) != num:
             raise ParameterError(f"{len(self.categories)} categories given for a model with {num} "
