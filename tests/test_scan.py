@@ -206,7 +206,7 @@ def test_a_budget_below_the_process_and_the_smallest_tile_is_refused_stating_the
     from densify.scan.tiling import TilingError
 
     torch.manual_seed(0)
-    with pytest.raises(TilingError, match=r"below the minimum of [\d.]+ MiB .*raise --max-memory"):
+    with pytest.raises(TilingError, match=r"below the minimum of [\d.]+ [KMG]iB .*raise --max-memory"):
         Scanner("lenet5", scales=1, device="cpu", max_memory="10MB")
     scanner = Scanner("lenet5", scales=1, device="cpu", max_memory="64GB")
     assert scanner.classifier.model is None  # the scanner keeps one copy: the dense one

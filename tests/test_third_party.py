@@ -179,13 +179,16 @@ def test_cli_detect_reads_scores_and_regressed_boxes_of_a_user_model(tmp_path):
     (tmp_path / "names.txt").write_text("a\nb\nc\nd\n")
     base = ["detect", str(image), "--model", "corpus:detection_dict", "--input-size", "22x22",
             "--classes", str(tmp_path / "names.txt"), "--scales", "1.0", "--output-stride", "4",
-            "--threshold", "0.01", "--nms-iou", "1", "-q", "-o", str(tmp_path / "out")]
-    result = CliRunner().invoke(main, base)
+            "--threshold", "0.01", "--nms-iou", "1", "-q"]
+    result = CliRunner().invoke(main, base + ["-o", str(tmp_path / "o1")])
     assert result.exit_code != 0 and "2 outputs" in result.output  # which one is the scores?
+    # separate output directories: a rerun into the same one would resume (skip the image)
     regressed = CliRunner().invoke(main, base + ["--scores-output", "scores", "--boxes-output",
-                                                 "boxes", "--json", str(tmp_path / "r.json")])
+                                                 "boxes", "--json", str(tmp_path / "r.json"),
+                                                 "-o", str(tmp_path / "o2")])
     windows = CliRunner().invoke(main, base + ["--scores-output", "scores", "--window-boxes",
-                                               "--json", str(tmp_path / "w.json")])
+                                               "--json", str(tmp_path / "w.json"),
+                                               "-o", str(tmp_path / "o3")])
     assert regressed.exit_code == 0 and windows.exit_code == 0, regressed.output + windows.output
     import json
 
