@@ -185,6 +185,20 @@ def convolutionize(model: nn.Module, input_size=None, output_stride: int | None 
     Returns:
         :class:`DenseNet` producing ``(N, K, h, w)`` maps (the same structure of them for
         multi-output classifiers).
+
+    Examples:
+        LeNet-5 (28 px window, native stride 4) at output stride 2 on a 40 × 36 input: cell
+        ``(i, j)`` classifies the window at ``(2i, 2j)``, ``(40 - 28) / 2 + 1 = 7`` rows of them:
+
+        >>> import torch
+        >>> from densify.models.archs import lenet5
+        >>> dense = convolutionize(lenet5(), (1, 28, 28), output_stride=2)
+        >>> dense.geometry
+        Geometry(window=(28, 28), stride=(2, 2), offset=(0, 0), rf_size=(28, 28), rf_offset=(0, 0))
+        >>> dense(torch.zeros(1, 1, 40, 36)).shape
+        torch.Size([1, 10, 7, 5])
+        >>> dense.outputs
+        (OutputInfo(key=None, channels=10, activation=None, path='fast'),)
     """
     if head not in HEAD_PATHS:
         raise ParameterError(f"unknown head path {head!r}; use one of {', '.join(HEAD_PATHS)}")
