@@ -10,10 +10,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from densify.bench import PeakMemory, count_flops, fold_batchnorm, format_report, run_bench
+from densify.bench import PeakMemory, count_flops, format_report, run_bench
 from densify.cli import main
-from densify.convert.dense import convolutionize
-from densify.models import catalogue as zoo
 
 METHOD_FIELDS = {"seconds", "windows", "windows_per_s", "gflop", "gflops_per_s", "peak_fraction",
                  "peak_memory_bytes", "runs"}
@@ -104,21 +102,3 @@ def test_count_flops_conv_and_peak_memory():
         del block
     assert mem.bytes >= (60 * 2**20 if mem.method == "VmHWM" else 0)
 
-
-def test_fold_batchnorm_is_exact():
-    torch.manual_seed(0)
-    model = zoo.build_model("resnet18").eval()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):  # non-trivial statistics
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    dense = convolutionize(model, 64)
-    folded = fold_batchnorm(dense)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
-    assert folded.geometry == dense.geometry and folded.feature_node == dense.feature_node
-    x = torch.randn(1, 3, 96, 128)
-    with torch.inference_mode():
-        expected, actual = dense(x), folded(x)
-        assert float((actual - expected).abs().max() / expected.abs().max()) < 1e-5
-        crop = x[..., :64, :64]
-        assert torch.allclose(fold_batchnorm(model)(crop), model(crop), rtol=1e-4, atol=1e-5)

@@ -29,8 +29,9 @@ CPU notes (measured with this bench, 1 thread, fp32/bf16 at 960×1280):
 
 - ``channels_last`` and ``torch.inference_mode`` are the defaults; bf16 runs under autocast, which
   uses the CPU's ``avx512_bf16`` instructions (oneDNN; this machine has no AMX).
-- Batch norms are folded into the convolutions before them (:func:`fold_batchnorm`, on by
-  default, applied to the dense net and the baseline alike).
+- Batch norms are folded into the convolutions before them
+  (:func:`densify.convert.fold.fold_batchnorm`, on by default, applied to the dense net and the
+  baseline alike).
 - VGG's converted fc6 (7 × 7, 512 → 4096; dilated by 2 at stride 16) runs at the trunk's rate in
   fp32 (88 vs 93 GFLOP/s) and at 0.7 of it in bf16. An exact unfold + GEMM formulation was
   measured at 0.9-0.95× oneDNN's direct convolution in fp32 and 0.85-1.0× in bf16, so the
@@ -55,13 +56,14 @@ import torch
 import torch.fx as fx
 
 from ..convert.dense import DenseNet, convolutionize
+from ..convert.fold import fold_batchnorm
 from ..convert.verify import TOLERANCE
 from ..errors import ParameterError
 from ..models.weights import Classifier, load_classifier
 from ..scan.tiling import estimate_bytes, format_bytes, forward_tiled, parse_bytes, plan_tiles
 
 __all__ = ["run_bench", "PeakMemory", "count_flops", "node_flops",
-           "conv_peak", "fold_batchnorm", "format_report"]
+           "conv_peak", "format_report"]
 
 log = logging.getLogger(__name__)
 
@@ -158,25 +160,6 @@ def conv_peak(precision: str = "fp32", channels_last: bool = True, repeat: int =
     with torch.inference_mode(), _autocast(precision):
         _, times, _ = _timed(lambda: conv(x), repeat)
     return flops / min(times) / 1e9
-
-
-def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``model`` (a :class:`DenseNet` or a classifier) with every batch norm that
-    directly follows a convolution folded into that convolution's weights and bias (eval
-    statistics): the same function up to float rounding (5e-7 relative on ResNet-50), one
-    memory pass fewer per norm (ResNet-50 on CPU: 13 % faster). Nets without norms come back
-    unchanged (copied)."""
-    from torch.fx.experimental.optimization import fuse
-
-    if isinstance(model, DenseNet):
-        net = fuse(model.net, no_trace=True)  # keeps node names: feature_node stays valid
-        return DenseNet(net, model.geometry, model.input_size, model.global_context,
-                        model.feature_node, model.outputs).eval()
-    try:
-        return fuse(model).eval()
-    except Exception as exc:  # torch.fx cannot trace every classifier: keep it as it is
-        log.info("not folding batch norms of %s (%s)", type(model).__name__, exc)
-        return model
 
 
 def _autocast(precision: str):
@@ -419,8 +402,8 @@ def run_bench(model: str, size: tuple[int, int] | None = None, output_stride: in
         baseline, timm, breakdown: run those parts. max_memory: tile the dense pass to this
             budget (bytes or ``"3GB"``). baseline_windows: time this many random windows and
             extrapolate. batch_size: crops per batch. fold_bn: fold batch norms into the
-            convolutions before them (:func:`fold_batchnorm`), in the dense net and the
-            baseline's classifier alike (timm's model runs as timm builds it).
+            convolutions before them (:func:`densify.convert.fold.fold_batchnorm`), in the dense
+            net and the baseline's classifier alike (timm's model runs as timm builds it).
             weights: see :mod:`densify.weights`.
         threads: intra-op threads for the whole bench (default: torch's); on a machine shared
             with other busy processes fewer threads than cores avoids OpenMP threads waiting for

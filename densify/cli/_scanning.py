@@ -71,15 +71,14 @@ def make_scanner(model, weights, scales, output_stride, device, precision, objec
     classes, scores/boxes outputs, box format)."""
     from ..models.user import load_model
 
-    if threads is not None:
-        torch.set_num_threads(threads)
     r = reading or {}
     clf = load_model(model, weights, input_size=r.get("input_size"), mean=r.get("mean"),
                      std=r.get("std"), classes=r.get("classes_file"))
     stride = default_stride(model) if output_stride is None else output_stride
     return Scanner(clf, scales, stride, device, precision, object_sizes=object_sizes,
                    max_memory=max_memory, flip=flip, scores=r.get("scores_output"),
-                   boxes=r.get("boxes_output"), box_format=r.get("box_format"))
+                   boxes=r.get("boxes_output"), box_format=r.get("box_format"),
+                   threads=threads)
 
 
 def default_stride(model: str) -> int:

@@ -70,11 +70,12 @@ def _read_json(path: Path, what: str):
               help="Score this COCO ground truth against --detections instead of scanning scenes.")
 @click.option("--detections", "det_path", type=_JSON_FILE, default=None,
               help="COCO results (e.g. from densify detect --json) to score against --gt.")
+@options.threads
 @options.as_json
 @options.quiet
 def evaluate(model, weights, scenes, seed, split, size, scales, flip, device, threshold, nms_iou,
              merge, merge_threshold, window_boxes, no_regress, save_gt, save_detections, gt_path,
-             det_path, as_json, quiet) -> None:
+             det_path, threads, as_json, quiet) -> None:
     """COCO AP, AP50, AP75 and AR (pycocotools) on generated held-out digit scenes, or of
     --detections against --gt."""
     if (gt_path is None) != (det_path is None):
@@ -87,7 +88,7 @@ def evaluate(model, weights, scenes, seed, split, size, scales, flip, device, th
     else:
         report = _scan_and_score(model, weights, scenes, seed, split, size, scales, flip, device,
                                  threshold, nms_iou, merge, merge_threshold, window_boxes,
-                                 no_regress, quiet)
+                                 no_regress, quiet, threads)
         threshold = report["threshold"]
         _save(save_gt, report.pop("ground_truth"))
         _save(save_detections, report.pop("detections"))
@@ -106,7 +107,8 @@ def _save(path: Path | None, data) -> None:
 
 
 def _scan_and_score(model, weights, scenes, seed, split, size, scales, flip, device, threshold,
-                    nms_iou, merge, merge_threshold, window_boxes, no_regress, quiet) -> dict:
+                    nms_iou, merge, merge_threshold, window_boxes, no_regress, quiet,
+                    threads=None) -> dict:
     from ..digits.evaluation import evaluate_scenes
     from ..scan.scanner import Scanner
     from ._scanning import default_threshold
@@ -114,7 +116,8 @@ def _scan_and_score(model, weights, scenes, seed, split, size, scales, flip, dev
     if size is not None and min(size) < 28:
         raise click.BadParameter(f"{size[0]}x{size[1]} is smaller than a 28x28 window; give HxW "
                                  "of at least 28x28, e.g. 1200x1600", param_hint="--size")
-    scanner = Scanner(model, scales, None, device, "fp32", weights, flip=flip)
+    scanner = Scanner(model, scales, None, device, "fp32", weights, flip=flip,
+                      threads=threads)
     if scanner.background_class is None:
         raise click.ClickException(f"{model} has no background class; evaluate needs a digit "
                                    "spotter such as lenet5-digits")

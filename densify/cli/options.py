@@ -202,10 +202,11 @@ image_size = click.option(
         lambda v: parse_hw(v, "image size")),
     help="Image HxW in pixels, e.g. 960x1280.")
 
-# Used by: heatmap, detect, bench.
+# Used by: heatmap, detect, evaluate, bench.
 threads = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
-    help="Intra-op CPU threads (default: torch's).")
+    help="Intra-op CPU threads (scans default to the CPUs not busy with other processes' work, "
+         "at least 1; bench defaults to torch's; OMP_NUM_THREADS set wins).")
 
 # Used by: heatmap.
 sheet = click.option(

@@ -35,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..convert.dense import DenseNet, convolutionize
+from ..convert.fold import fold_batchnorm
 from ..convert.outputs import select_key
 from ..errors import ConversionError, ParameterError
 from ..io.image import read_array, read_image, thumbnail
@@ -45,6 +46,7 @@ from .maps import BOX_FORMATS, ScaleMap
 from .memory import MemoryBudget, level_input
 from .pyramid import Level, levels, object_range, parse_scales
 from .result import THUMBNAIL_SIDE, ScanResult
+from .threads import resolve_threads, thread_limit
 from .tiling import HEADROOM, estimate_bytes, format_bytes, forward_tiled, parse_bytes
 
 __all__ = ["PRECISIONS", "Scanner", "resolve_device", "as_rgb", "to_probabilities"]
@@ -125,6 +127,11 @@ class Scanner:
             ``outputs["boxes"]`` (the shipped digit spotter has one), else none.
         box_format: ``"offsets"`` or ``"deltas"`` (:meth:`densify.scan.maps.ScaleMap.regressed_boxes`);
             default: the card's ``box_format``, else ``"offsets"``.
+        threads: intra-op CPU threads for each scan; None: the CPUs this process may use minus
+            the cores other processes keep busy at the start of the scan, at least 1
+            (:mod:`densify.scan.threads`; ``OMP_NUM_THREADS`` in the environment wins).
+        fold_bn: fold batch norms into the convolutions before them
+            (:func:`densify.convert.fold.fold_batchnorm`; a given DenseNet is copied, not changed).
     """
 
     def __init__(self, model: str | Classifier | nn.Module, scales: int | str | Sequence[float] = 6,
@@ -134,7 +141,8 @@ class Scanner:
                  std: Sequence[float] | None = None, categories: Sequence[str] | None = None,
                  background_class: int | None = None, object_box="auto", object_sizes=None,
                  max_memory: int | str | None = None, flip: bool = False, progress: bool = False,
-                 scores=None, boxes=None, box_format: str | None = None):
+                 scores=None, boxes=None, box_format: str | None = None,
+                 threads: int | None = None, fold_bn: bool = True):
         if precision not in PRECISIONS:
             raise ParameterError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
         self.scales = parse_scales(scales)
@@ -148,7 +156,7 @@ class Scanner:
         spec = self.classifier.spec if self.classifier else None
         net = self.classifier.model if self.classifier else model
         size = input_size if input_size is not None else (spec.input_size if spec else None)
-        self.dense = _convert(net, size, output_stride).to(self.device).eval()
+        self.dense = _convert(net, size, output_stride, fold_bn).to(self.device).eval()
         self.dense = self.dense.to(memory_format=torch.channels_last)
         self._select_outputs(*_card_outputs(spec, scores, boxes, box_format))
         self.requested_stride = output_stride
@@ -161,6 +169,7 @@ class Scanner:
         self.max_memory = None if max_memory is None else parse_bytes(max_memory)
         self.budget = None if max_memory is None else MemoryBudget.measure(
             self.scan_net, self.max_memory, PRECISIONS[precision] or self.dtype, self.device)
+        self.threads = None if threads is None else resolve_threads(threads)
 
     @property
     def geometry(self):
@@ -258,7 +267,7 @@ class Scanner:
         self._check_budget(images, [level for level, _ in views])
         show = self.progress if progress is None else progress
         outs = []
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self._autocast(), thread_limit(self.threads):
             for level, flipped in tqdm(views, desc="scales", unit="scale", leave=False,
                                        disable=not show):
                 held = images + sum(p.nbytes + (0 if r is None else r.nbytes) for p, r in outs)
@@ -345,12 +354,21 @@ def _softmax_rows(logits: torch.Tensor, rows: int = 64) -> torch.Tensor:
     return logits if logits.is_contiguous() else logits.contiguous()
 
 
-def _convert(model: nn.Module, input_size, output_stride: int | None) -> DenseNet:
+def _convert(model: nn.Module, input_size, output_stride: int | None, fold_bn: bool) -> DenseNet:
     if isinstance(model, DenseNet):
         if output_stride not in (None, model.output_stride):
             log.info("scanning a DenseNet at its own stride %d (asked for %s)",
                      model.output_stride, output_stride)
-        return model
+        return fold_batchnorm(model) if fold_bn and _has_batchnorm(model) else model
+    dense = _convert_model(model, input_size, output_stride)
+    return fold_batchnorm(dense, inplace=True) if fold_bn else dense
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) for m in model.modules())
+
+
+def _convert_model(model: nn.Module, input_size, output_stride: int | None) -> DenseNet:
     if output_stride is None:
         return convolutionize(model, input_size)
     try:
