@@ -1,22 +1,54 @@
 """Time one image through the scanner: ``densify heatmap``'s work without the file output.
 
     python scripts/time_scan.py --model vgg19 --size 768x1024 --scales 6 --precision fp32 bf16
+    python scripts/time_scan.py --model resnet18 --precision fp32 --threads 1 2 auto --busy 1
+    python scripts/time_scan.py --model resnet50 --precision fp32 --fold-bn on off
 
 Random weights (timing does not depend on them), skimage's ``chelsea`` photo resized to
-``--size``; prints the median of ``--repeat`` runs after one warm-up, per precision.
+``--size``; prints the median of ``--repeat`` runs after one warm-up, per combination of
+precision, ``--threads`` (``auto``: the scanner's rule, :mod:`densify.scan.threads`) and
+``--fold-bn``. ``--busy N`` starts N busy-loop processes for the duration (another user holding
+N cores) and stops them at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 
 from densify.io.image import resize, sample_image
 from densify.scan.scanner import Scanner
+
+
+def time_one(args, image, precision: str, threads: str, fold_bn: str) -> str:
+    scanner = Scanner(args.model, args.scales, args.output_stride, args.device, precision,
+                      threads=None if threads == "auto" else int(threads), fold_bn=fold_bn == "on")
+    used = []
+    scanner.dense.register_forward_pre_hook(lambda *_: used.append(torch.get_num_threads()))
+    scanner(image)  # warm-up (and oneDNN kernel selection)
+    times = []
+    for _ in range(args.repeat):
+        if scanner.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = scanner(image)
+        if scanner.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    sizes = ", ".join(f"{m.size[0]}x{m.size[1]}" for m in result.maps)
+    return (f"{args.model} {image.shape[0]}x{image.shape[1]} scales [{sizes}] stride "
+            f"{scanner.output_stride} {precision} on {scanner.device}, threads {threads} "
+            f"(used {sorted(set(used))}), fold_bn {fold_bn}: {statistics.median(times):.3f} "
+            f"s/image (median of {args.repeat}: {', '.join(f'{t:.3f}' for t in times)}; "
+            f"load {os.getloadavg()[0]:.1f})")
 
 
 def main() -> None:
@@ -26,28 +58,23 @@ def main() -> None:
     parser.add_argument("--scales", default="6")
     parser.add_argument("--output-stride", type=int, default=16)
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--threads", nargs="+", default=["auto"], help="counts or auto")
+    parser.add_argument("--fold-bn", nargs="+", default=["on"], choices=["on", "off"])
+    parser.add_argument("--busy", type=int, default=0, help="busy-loop processes to start")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     h, w = (int(v) for v in args.size.split("x"))
     image = resize(sample_image("chelsea"), (h, w))
-    for precision in args.precision:
-        scanner = Scanner(args.model, args.scales, args.output_stride, args.device, precision)
-        scanner(image)  # warm-up (and oneDNN kernel selection)
-        times = []
-        for _ in range(args.repeat):
-            if scanner.device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            result = scanner(image)
-            if scanner.device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        sizes = ", ".join(f"{m.size[0]}x{m.size[1]}" for m in result.maps)
-        print(f"{args.model} {h}x{w} scales [{sizes}] stride {scanner.output_stride} "
-              f"{precision} on {scanner.device}: {statistics.median(times):.2f} s/image "
-              f"(median of {args.repeat}; threads {torch.get_num_threads()})", flush=True)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        for combo in itertools.product(args.precision, args.threads, args.fold_bn):
+            print(time_one(args, image, *combo), flush=True)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
 
 
 if __name__ == "__main__":

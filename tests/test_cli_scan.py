@@ -275,3 +275,21 @@ def test_heatmap_flip_and_explicit_sizes(photos, tmp_path):
 def test_bad_size_scales_are_one_line_usage_errors(photos, tmp_path):
     result = _invoke("heatmap", [photos / "coffee.jpg", *LENET[:4], "--scales", "40x", "-o", tmp_path])
     _one_line_error(result, "--scales", "HxW")
+
+
+@pytest.mark.parametrize("command", ["heatmap", "detect"])
+def test_threads_reach_the_scanner(photos, tmp_path, monkeypatch, command):
+    from densify.cli import _scanning
+    from densify.scan.scanner import Scanner
+
+    made = []
+
+    def recording(*args, **kwargs):
+        made.append(Scanner(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(_scanning, "Scanner", recording)
+    result = _invoke(command, [photos / "coffee.jpg", *LENET, "--threads", 1, "-o", tmp_path])
+    assert result.exit_code == 0, result.output
+    assert [s.threads for s in made] == [1]
+    _one_line_error(_invoke(command, [photos / "coffee.jpg", *LENET, "--threads", 0]), "--threads")
