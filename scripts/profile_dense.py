@@ -5,8 +5,10 @@
 
 Random weights, random image; one warm-up pass, then ``--repeat`` timed passes, each reported
 with its wall time, the process's user and system CPU seconds and minor page faults over the pass
-(``getrusage``), then (``--profile``) one pass under ``torch.profiler`` with its top operators by
-self CPU time and the sum of all operators' self time against the pass's wall time.
+(``getrusage``) and a checksum of the output (seeded weights and image: equal checksums across
+allocators or settings mean identical results), then (``--profile``) one pass under
+``torch.profiler`` with its top operators by self CPU time and the sum of all operators' self
+time against the pass's wall time.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ def usage() -> tuple[float, float, float, int]:
 
 def timed_pass(dense, x) -> str:
     start = usage()
-    dense(x)
+    out = dense(x)
     end = usage()
     wall, user, system, faults = (b - a for a, b in zip(start, end, strict=True))
     return (f"wall {wall:.2f} s  user {user:.2f} s  sys {system:.2f} s  "
-            f"minor faults {faults} ({faults * 4096 / 2**30:.1f} GiB of 4 KiB pages)")
+            f"minor faults {faults} ({faults * 4096 / 2**30:.1f} GiB of 4 KiB pages)  "
+            f"output checksum {out.double().sum().item():.12e}")
 
 
 def main() -> None:
@@ -49,11 +52,13 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     torch.set_num_threads(args.threads)
+    torch.manual_seed(0)  # the same random weights in every run: checksums comparable
     h, w = (int(v) for v in args.size.split("x"))
     clf = load_classifier(args.model, "random")
     dense = fold_batchnorm(convolutionize(clf.model, clf.spec.input_size, args.output_stride))
     dense = dense.to(memory_format=torch.channels_last)
-    x = torch.randn(1, 3, h, w).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(1))
+    x = x.contiguous(memory_format=torch.channels_last)
     print(f"{args.model} {h}x{w} stride {dense.output_stride}, {args.threads} thread(s), "
           f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')}, load {os.getloadavg()[0]:.1f}")
     with torch.inference_mode():

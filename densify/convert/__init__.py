@@ -6,14 +6,15 @@ Modules, in the order a conversion uses them: :mod:`.graph` (the torch.fx toolki
 structures), :mod:`.stride` (stride-1 final pooling), :mod:`.fields` and :mod:`.geometry` (where
 each cell looks), :mod:`.dense` (:class:`DenseNet`, :func:`convolutionize`), :mod:`.selfcheck`
 (the check every conversion runs), :mod:`.verify` (checks 1-5), :mod:`.export` (TorchScript /
-ONNX).
+ONNX), :mod:`.fold` (batch norms folded into convolutions, for speed).
 """
 
 from ..errors import ConversionError
 from .dense import DenseNet, available_strides, convolutionize
+from .fold import fold_batchnorm
 from .geometry import Geometry
 from .verify import TOLERANCE, Check, check_canonical, check_crops, check_head, check_output_stride
 
 __all__ = ["convolutionize", "DenseNet", "available_strides", "ConversionError", "Geometry",
            "Check", "TOLERANCE", "check_canonical", "check_head", "check_output_stride",
-           "check_crops"]
+           "check_crops", "fold_batchnorm"]
