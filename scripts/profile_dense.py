@@ -24,6 +24,7 @@ import torch
 from densify.convert.dense import convolutionize
 from densify.convert.fold import fold_batchnorm
 from densify.models.weights import load_classifier
+from densify.scan.malloc import allocator, retain_freed_memory
 
 
 def usage() -> tuple[float, float, float, int]:
@@ -49,7 +50,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--retain-memory", action="store_true",
+                        help="densify.scan.malloc.retain_freed_memory() first, as the CLI does")
     args = parser.parse_args()
+    if args.retain_memory:
+        retain_freed_memory()
     logging.basicConfig(level=logging.ERROR)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)  # the same random weights in every run: checksums comparable
@@ -60,7 +65,7 @@ def main() -> None:
     x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(1))
     x = x.contiguous(memory_format=torch.channels_last)
     print(f"{args.model} {h}x{w} stride {dense.output_stride}, {args.threads} thread(s), "
-          f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')}, load {os.getloadavg()[0]:.1f}")
+          f"malloc {allocator()}, load {os.getloadavg()[0]:.1f}")
     with torch.inference_mode():
         dense(x)  # warm-up
         for k in range(args.repeat):

@@ -18,7 +18,7 @@ METHOD_FIELDS = {"seconds", "windows", "windows_per_s", "gflop", "gflops_per_s",
 TOP_FIELDS = {"model", "weights", "size", "window", "output_stride", "cells", "windows",
               "precision", "channels_last", "threads", "cpu_capability", "torch",
               "peak_gflops_per_s", "flop_method", "memory_method", "memory_model", "breakdown",
-              "speedup", "flop_ratio", "methods", "load_average"}
+              "speedup", "flop_ratio", "methods", "load_average", "allocator"}
 
 
 def _finite_positive(v) -> bool:
@@ -39,6 +39,9 @@ def _check_result(r: dict) -> None:
     assert agreement["exact_expected"] and agreement["max_rel"] <= agreement["tolerance"]
     assert set(r["breakdown"]) >= {"trunk", "head", "head_top_layer"}
     assert r["memory_model"]["estimate_bytes"] > 0
+    dense = r["methods"]["dense"]
+    assert dense["user_seconds"] >= 0 and dense["sys_seconds"] >= 0
+    assert r["allocator"] in {"system", "tcmalloc", "jemalloc", "glibc (retained)"}
 
 
 def test_cli_json_has_every_field():
@@ -60,6 +63,7 @@ def test_library_subset_extrapolates_and_halved_stride():
     assert r["output_stride"] == 2 and r["cells"] == [17, 19]
     text = format_report(r)
     assert "extrapolated" in text and "speed-up" in text and "unpadded" in text
+    assert "node sum" in text and "dense CPU time per pass" in text
 
 
 def test_tiled_bench_and_text_report():
@@ -101,4 +105,5 @@ def test_count_flops_conv_and_peak_memory():
         block = torch.ones(64, 2**20, dtype=torch.uint8)  # 64 MiB, touched
         del block
     assert mem.bytes >= (60 * 2**20 if mem.method == "VmHWM" else 0)
+
 

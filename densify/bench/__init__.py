@@ -60,6 +60,7 @@ from ..convert.fold import fold_batchnorm
 from ..convert.verify import TOLERANCE
 from ..errors import ParameterError
 from ..models.weights import Classifier, load_classifier
+from ..scan.malloc import allocator
 from ..scan.tiling import estimate_bytes, format_bytes, forward_tiled, parse_bytes, plan_tiles
 
 __all__ = ["run_bench", "PeakMemory", "count_flops", "node_flops",
@@ -162,6 +163,15 @@ def conv_peak(precision: str = "fp32", channels_last: bool = True, repeat: int =
     return flops / min(times) / 1e9
 
 
+def _cpu_seconds() -> tuple[float, float]:
+    """This process's ``(user, system)`` CPU seconds so far (kernel time is mostly page faults
+    and zeroing of freshly mapped activations)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime, r.ru_stime
+
+
 def _autocast(precision: str):
     if PRECISIONS[precision] == torch.float32:
         return contextlib.nullcontext()
@@ -200,10 +210,14 @@ def _bench_dense(dense: DenseNet, x: torch.Tensor, repeat: int, precision: str,
         flops = sum(count_flops(dense, (1, x.shape[1], *t.size)) for t in tiles)
     else:
         flops = count_flops(dense, tuple(x.shape))
+    cpu_start = _cpu_seconds()
     with torch.inference_mode(), _autocast(precision), PeakMemory() as memory:
         seconds, times, out = _timed(lambda: forward_tiled(dense, x, max_bytes=max_bytes)
                                      if max_bytes is not None else dense(x), repeat)
+    passes = max(1, repeat) + 1  # the warm-up ran too
+    user, system = ((b - a) / passes for a, b in zip(cpu_start, _cpu_seconds(), strict=True))
     fig = _figures(seconds, h * w, flops, peak, memory)
+    fig.update(user_seconds=user, sys_seconds=system)
     fig.update(runs=times, tiles=len(tiles) if tiles else 1,
                largest_input=list(max((t.size for t in tiles), key=math.prod)) if tiles
                else list(x.shape[-2:]))
@@ -481,7 +495,7 @@ def _header(clf: Classifier, dense: DenseNet, o: _Options, peak: float,
         "channels_last": o.channels_last, "fold_bn": o.fold_bn,
         "head_path": dense.outputs[0].path, "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
-        "peak_gflops_per_s": peak,
+        "allocator": allocator(), "peak_gflops_per_s": peak,
         "flop_method": "FlopCounterMode on fake tensors: 2 x multiply-adds of convolutions and "
                        "matrix products",
         "memory_method": "growth of peak RSS (VmHWM reset via /proc/self/clear_refs)"
@@ -507,7 +521,8 @@ def format_report(r: dict) -> str:
     lines = [f"{r['model']} on {r['size'][0]}x{r['size'][1]}, window {r['window'][0]}, stride "
              f"{r['output_stride']}, {r.get('head_path', 'fast')} head: {r['windows']} windows; "
              f"{r['precision']}, channels_last="
-             f"{r['channels_last']}, {r['threads']} threads, {r['cpu_capability']}",
+             f"{r['channels_last']}, {r['threads']} threads, {r['cpu_capability']}, "
+             f"{r['allocator']} malloc",
              f"peak 3x3 conv: {r['peak_gflops_per_s']:.0f} GFLOP/s; load average "
              f"{r['load_average']['start'][0]:.2f} -> {r['load_average']['end'][0]:.2f}",
              f"{'method':10s} {'seconds':>9s} {'windows/s':>10s} {'GFLOP':>9s} {'GFLOP/s':>8s} "
@@ -528,6 +543,9 @@ def _notes(r: dict) -> list[str]:
     if m["dense"]["tiles"] > 1:
         notes.append(f"dense: {m['dense']['tiles']} tiles, largest input "
                      f"{m['dense']['largest_input'][0]}x{m['dense']['largest_input'][1]}")
+    d = m["dense"]
+    notes.append(f"dense CPU time per pass: user {d['user_seconds']:.2f} s, sys "
+                 f"{d['sys_seconds']:.2f} s (sys: page faults and zeroing of new activations)")
     mm = r["memory_model"]
     notes.append(f"memory model: estimated {format_bytes(mm['estimate_bytes'])}, measured "
                  f"{format_bytes(mm['measured_bytes'])} ({mm['measured_over_estimate']:.2f}x)")
@@ -551,5 +569,8 @@ def _notes(r: dict) -> list[str]:
             t = b["head_top_layer"]
             parts.append(f"largest head layer {t['node']} {t['seconds']:.3f} s at "
                          f"{t['gflops_per_s']:.0f} GFLOP/s")
+        total = sum(v["seconds"] for k, v in b.items() if k != "head_top_layer")
+        parts.append(f"node sum {total:.3f} s = {total / m['dense']['seconds']:.0%} of the dense "
+                     "median")
         notes.append("breakdown (one pass, node by node): " + "; ".join(parts))
     return notes
