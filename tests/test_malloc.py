@@ -38,7 +38,8 @@ def test_retained_memory_is_reused_without_page_faults():
     assert int(after) < 1_000
 
 
-def test_the_users_malloc_settings_stand(monkeypatch):
+@pytest.mark.parametrize("name,value", [("MALLOC_MMAP_MAX_", "0"), ("DENSIFY_KEEP_MEMORY", "0")])
+def test_the_users_malloc_settings_stand(monkeypatch, name, value):
     monkeypatch.setattr(malloc, "_RETAINED", False)
-    monkeypatch.setenv("MALLOC_MMAP_MAX_", "0")
+    monkeypatch.setenv(name, value)
     assert malloc.retain_freed_memory() is False and malloc.allocator() != "glibc (retained)"

@@ -36,17 +36,17 @@ __all__ = ["bench"]
               help="Fold batch norms into convolutions (dense net and baseline alike).")
 @options.threads
 @options.head
-@click.option("--retain-memory/--no-retain-memory", default=True, show_default=True,
-              help="Keep freed activation memory for reuse, as the scanning commands do "
-                   "(glibc; densify.scan.malloc).")
+@click.option("--keep-memory", is_flag=True,
+              help="Keep freed activation memory for reuse, as the scanning commands do (glibc; "
+                   "densify.scan.malloc); the peak-memory figures then miss reused memory.")
 def bench(model, weights, size, output_stride, repeat, precision, channels_last, as_json,
           baseline, baseline_windows, batch_size, use_timm, max_memory, breakdown, fold_bn,
-          threads, head, retain_memory) -> None:
+          threads, head, keep_memory) -> None:
     """Time the dense net against batched window crops and timm's test-time pooling."""
     from ..bench import format_report, run_bench
     from ..scan.malloc import retain_freed_memory
 
-    if retain_memory:
+    if keep_memory:
         retain_freed_memory()
     result = run_bench(model, size, output_stride, repeat, precision, channels_last,
                        baseline=baseline, timm=use_timm, max_memory=max_memory,

@@ -8,6 +8,7 @@ every page again: about 1 s of system time per 5 s pass on one core (README, "Ef
 the heap), so the second pass reuses the first's pages; the results are bit-identical (only where
 the bytes live changes). The cost: the process keeps its peak memory until it exits, which suits
 the command line (one process per batch) and is why the library does not do it by itself.
+``DENSIFY_KEEP_MEMORY=0`` in the environment turns it off for the commands.
 
 A preloaded ``tcmalloc`` (``LD_PRELOAD=.../libtcmalloc_minimal.so.4``) keeps freed memory too;
 then nothing is changed here.
@@ -45,13 +46,14 @@ def retain_freed_memory() -> bool:
     """Make glibc keep freed memory for reuse (see the module docstring); process-wide.
 
     Returns whether it changed anything: not on other C libraries, not with a preloaded
-    tcmalloc/jemalloc, and not when ``MALLOC_MMAP_MAX_`` or ``MALLOC_TRIM_THRESHOLD_`` is set in
-    the environment (the user's choice stands).
+    tcmalloc/jemalloc, not with ``DENSIFY_KEEP_MEMORY=0``, and not when ``MALLOC_MMAP_MAX_`` or
+    ``MALLOC_TRIM_THRESHOLD_`` is set in the environment (the user's choice stands).
     """
     global _RETAINED
     if _RETAINED:
         return True
-    if allocator() != "system" or {"MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ):
+    if (allocator() != "system" or os.environ.get("DENSIFY_KEEP_MEMORY") == "0"
+            or {"MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ)):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
