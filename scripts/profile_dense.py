@@ -50,10 +50,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--retain-memory", action="store_true",
+    parser.add_argument("--keep-memory", action="store_true",
                         help="densify.scan.malloc.retain_freed_memory() first, as the CLI does")
     args = parser.parse_args()
-    if args.retain_memory:
+    if args.keep_memory:
         retain_freed_memory()
     logging.basicConfig(level=logging.ERROR)
     torch.set_num_threads(args.threads)
