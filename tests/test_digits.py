@@ -76,8 +76,9 @@ def test_held_out_scenes_and_the_evaluate_command(clf, tmp_path):
     assert report["AP50"] >= 0.75 and 0 < report["recall"] <= 1
     assert report["AP75"] <= report["AP50"] and report["AP"] <= report["AP50"]
     result = CliRunner().invoke(main, ["evaluate", "--scenes", "1", "--size", "240x320",
-                                       "--threads", 1, "--json", "-q", "--save-gt", tmp_path / "gt.json",
-                                       "--save-detections", tmp_path / "det.json"])
+                                       "--threads", "1", "--json", "-q", "--save-gt",
+                                       tmp_path / "gt.json", "--save-detections",
+                                       tmp_path / "det.json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert set(out["ap50_per_class"]) == {str(d) for d in range(10)}
