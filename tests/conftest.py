@@ -19,7 +19,7 @@ torch.backends.cudnn.allow_tf32 = False
 torch.backends.cuda.matmul.allow_tf32 = False
 warnings.filterwarnings("ignore", message=".*TorchScript.*")
 # In-process CLI runs must not switch this process's malloc (tests measure memory growth).
-os.environ["DENSIFY_KEEP_MEMORY"] = "0"
+os.environ.pop("DENSIFY_KEEP_MEMORY", None)
 
 try:
     import timm  # noqa: F401

@@ -31,7 +31,7 @@ from ..errors import DensifyError, ImageError, OutputError
 from ..io.files import remove_stale_temporaries
 from ..io.image import expand_inputs, read_image
 from ..io.records import append_record, finished, read_records
-from ..scan.malloc import retain_freed_memory
+from ..scan import malloc
 from ..scan.memory import release_memory
 from ..scan.result import ScanResult, class_index
 from ..scan.scanner import Scanner
@@ -66,15 +66,16 @@ def expand(inputs: Iterable[Path], errors: list[tuple[str, str]] | None = None
 def make_scanner(model, weights, scales, output_stride, device, precision, object_sizes=None,
                  max_memory=None, threads=None, flip=False, reading: dict | None = None) -> Scanner:
     """The scanner every scanning command uses (:func:`default_stride` unless
-    ``--output-stride``). Without a memory budget, freed activation memory is kept for the next
-    scale (:mod:`densify.scan.malloc`); the batch loop still hands it back between images.
+    ``--output-stride``). With ``DENSIFY_KEEP_MEMORY=1`` and no memory budget, freed activation
+    memory is kept for the next scale (:mod:`densify.scan.malloc`); the batch loop still hands it
+    back between images.
 
     ``reading``: the :func:`densify.cli.options.model_options` values (input size, mean, std,
     classes, scores/boxes outputs, box format)."""
     from ..models.user import load_model
 
-    if max_memory is None:
-        retain_freed_memory()
+    if max_memory is None and malloc.requested():
+        malloc.retain_freed_memory()
     r = reading or {}
     clf = load_model(model, weights, input_size=r.get("input_size"), mean=r.get("mean"),
                      std=r.get("std"), classes=r.get("classes_file"))

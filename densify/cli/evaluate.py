@@ -110,14 +110,15 @@ def _scan_and_score(model, weights, scenes, seed, split, size, scales, flip, dev
                     nms_iou, merge, merge_threshold, window_boxes, no_regress, quiet,
                     threads=None) -> dict:
     from ..digits.evaluation import evaluate_scenes
-    from ..scan.malloc import retain_freed_memory
+    from ..scan import malloc
     from ..scan.scanner import Scanner
     from ._scanning import default_threshold
 
     if size is not None and min(size) < 28:
         raise click.BadParameter(f"{size[0]}x{size[1]} is smaller than a 28x28 window; give HxW "
                                  "of at least 28x28, e.g. 1200x1600", param_hint="--size")
-    retain_freed_memory()
+    if malloc.requested():
+        malloc.retain_freed_memory()
     scanner = Scanner(model, scales, None, device, "fp32", weights, flip=flip,
                       threads=threads)
     if scanner.background_class is None:
