@@ -287,8 +287,10 @@ def describe_outputs(gm: fx.GraphModule) -> tuple[OutputInfo, ...]:
 def available_strides(model: nn.Module, input_size=None, limit: int | None = None) -> list[int]:
     """Output strides ``convolutionize`` can reach for ``model``, largest first, down to ``limit``
     (default: a quarter of the native stride, i.e. two halvings)."""
-    gm = model.net if isinstance(model, DenseNet) else convolutionize(model, input_size).net
-    return reachable_strides(gm, limit)
+    if isinstance(model, DenseNet):
+        return reachable_strides(model.net, limit)
+    # The strides depend on the layers alone: no self-check (``model`` may be a meta skeleton).
+    return reachable_strides(convolutionize(model, input_size, verify=False).net, limit)
 
 
 def canonical_size(model: nn.Module, input_size) -> tuple[int, int, int]:
