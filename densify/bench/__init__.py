@@ -94,12 +94,15 @@ class PeakMemory:
 
 
 def _reset_hwm() -> bool:
+    """Reset the kernel's high-water mark; True only if it took (some kernels ignore the write:
+    the mark then stays at an earlier peak, and the block's own peak cannot be read from it)."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        return _status_bytes("VmHWM") > 0
     except OSError:
         return False
+    hwm, rss = _status_bytes("VmHWM"), _rss()
+    return 0 < hwm <= rss + 8 * 2**20
 
 
 def _status_bytes(field: str) -> int:
