@@ -67,7 +67,7 @@ def markdown(path: Path) -> str:
             "4": [r for r in mine if r["check"] == "crops"][:1],
         }
         third = _cell(pick["3"]) if pick["3"] else (
-            "global context" if name.startswith(GLOBAL_CONTEXT) else "slow tier")
+            "global context" if name.startswith(GLOBAL_CONTEXT) else "huge tier")
         gap = _cell(pick["4"]).split(" ")[0]
         lines.append(f"| {name} | {spec.input_size[1]} | {strides} | {_cell(pick['1 full'])} | "
                      f"{_cell(pick['1 reduced'])} | {_cell(pick['2'])} | {third} | {gap} |")
