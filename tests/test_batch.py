@@ -18,7 +18,7 @@ import pytest
 from densify.io.records import append_record, finished, read_records
 
 ROOT = Path(__file__).resolve().parent.parent
-RECORD_KEYS = {"image", "status", "error", "size", "top", "files", "seconds"}
+RECORD_KEYS = {"image", "status", "error", "size", "top", "files", "seconds", "job"}
 
 
 def _images(folder: Path, count: int, seed: int = 0) -> list[Path]:
@@ -92,6 +92,31 @@ def test_overwrite_redoes_finished_images_and_detect_keeps_skipped_boxes(tmp_pat
     statuses = [r["status"] for r in read_records(out / "summary.jsonl")]
     assert statuses == ["ok"] * 3 + ["skipped"] * 3 + ["ok"] * 3
     assert all("detections" in r and len(r["top"]) == 5 for r in read_records(out / "summary.jsonl"))
+
+
+def test_heatmap_then_detect_in_one_directory_each_do_their_own_job(tmp_path):
+    """The README's main job: heatmap, then detect, into the same OUTDIR. Detect must not take
+    heatmap's records as its own (they carry no boxes), and other --scales redo the image."""
+    from click.testing import CliRunner
+
+    from densify.cli import main
+
+    scene = cv2.imread(str(ROOT / "demos" / "digits_scene.png"))
+    image = tmp_path / "crop.png"
+    cv2.imwrite(str(image), scene[100:500, 600:1000])
+    out = tmp_path / "out"
+    runner = CliRunner()
+    heat = runner.invoke(main, ["heatmap", str(image), "-o", str(out), "-q", "--scales", "2"])
+    assert heat.exit_code == 0, heat.output
+    det = runner.invoke(main, ["detect", str(image), "-o", str(out), "-q", "--scales", "2"])
+    assert det.exit_code == 0, det.output
+    coco = json.loads((out / "detections.json").read_text())
+    assert coco and {d["image_id"] for d in coco} == {"crop"}
+    again = runner.invoke(main, ["detect", str(image), "-o", str(out), "-q", "--scales", "3"])
+    assert again.exit_code == 0, again.output
+    jobs = [(r["job"]["command"], r["job"]["settings"]["scales"], r["status"])
+            for r in read_records(out / "summary.jsonl")]
+    assert jobs == [("heatmap", "2", "ok"), ("detect", "2", "ok"), ("detect", "3", "ok")]
 
 
 def test_a_missing_output_makes_the_image_count_as_not_done(tmp_path):

@@ -8,8 +8,9 @@ problem, writes nothing, and makes the exit status 1 once the others are done. U
 written atomically (:mod:`densify.io.files`). A bug (any other exception) stops the batch.
 
 Batches resume: each image's record goes to ``OUTDIR/summary.jsonl`` (:mod:`densify.io.records`)
-once its files are written, and a rerun skips the images whose latest ``ok`` record's files all
-exist (``--overwrite`` redoes them), recording them as ``"skipped"``. While one image is
+once its files are written, and a rerun of the same job (the command and every option that shapes
+its output, :func:`job`) skips the images whose latest ``ok`` record's files all exist
+(``--overwrite`` redoes them), recording them as ``"skipped"``. While one image is
 scanned, a background thread decodes the next (``--no-prefetch`` turns that off; it is off with
 ``--max-memory``, whose budget does not count a second image).
 """
@@ -41,6 +42,18 @@ PER_IMAGE_ERRORS = (DensifyError, torch.OutOfMemoryError)
 
 #: The per-image records of a batch, in the output directory (JSON Lines).
 SUMMARY = "summary.jsonl"
+
+#: Options that change how a run goes but not what it writes; a record is reused across them.
+RUN_ONLY = frozenset({"inputs", "output_dir", "quiet", "overwrite", "prefetch", "threads",
+                      "device", "max_memory", "ray", "json_path", "as_json"})
+
+
+def current_job() -> dict:
+    """The running command and the options that shape its output (each as text), from click's
+    context: the key under which a batch's records are reused by a rerun."""
+    ctx = click.get_current_context()
+    settings = {k: str(v) for k, v in sorted(ctx.params.items()) if k not in RUN_ONLY}
+    return {"command": ctx.info_name, "settings": settings}
 
 
 def fail(message: str) -> None:
@@ -161,16 +174,18 @@ def _error_record(path: Path, message: str, seconds: float) -> dict:
 
 def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[..., dict],
                errors: list[tuple[str, str]] | None = None, out: Path | None = None,
-               overwrite: bool = False, prefetch: bool = True) -> tuple[list[dict], int]:
+               overwrite: bool = False, prefetch: bool = True, job: dict | None = None
+               ) -> tuple[list[dict], int]:
     """Read and scan each image, then ``work(path, stem, rgb, result)`` (its record); a failure
     is one line (appended to ``errors`` as ``(path, message)`` when given). With ``out``,
-    records are appended to ``out/summary.jsonl`` and images done by an earlier run are skipped
-    unless ``overwrite`` (module docstring). Returns the ``ok`` and ``skipped`` records, in input
-    order, and the number of failures."""
+    records (tagged with ``job``) are appended to ``out/summary.jsonl`` and images done by an
+    earlier run of the same job are skipped unless ``overwrite`` (module docstring). Returns
+    the ``ok`` and ``skipped`` records, in input order, and the number of failures."""
     summary_path = None if out is None else out / SUMMARY
     if out is not None:
         remove_stale_temporaries(out)
-    done = {} if summary_path is None or overwrite else finished(read_records(summary_path))
+    done = ({} if summary_path is None or overwrite else
+            finished(read_records(summary_path), job or {}))
     items = list(zip(paths, stems(paths), strict=True))
     todo = [path for path, _ in items if str(path.resolve()) not in done]
     reader = read_ahead(todo, prefetch and scanner.budget is None)
@@ -182,6 +197,7 @@ def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[
             record = {**previous, "image": str(path), "status": "skipped", "seconds": 0.0}
         else:
             record = _scan_one(scanner, path, stem, next(reader), quiet, work, start)
+        record["job"] = job or {}
         if summary_path is not None:
             append_record(summary_path, record)
         if record["status"] == "error":

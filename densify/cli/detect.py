@@ -71,6 +71,7 @@ def detect(inputs, model, weights, scales, flip, object_sizes, output_stride, de
     """
     from ..io.files import ensure_output_dir, write_json
     from ._scanning import (
+        current_job,
         default_threshold,
         each_image,
         expand,
@@ -102,7 +103,8 @@ def detect(inputs, model, weights, scales, flip, object_sizes, output_stride, de
             "window_boxes": window_boxes, "merge": merge, "merge_threshold": merge_threshold}
     paths, failed = expand(inputs)
     work = functools.partial(_detect_one, scanner, out, opts)
-    records, bad = each_image(scanner, paths, quiet, work, None, out, overwrite, prefetch)
+    records, bad = each_image(scanner, paths, quiet, work, None, out, overwrite, prefetch,
+                               current_job())
     write_json(json_path, [d for r in records for d in r["detections"]])
     click.echo(f"{model}: {header(scanner, weights)}")
     if records:

@@ -138,7 +138,15 @@ def heatmap(inputs, model, weights, scales, flip, object_sizes, output_stride, d
     scales.
     """
     from ..io.files import ensure_output_dir
-    from ._scanning import each_image, expand, finish, header, make_scanner, resolve_class
+    from ._scanning import (
+        current_job,
+        each_image,
+        expand,
+        finish,
+        header,
+        make_scanner,
+        resolve_class,
+    )
 
     start = time.perf_counter()
     out = ensure_output_dir(output_dir)
@@ -156,7 +164,8 @@ def heatmap(inputs, model, weights, scales, flip, object_sizes, output_stride, d
     paths, failed = expand(inputs, errors)
     work = functools.partial(_heatmap_one, scanner, out, chosen, top_k, alpha, colormap,
                              sheet or report, full_maps)
-    records, bad = each_image(scanner, paths, quiet, work, errors, out, overwrite, prefetch)
+    records, bad = each_image(scanner, paths, quiet, work, errors, out, overwrite, prefetch,
+                               current_job())
     page = _write_report(out, scanner, model, weights, precision, top_k, records, errors,
                          time.perf_counter() - start) if report else None
     if as_json:

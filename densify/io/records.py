@@ -5,7 +5,10 @@ A batch (``densify heatmap DIR``, ``densify detect DIR``) appends one record per
 every finished image recorded and a rerun can skip them. Fields (the "Scan records" interface):
 ``{"image": path, "status": "ok" | "error" | "skipped", "error": str | None, "size": [H, W] |
 None, "top": [{"index", "name", "score", "box", "factor"}, ...], "files": [paths], "seconds":
-float}`` plus command-specific keys (``"detections"`` for detect).
+float, "job": {"command": str, "settings": {option: str}}}`` plus command-specific keys
+(``"detections"`` for detect). ``job`` names the command and the options that shape its output:
+one output directory can hold ``heatmap`` and ``detect`` runs (or runs with other ``--scales``)
+side by side, and a rerun reuses only the records of the same job.
 
 Atomicity: each record is one ``write`` of one line to a file opened for appending
 (``O_APPEND``), flushed and ``fsync``-ed before the next image starts. A kill can at worst leave
@@ -87,11 +90,22 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def finished(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The images already done: resolved image path -> its latest ``ok``/``skipped`` record whose
-    output files all exist (outputs are written atomically, so existing means complete)."""
+def finished(records: list[dict[str, Any]], job: dict[str, Any] | None = None
+             ) -> dict[str, dict[str, Any]]:
+    """The images already done by ``job``: resolved image path -> its latest ``ok``/``skipped``
+    record of that job whose output files all exist (outputs are written atomically, so existing
+    means complete). ``job=None`` takes the records of any job.
+
+    Examples:
+        >>> heatmap, detect = {"command": "heatmap"}, {"command": "detect"}
+        >>> records = [{"image": "/a.png", "status": "ok", "job": heatmap}]
+        >>> list(finished(records, heatmap)), list(finished(records, detect))
+        (['/a.png'], [])
+    """
     done = {}
     for record in records:
+        if job is not None and record.get("job") != job:
+            continue
         if record.get("status") in ("ok", "skipped") and all(
                 Path(f).is_file() for f in record.get("files", [])):
             done[str(Path(record["image"]).resolve())] = record
