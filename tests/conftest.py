@@ -157,3 +157,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="huge tier: run with DENSIFY_HUGE=1"))
         elif "slow" in item.keywords and not (FULL or huge):
             item.add_marker(pytest.mark.skip(reason="full tier: run with DENSIFY_FULL=1"))
+
+
+@pytest.fixture(autouse=True)
+def _release_memory_after_each_test():
+    """Collect garbage and trim the heap after every test: a full-size float64 VGG holds ~2 GB,
+    and without this the heap of one model test stays resident into the next."""
+    yield
+    from densify.scan.memory import release_memory
+
+    release_memory()
