@@ -133,3 +133,18 @@ def test_public_names_resolve():
 
     for name in densify.__all__:
         assert getattr(densify, name) is not None, name
+
+
+def test_one_version_everywhere():
+    """The installed metadata, ``densify.__version__`` and ``densify --version`` agree (setup.cfg
+    reads the version from the package)."""
+    from importlib.metadata import version
+
+    from click.testing import CliRunner
+
+    import densify
+    from densify.cli import main
+
+    assert version("densify") == densify.__version__
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and densify.__version__ in result.output
