@@ -61,6 +61,7 @@ from ..convert.verify import TOLERANCE
 from ..errors import ParameterError
 from ..models.weights import Classifier, load_classifier
 from ..scan.malloc import allocator
+from ..scan.memory import peak_rss_bytes, rss_bytes
 from ..scan.tiling import estimate_bytes, format_bytes, forward_tiled, parse_bytes, plan_tiles
 
 __all__ = ["run_bench", "PeakMemory", "count_flops", "node_flops",
@@ -80,16 +81,17 @@ class PeakMemory:
     On Linux the kernel's high-water mark is reset on entry (``/proc/self/clear_refs``), so the
     figure is the block's own peak above the resident memory at entry; elsewhere ``ru_maxrss``
     growth, which is zero unless the block beats the process's earlier maximum (``.method`` says
-    which).
+    which). Memory freed inside the block lowers the resident size under the entry level and can
+    hide the block's peak: collect garbage before entering.
     """
 
     def __enter__(self) -> PeakMemory:
         self.method = "VmHWM" if _reset_hwm() else "ru_maxrss"
-        self.start = _rss() if self.method == "VmHWM" else _maxrss()
+        self.start = rss_bytes() if self.method == "VmHWM" else _maxrss()
         return self
 
     def __exit__(self, *exc) -> None:
-        peak = _status_bytes("VmHWM") if self.method == "VmHWM" else _maxrss()
+        peak = peak_rss_bytes() if self.method == "VmHWM" else _maxrss()
         self.bytes = max(0, peak - self.start)
 
 
@@ -101,18 +103,8 @@ def _reset_hwm() -> bool:
             f.write("5")
     except OSError:
         return False
-    hwm, rss = _status_bytes("VmHWM"), _rss()
+    hwm, rss = peak_rss_bytes(), rss_bytes()
     return 0 < hwm <= rss + 8 * 2**20
-
-
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        match = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.MULTILINE)
-    return int(match.group(1)) * 1024 if match else 0
-
-
-def _rss() -> int:
-    return _status_bytes("VmRSS")
 
 
 def _maxrss() -> int:
