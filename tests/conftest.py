@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from densify.models import catalogue as zoo
+from densify.scan.memory import release_memory
 
 DEVICE = torch.device(os.environ.get("DENSIFY_TEST_DEVICE", "cpu"))
 torch.backends.cudnn.allow_tf32 = False
@@ -164,6 +165,4 @@ def _release_memory_after_each_test():
     """Collect garbage and trim the heap after every test: a full-size float64 VGG holds ~2 GB,
     and without this the heap of one model test stays resident into the next."""
     yield
-    from densify.scan.memory import release_memory
-
     release_memory()
