@@ -17,8 +17,11 @@ scanned, a background thread decodes the next (``--no-prefetch`` turns that off;
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +39,8 @@ from ..scan import malloc
 from ..scan.memory import release_memory
 from ..scan.result import ScanResult, class_index
 from ..scan.scanner import Scanner
+
+log = logging.getLogger(__name__)
 
 #: What costs one image, not the batch: bad input and running out of memory on one image.
 PER_IMAGE_ERRORS = (DensifyError, torch.OutOfMemoryError)
@@ -146,17 +151,22 @@ def _read(path: Path) -> tuple[np.ndarray | None, DensifyError | None]:
         return None, exc
 
 
-def read_ahead(paths: list[Path], prefetch: bool = True) -> Iterator[tuple]:
-    """``(rgb, None)`` or ``(None, error)`` per path, in order; with ``prefetch`` the next image
-    is decoded in a background thread while the caller works on the current one."""
+def read_ahead(paths: list[Path], prefetch: bool = True, workers: int = 1, ahead: int = 1
+               ) -> Iterator[tuple]:
+    """``(rgb, None)`` or ``(None, error)`` per path, in order; with ``prefetch`` up to ``ahead``
+    images are decoded in ``workers`` background threads (OpenCV releases the GIL while it
+    decodes) while the caller works on the current one."""
     if not prefetch:
         yield from map(_read, paths)
         return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="densify-read") as pool:
-        pending = pool.submit(_read, paths[0]) if paths else None
-        for i in range(len(paths)):
-            current = pending.result()
-            pending = pool.submit(_read, paths[i + 1]) if i + 1 < len(paths) else None
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="densify-read") as pool:
+        pending = deque(pool.submit(_read, p) for p in paths[:max(1, ahead)])
+        queued = len(pending)
+        while pending:
+            current = pending.popleft().result()
+            if queued < len(paths):
+                pending.append(pool.submit(_read, paths[queued]))
+                queued += 1
             yield current
             del current
 
@@ -179,8 +189,10 @@ def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[
     """Read and scan each image, then ``work(path, stem, rgb, result)`` (its record); a failure
     is one line (appended to ``errors`` as ``(path, message)`` when given). With ``out``,
     records (tagged with ``job``) are appended to ``out/summary.jsonl`` and images done by an
-    earlier run of the same job are skipped unless ``overwrite`` (module docstring). Returns
-    the ``ok`` and ``skipped`` records, in input order, and the number of failures."""
+    earlier run of the same job are skipped unless ``overwrite`` (module docstring). Images
+    go through the scanner :attr:`Scanner.batch_size` at a time (:meth:`Scanner.scan_batch`),
+    decoded ahead in worker threads, and with batches their ``work`` runs in threads too.
+    Returns the ``ok`` and ``skipped`` records, in input order, and the number of failures."""
     summary_path = None if out is None else out / SUMMARY
     if out is not None:
         remove_stale_temporaries(out)
@@ -188,41 +200,108 @@ def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[
             finished(read_records(summary_path), job or {}))
     items = list(zip(paths, stems(paths), strict=True))
     todo = [path for path, _ in items if str(path.resolve()) not in done]
-    reader = read_ahead(todo, prefetch and scanner.budget is None)
+    batch = max(1, scanner.batch_size)
+    workers = min(4, os.cpu_count() or 1) if batch > 1 else 1
+    reader = read_ahead(todo, prefetch and scanner.budget is None, workers, 2 * batch)
     records, failed = [], 0
-    for path, stem in tqdm(items, desc="images", unit="image", disable=quiet):
-        start = time.perf_counter()
-        previous = done.get(str(path.resolve()))
-        if previous is not None:
-            record = {**previous, "image": str(path), "status": "skipped", "seconds": 0.0}
-        else:
-            record = _scan_one(scanner, path, stem, next(reader), quiet, work, start)
-        record["job"] = job or {}
-        if summary_path is not None:
-            append_record(summary_path, record)
-        if record["status"] == "error":
-            failed += 1
-            if errors is not None:
-                errors.append((str(path), record["error"]))
-        else:
-            records.append(record)
-        release_memory(collect=False)  # keeps RSS flat over long batches
+    bar = tqdm(total=len(items), desc="images", unit="image", disable=quiet)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="densify-work") as pool:
+        for chunk in _chunks(items, done, batch):
+            for record in _scan_chunk(scanner, chunk, reader, quiet, work, pool, batch > 1):
+                record["job"] = job or {}
+                if summary_path is not None:
+                    append_record(summary_path, record)
+                if record["status"] == "error":
+                    failed += 1
+                    if errors is not None:
+                        errors.append((record["image"], record["error"]))
+                else:
+                    records.append(record)
+                bar.update()
+            release_memory(collect=False)  # keeps RSS flat over long batches
+    bar.close()
     return records, failed
 
 
-def _scan_one(scanner: Scanner, path: Path, stem: str, read: tuple, quiet: bool,
-              work: Callable[..., dict], start: float) -> dict:
-    rgb, error = read
-    try:
+def _chunks(items: list[tuple[Path, str]], done: dict, size: int) -> Iterator[list[tuple]]:
+    """``(path, stem, previous record or None)`` in input order, cut into runs of at most
+    ``size`` images to scan (an image done earlier ends the run it interrupts)."""
+    chunk, todo = [], 0
+    for path, stem in items:
+        previous = done.get(str(path.resolve()))
+        chunk.append((path, stem, previous))
+        todo += previous is None
+        if todo == size or previous is not None:
+            yield chunk
+            chunk, todo = [], 0
+    if chunk:
+        yield chunk
+
+
+def _scan_chunk(scanner: Scanner, chunk: list[tuple], reader: Iterator[tuple], quiet: bool,
+                work: Callable[..., dict], pool: ThreadPoolExecutor, parallel: bool) -> list[dict]:
+    """The records of one run of images: skipped ones as they were, the others scanned in one
+    :meth:`Scanner.scan_batch` (one at a time if the batch fails, so that one image's problem
+    costs only that image), then their ``work`` (in ``pool`` when ``parallel``)."""
+    start = time.perf_counter()
+    records: dict[int, dict] = {}
+    scan = []
+    for k, (path, stem, previous) in enumerate(chunk):
+        if previous is not None:
+            records[k] = {**previous, "image": str(path), "status": "skipped", "seconds": 0.0}
+            continue
+        rgb, error = next(reader)
         if error is not None:
-            raise error
-        result = scanner(rgb, progress=not quiet)
+            records[k] = _failure(path, error, start)
+        else:
+            scan.append((k, path, stem, rgb))
+    results = _scan_batch(scanner, [rgb for *_, rgb in scan], quiet) if scan else []
+    share = (time.perf_counter() - start) / max(1, len(scan))
+
+    def finish(item, result) -> dict:
+        k, path, stem, rgb = item
+        return _finish_one(path, stem, rgb, result, work, time.perf_counter() - share)
+
+    jobs = list(zip(scan, results, strict=True))
+    done = pool.map(lambda job: finish(*job), jobs) if parallel else map(lambda j: finish(*j), jobs)
+    for (k, *_), record in zip(scan, done, strict=True):
+        records[k] = record
+    return [records[k] for k in range(len(chunk))]
+
+
+def _scan_batch(scanner: Scanner, rgbs: list[np.ndarray], quiet: bool) -> list:
+    """Results (or the per-image error) of scanning ``rgbs`` together, else one by one."""
+    if len(rgbs) > 1:
+        try:
+            return scanner.scan_batch(rgbs, batch_size=len(rgbs), progress=False)
+        except PER_IMAGE_ERRORS as exc:
+            log.info("a batch of %d images failed (%s); scanning them one at a time", len(rgbs),
+                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    results = []
+    for rgb in rgbs:
+        try:
+            results.append(scanner(rgb, progress=not quiet))
+        except PER_IMAGE_ERRORS as exc:
+            results.append(exc)
+    return results
+
+
+def _failure(path: Path, exc: BaseException, start: float) -> dict:
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    message = message if str(path) in message else f"{path}: {message}"
+    fail(message)
+    return _error_record(path, message, round(time.perf_counter() - start, 4))
+
+
+def _finish_one(path: Path, stem: str, rgb: np.ndarray, result, work: Callable[..., dict],
+                start: float) -> dict:
+    """The record of one scanned image (``result``, or the error it raised) after ``work``."""
+    if isinstance(result, BaseException):
+        return _failure(path, result, start)
+    try:
         record = work(path, stem, rgb, result)
     except PER_IMAGE_ERRORS as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        message = message if str(path) in message else f"{path}: {message}"
-        fail(message)
-        return _error_record(path, message, round(time.perf_counter() - start, 4))
+        return _failure(path, exc, start)
     top = record.pop("top", None)
     top = top_rows(result) if top is None else top
     return {"image": str(path), "status": "ok", "error": None, "size": list(result.image_size),

@@ -59,29 +59,48 @@ def centre_weights(pixels: int, cells: int, scale: float, pad: int, offset: int,
     return weights
 
 
-def scale_heatmap(m: ScaleMap, classes: Sequence[int]) -> torch.Tensor:
-    """``(k, H, W)`` maps of ``classes`` from one scale, painted by the centre rule (a flipped
-    scale painted in its mirrored frame, then mirrored back)."""
+def _axis_weights(m: ScaleMap) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(wy (H, h), wx (W, w))``: :func:`centre_weights` of one scale along each axis, ``wx``
+    mirrored for a flipped scale (painting in the mirrored frame, then mirroring the map back,
+    is the same as painting with mirrored column weights)."""
     g, (h, w) = m.geometry, m.cells
     height, width = m.level.image_size
     top, _, left, _ = m.padding
     fy, fx = m.level.scale
     wy = centre_weights(height, h, fy, top, g.offset[0], g.window[0], g.stride[0])
     wx = centre_weights(width, w, fx, left, g.offset[1], g.window[1], g.stride[1])
-    probs = m.probs[list(classes)].float().to(wy.device)
-    painted = torch.einsum("yi,kij,xj->kyx", wy, probs, wx)
-    return painted.flip(-1) if m.flipped else painted
+    return wy, wx.flip(0) if m.flipped else wx
+
+
+def scale_heatmap(m: ScaleMap, classes: Sequence[int]) -> torch.Tensor:
+    """``(k, H, W)`` maps of ``classes`` from one scale, painted by the centre rule (a flipped
+    scale painted in its mirrored frame, then mirrored back)."""
+    wy, wx = _axis_weights(m)
+    probs = m.probs[list(classes)].float()
+    return torch.matmul(wy, torch.matmul(probs, wx.T))
 
 
 def heatmaps(maps: Sequence[ScaleMap], classes: Sequence[int], image_size: Sequence[int]
              ) -> torch.Tensor:
-    """``(k, H, W)`` float32: the mean over scales of :func:`scale_heatmap`."""
+    """``(k, H, W)`` float32: the mean over scales of :func:`scale_heatmap`.
+
+    Computed as one product: each scale's columns are painted first (``probs · wxᵀ``, ``(k, h,
+    W)``), the scales are stacked along the cell rows, and one ``(H, Σh) · (Σh, W)`` product
+    paints and sums every scale at once: no image-sized map per scale.
+    """
     if not maps:
         raise ParameterError("no scales to aggregate; scan with at least one scale")
-    out = torch.zeros(len(classes), int(image_size[0]), int(image_size[1]))
+    rows, cols = [], []
     for m in maps:
-        out += scale_heatmap(m, classes)
-    return out / len(maps)
+        wy, wx = _axis_weights(m)
+        rows.append(wy)
+        cols.append(torch.matmul(m.probs[list(classes)].float(), wx.T))
+    height, width = int(image_size[0]), int(image_size[1])
+    if rows[0].shape[0] != height or cols[0].shape[-1] != width:
+        raise ParameterError(f"maps of a {rows[0].shape[0]}x{cols[0].shape[-1]} image cannot be "
+                             f"painted at {height}x{width}")
+    out = torch.matmul(torch.cat(rows, dim=1) / len(maps), torch.cat(cols, dim=1))
+    return out.contiguous()
 
 
 def image_scores(maps: Sequence[ScaleMap]) -> torch.Tensor:

@@ -116,8 +116,22 @@ def save_result(result: ScanResult, path: str | Path, full_maps: Sequence[int | 
         raise ResultError(f"{path}: result files end in .npz; choose a name like scan.npz")
     arrays = result_arrays(result, full_maps, top_k)
     with atomic_output(path) as tmp:
-        np.savez_compressed(tmp, **arrays)
+        write_npz(tmp, arrays)
     return path
+
+
+#: zlib level of result files: level 1 writes a 1000-class result four times faster than
+#: ``np.savez_compressed``'s level 6, for files about 7 % larger (manual, "Speed and memory").
+COMPRESS_LEVEL = 1
+
+
+def write_npz(path: str | Path, arrays: dict[str, np.ndarray], level: int = COMPRESS_LEVEL) -> None:
+    """``np.savez_compressed`` with a chosen zlib ``level``: the same ``.npz`` layout (one
+    ``NAME.npy`` member per array), read back by ``np.load``."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=level) as archive:
+        for name, value in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
 
 
 def load_result(path: str | Path) -> ScanResult:

@@ -4,12 +4,17 @@
     result = scanner("photo.jpg")                                 # ScanResult
     result.top_classes(5); result.heatmap("tabby"); result.detections(threshold=0.6)
 
-What happens per image (see :mod:`densify.pyramid` for the scales, rounding and padding):
-the image is resized with OpenCV on the host, normalized, padded with zeros (the mean colour),
-moved to the device in ``channels_last`` layout and run under ``torch.inference_mode`` (and
-``torch.autocast`` for ``bf16``/``fp16``); the softmax runs in float32 on the device and every
-scale's map stays there until the last scale is done, then all maps move to the CPU together (no
-host round trip between scales). Progress over scales is a tqdm bar when ``progress=True``.
+What happens per image (see :mod:`densify.scan.pyramid` for the scales, rounding and padding,
+and :mod:`densify.scan.engine` for the pieces): on a GPU the ``uint8`` image goes to the device
+once, from pinned memory, and every level is resized, normalized and padded there with torch ops
+(:mod:`densify.scan.preprocess`, which reproduces OpenCV's filters to one grey level); on the CPU
+OpenCV builds each level on the host, which is faster there. Each level runs in ``channels_last``
+layout under ``torch.inference_mode`` (and ``torch.autocast`` for ``bf16``/``fp16``), on CUDA
+with cuDNN autotuning and, for shapes seen before, as a replayed CUDA graph
+(:mod:`densify.scan.graphs`); the softmax runs in float32 on the device and every level's map
+stays there until the last one is done, then all maps move to the host in one copy (no host
+synchronisation per level). :meth:`Scanner.scan_batch` does the same for several images of one
+size in one forward pass per level. Progress over scales is a tqdm bar when ``progress=True``.
 
 Convention:
     Images are RGB ``uint8`` ``(H, W, 3)`` (paths and tensors are converted by :func:`as_rgb`);
@@ -42,18 +47,27 @@ from ..io.image import read_array, read_image, thumbnail
 from ..models.catalogue import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 from ..models.weights import Classifier, load_classifier
 from .detect import object_region
+from .engine import LevelSource, autotune, same_size_groups, softmax_rows, to_host, to_probabilities
+from .graphs import GraphCache
 from .maps import BOX_FORMATS, ScaleMap
-from .memory import MemoryBudget, level_input
+from .memory import MemoryBudget
 from .pyramid import Level, levels, object_range, parse_scales
 from .result import THUMBNAIL_SIDE, ScanResult
 from .threads import resolve_threads, thread_limit
 from .tiling import HEADROOM, estimate_bytes, format_bytes, forward_tiled, parse_bytes
 
-__all__ = ["PRECISIONS", "Scanner", "resolve_device", "as_rgb", "to_probabilities"]
+__all__ = ["PRECISIONS", "PREPROCESS", "Scanner", "resolve_device", "as_rgb", "to_probabilities"]
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+#: Where pyramid levels are built: ``"auto"`` (on the device unless it is the CPU), ``"device"``
+#: (torch ops on the scanner's device, :mod:`densify.scan.preprocess`) or ``"host"`` (OpenCV).
+PREPROCESS = ("auto", "device", "host")
+
+#: The largest batch chosen automatically on a GPU (:attr:`Scanner.batch_size`).
+MAX_AUTO_BATCH = 8
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -91,10 +105,10 @@ class Scanner:
     """A classifier converted once and ready to scan images at several scales.
 
     Args:
-        model: a catalogue name (``densify models``), a :class:`densify.weights.Classifier`, a
+        model: a catalogue name (``densify models``), a :class:`densify.models.weights.Classifier`, a
             :class:`densify.convert.DenseNet`, or any convertible ``nn.Module`` classifier (then
             pass ``input_size`` and, unless ImageNet statistics fit, ``mean``/``std``).
-        scales: default scales: a count or explicit factors (:func:`densify.pyramid.levels`).
+        scales: default scales: a count or explicit factors (:func:`densify.scan.pyramid.levels`).
         output_stride: pixels between cells; None keeps the native stride.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; softmax stays float32).
@@ -132,6 +146,15 @@ class Scanner:
             (:mod:`densify.scan.threads`; ``OMP_NUM_THREADS`` in the environment wins).
         fold_bn: fold batch norms into the convolutions before them
             (:func:`densify.convert.fold.fold_batchnorm`; a given DenseNet is copied, not changed).
+        preprocess: where the pyramid's levels are built (:data:`PREPROCESS`): ``"auto"`` on
+            the device unless it is the CPU.
+        autotune: let cuDNN pick the fastest kernels for the pyramid's shapes during a CUDA scan
+            (``torch.backends.cudnn.benchmark``, restored afterwards).
+        cuda_graphs: on CUDA, replay the dense pass as a CUDA graph for input shapes seen before
+            (:mod:`densify.scan.graphs`); maps are identical either way.
+        batch_size: images per forward pass in :meth:`scan_batch` (default: 1 on the CPU and
+            with ``max_memory``; on a GPU as many 1080p images as half its free memory holds, at
+            most :data:`MAX_AUTO_BATCH`).
     """
 
     def __init__(self, model: str | Classifier | nn.Module, scales: int | str | Sequence[float] = 6,
@@ -142,7 +165,8 @@ class Scanner:
                  background_class: int | None = None, object_box="auto", object_sizes=None,
                  max_memory: int | str | None = None, flip: bool = False, progress: bool = False,
                  scores=None, boxes=None, box_format: str | None = None,
-                 threads: int | None = None, fold_bn: bool = True):
+                 threads: int | None = None, fold_bn: bool = True, preprocess: str = "auto",
+                 autotune: bool = True, cuda_graphs: bool = True, batch_size: int | None = None):
         if precision not in PRECISIONS:
             raise ParameterError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
         self.scales = parse_scales(scales)
@@ -170,6 +194,30 @@ class Scanner:
         self.budget = None if max_memory is None else MemoryBudget.measure(
             self.scan_net, self.max_memory, PRECISIONS[precision] or self.dtype, self.device)
         self.threads = None if threads is None else resolve_threads(threads)
+        if preprocess not in PREPROCESS:
+            raise ParameterError(f"unknown preprocess {preprocess!r}; use one of "
+                                 f"{', '.join(PREPROCESS)}")
+        self.preprocess = preprocess
+        self.autotune = bool(autotune)
+        self._graphs = (GraphCache(self.scan_net) if cuda_graphs and self.device.type == "cuda"
+                        else None)
+        self.batch_size = self._batch_size(batch_size)
+
+    def _batch_size(self, batch_size: int | None) -> int:
+        """``batch_size`` checked, or the default: 1 on the CPU (a batch there only adds
+        memory) and with a memory budget; on a GPU as many 1080p images as half the device's free
+        memory holds in one pass of the largest level (:func:`densify.scan.tiling.estimate_bytes`),
+        at most :data:`MAX_AUTO_BATCH`."""
+        if batch_size is not None:
+            if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+                raise ParameterError(f"batch size must be a positive integer, got {batch_size!r}")
+            return batch_size
+        if self.device.type != "cuda" or self.budget is not None:
+            return 1
+        free, _ = torch.cuda.mem_get_info(self.device)
+        dtype = PRECISIONS[self.precision] or self.dtype
+        per_image = max(1, estimate_bytes(self.scan_net, 1088, 1920, dtype))
+        return max(1, min(MAX_AUTO_BATCH, int(0.5 * free // per_image)))
 
     @property
     def geometry(self):
@@ -241,7 +289,8 @@ class Scanner:
         dtype = PRECISIONS[self.precision]
         if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
+        # Graph capture records the weights' casts: autocast must not reuse cached ones.
+        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=self._graphs is None)
 
     def levels(self, image_hw: Sequence[int], scales: int | str | Sequence[float] | None = None
                ) -> list[Level]:
@@ -259,24 +308,73 @@ class Scanner:
         ``flip`` each scale's map is followed by its mirrored one.
         """
         rgb, source = as_rgb(image)
-        pyramid = self.levels(rgb.shape[:2], scales)
+        return self._scan_group([rgb], [source], scales, progress)[0]
+
+    def scan_batch(self, images: Sequence[str | Path | np.ndarray | torch.Tensor],
+                   batch_size: int | None = None,
+                   scales: int | str | Sequence[float] | None = None,
+                   progress: bool | None = None) -> list[ScanResult]:
+        """Scan several images; the results equal scanning each on its own, in input order.
+
+        Images of one size share their pyramid and go through the net together, up to
+        ``batch_size`` (default :attr:`batch_size`) per forward pass (one pass per level); other
+        sizes form their own groups.
+        With a memory budget (``max_memory``) images are scanned one at a time, since the budget
+        is planned for one image.
+        """
+        batch_size = self.batch_size if batch_size is None else self._batch_size(batch_size)
+        decoded = [as_rgb(image) for image in images]
+        step = 1 if self.budget is not None else batch_size
+        results: list = [None] * len(decoded)
+        for group in same_size_groups([rgb.shape for rgb, _ in decoded], step):
+            scanned = self._scan_group([decoded[i][0] for i in group],
+                                       [decoded[i][1] for i in group], scales, progress)
+            for i, result in zip(group, scanned, strict=True):
+                results[i] = result
+        return results
+
+    @property
+    def preprocess_on_device(self) -> bool:
+        """Whether pyramid levels are built on the device with torch ops
+        (:mod:`densify.scan.preprocess`) rather than on the host with OpenCV."""
+        return self.preprocess == "device" or (self.preprocess == "auto" and
+                                               self.device.type != "cpu")
+
+    def _scan_group(self, rgbs: Sequence[np.ndarray], sources: Sequence[str | None], scales,
+                    progress: bool | None) -> list[ScanResult]:
+        """Scan images of one size together: one forward pass per level for all of them, the
+        maps kept on the device until the last level, then one copy back."""
+        shape = rgbs[0].shape[:2]
+        pyramid = self.levels(shape, scales)
         views = [(level, flipped) for level in pyramid
                  for flipped in ((False, True) if self.flip else (False,))]
-        mirror = np.ascontiguousarray(rgb[:, ::-1]) if self.flip else None
-        images = rgb.nbytes + (0 if mirror is None else mirror.nbytes)
+        images = sum(rgb.nbytes for rgb in rgbs) * (2 if self.flip else 1)
         self._check_budget(images, [level for level, _ in views])
         show = self.progress if progress is None else progress
+        source = LevelSource(rgbs, self.device if self.preprocess_on_device else None, self.flip)
         outs = []
-        with torch.inference_mode(), self._autocast(), thread_limit(self.threads):
+        threads = (thread_limit(self.threads) if self.device.type == "cpu"
+                   else contextlib.nullcontext())  # the thread rule is for CPU scans only
+        with torch.inference_mode(), self._autocast(), threads, autotune(self.device,
+                                                                          self.autotune):
             for level, flipped in tqdm(views, desc="scales", unit="scale", leave=False,
                                        disable=not show):
                 held = images + sum(p.nbytes + (0 if r is None else r.nbytes) for p, r in outs)
-                outs.append(self._scan_level(mirror if flipped else rgb, level, held))
-        maps = tuple(ScaleMap(level, self.geometry, p.cpu(), None if r is None else r.cpu(),
-                              self.box_format, flipped)
-                     for (level, flipped), (p, r) in zip(views, outs, strict=True))
-        return ScanResult(tuple(rgb.shape[:2]), self.categories, maps, self.background_class,
-                          self.object_box, source, thumbnail(rgb, THUMBNAIL_SIDE).copy())
+                x = source.level(level, flipped, self.mean, self.std, self.in_chans)
+                x = x.to(self.device, self.dtype, non_blocking=True)
+                outs.append(self._scan_level(x, level, held))
+                del x
+        del source
+        thumbs = [thumbnail(rgb, THUMBNAIL_SIDE).copy() for rgb in rgbs]  # while the GPU works
+        host = to_host(outs)
+        results = []
+        for n, thumb in enumerate(thumbs):
+            maps = tuple(ScaleMap(level, self.geometry, p[n], None if r is None else r[n],
+                                  self.box_format, flipped)
+                         for (level, flipped), (p, r) in zip(views, host, strict=True))
+            results.append(ScanResult(tuple(shape), self.categories, maps, self.background_class,
+                                      self.object_box, sources[n], thumb))
+        return results
 
     @property
     def _out_channels(self) -> int:
@@ -301,7 +399,7 @@ class Scanner:
         while the scan holds ``held`` bytes besides ``x`` (:mod:`densify.scan.memory`)."""
         net = self.scan_net
         if self.budget is None:
-            return net(x)
+            return self._graphs(x) if self._graphs is not None else net(x)
         dtype = PRECISIONS[self.precision] or x.dtype
         room = self.budget.room(held, x.nbytes, f"a {x.shape[-2]}x{x.shape[-1]} scale")
         need = estimate_bytes(net, x.shape[-2], x.shape[-1], dtype)
@@ -311,47 +409,26 @@ class Scanner:
                  format_bytes(need), format_bytes(room - x.nbytes))
         return forward_tiled(net, x, room - x.nbytes)
 
-    def _scan_level(self, rgb: np.ndarray, level: Level, held: int = 0
+    def _scan_level(self, x: torch.Tensor, level: Level, held: int = 0
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(K, h, w)`` float32 probabilities on the device for one level, and the raw
-        ``(4 or 4K, h, w)`` float32 box regression (None without a boxes output); ``held``:
-        bytes the scan holds besides this level (images, earlier maps), for the memory budget."""
-        x = level_input(rgb, level, self.mean, self.std, self.in_chans)
-        x = x.to(self.device, self.dtype, non_blocking=True)
-        x = x.contiguous(memory_format=torch.channels_last)
+        """``(N, K, h, w)`` float32 probabilities on the device for one level of ``N`` images,
+        and the raw ``(N, 4 or 4K, h, w)`` float32 box regression (None without a boxes output);
+        ``x``: the level's input; ``held``: bytes the scan holds besides this level (images,
+        earlier maps), for the memory budget."""
         h, w = self.geometry.output_size(*level.input_size)
-        logits = self._forward(x, held + 4 * len(self.categories) * h * w)
-        del x
+        logits = self._forward(x, held + 4 * x.shape[0] * self._out_channels * h * w)
         if logits.shape[-2] < h or logits.shape[-1] < w:
             raise RuntimeError(f"the dense net gave {tuple(logits.shape[-2:])} cells on a "
                                f"{level.input_size} input, its geometry says {(h, w)}")
         # Padded nets add cells whose window lies past the input's end: keep the geometry's.
-        out = logits[0, :, :h, :w].float()
+        out = logits[:, :, :h, :w].float()
         num = self.scores_output.channels
-        regression = out[num:] if self.boxes_output is not None else None
+        regression = out[:, num:] if self.boxes_output is not None else None
         activation = self.scores_output.activation
-        scores = _softmax_rows(out[:num]) if activation is None else to_probabilities(
-            out[:num], activation)
+        scores = out[:, :num]
+        scores = (softmax_rows(scores) if activation is None
+                  else to_probabilities(scores, activation, dim=1))
         return scores, regression
-
-
-def to_probabilities(scores: torch.Tensor, activation: str | None) -> torch.Tensor:
-    """``(K, h, w)`` class probabilities from an output ending in ``activation``: raw scores are
-    softmaxed over classes, log-probabilities exponentiated, probabilities kept (never a second
-    softmax)."""
-    if activation is None:
-        return scores.softmax(dim=0)
-    if activation == "log_softmax":
-        return scores.exp()
-    return scores
-
-
-def _softmax_rows(logits: torch.Tensor, rows: int = 64) -> torch.Tensor:
-    """``logits.softmax(dim=0)`` of a ``(K, h, w)`` map, in place, a band of rows at a time
-    (a 1000-class map of a large scale is hundreds of MB: no second copy)."""
-    for r in range(0, logits.shape[1], rows):
-        logits[:, r:r + rows] = logits[:, r:r + rows].softmax(dim=0)
-    return logits if logits.is_contiguous() else logits.contiguous()
 
 
 def _convert(model: nn.Module, input_size, output_stride: int | None, fold_bn: bool) -> DenseNet:
