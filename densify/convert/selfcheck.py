@@ -12,6 +12,7 @@ first output and cell that differ: a conversion is never returned wrong.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -71,7 +72,11 @@ def batched(fn, x: torch.Tensor, chunk: int = 64) -> list[torch.Tensor]:
 
 def compare(name: str, expected, actual, note: str = "") -> Check:
     """Worst errors between classifier outputs and dense cells: each a ``(cells, K)`` tensor, or
-    a structure / list of them (one per output)."""
+    a structure / list of them (one per output).
+
+    A non-finite value on either side (NaN, inf) is a failure: both worst errors are then
+    ``inf`` (a NaN would compare as neither larger nor smaller than the tolerance, and Python's
+    ``max`` would drop it)."""
     exp, act = vectors(expected), vectors(actual)
     tol = TOLERANCE[act[0].dtype]
     if exp[0].numel() == 0:
@@ -80,7 +85,9 @@ def compare(name: str, expected, actual, note: str = "") -> Check:
     for e, a in zip(exp, act, strict=True):
         diff = (e.double() - a.double()).abs().max().item()
         scale = e.double().abs().max().item() or 1.0
-        worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, diff / scale)
+        rel = diff / scale if math.isfinite(diff) and math.isfinite(scale) else math.inf
+        diff = diff if math.isfinite(diff) else math.inf  # NaN would vanish in max()
+        worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, rel)
     return Check(name, worst_abs, worst_rel, tol, exp[0].shape[0], note)
 
 
