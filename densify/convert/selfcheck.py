@@ -5,7 +5,7 @@ relative to its largest |value|) for :mod:`densify.convert.verify`. :func:`self_
 :func:`densify.convert.convolutionize` runs before it returns: check 1 (the classifier's outputs
 at the canonical input) and check 2 (on an input one stride larger each way: every cell vs the
 classifier's own head on that cell's window of the trunk's feature map), in the model's dtype with
-the :data:`TOLERANCE` table. A mismatch raises a one-line :class:`ConversionError` naming the
+the :data:`TOLERANCE` table. A mismatch raises a one-line :class:`SelfCheckError` naming the
 first output and cell that differ: a conversion is never returned wrong.
 """
 
@@ -19,7 +19,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..errors import ConversionError
+from ..errors import SelfCheckError
 from .fields import walk_fields
 from .graph import SLIDING, pair, shape_of
 from .outputs import leaves
@@ -132,7 +132,7 @@ def trunk_and_output(dense) -> fx.GraphModule:
 
 @torch.no_grad()
 def self_check(model: nn.Module, dense, head: fx.GraphModule | None) -> None:
-    """Checks 1 and 2 (module docstring); raises :class:`ConversionError` on a mismatch.
+    """Checks 1 and 2 (module docstring); raises :class:`SelfCheckError` on a mismatch.
 
     ``head`` is the classifier's own head from ``dense.feature_node`` (None: no head). A model on
     the meta device (a shape-only skeleton) has no values to compare: nothing is checked."""
@@ -168,7 +168,7 @@ def _raise_on_mismatch(where: str, expected: list, maps: list, dense) -> None:
         h, w = m.shape[-2:]
         a = m.permute(0, 2, 3, 1).reshape(-1, m.shape[1])
         if e.shape != a.shape:
-            raise ConversionError(f"self-check: output {info.key!r} has {tuple(a.shape)} cells x "
+            raise SelfCheckError(f"self-check: output {info.key!r} has {tuple(a.shape)} cells x "
                                   f"channels on {where}, the classifier {tuple(e.shape)}")
         tol = TOLERANCE.get(a.dtype, 1e-4)
         scale = e.double().abs().max().item() or 1.0
@@ -176,7 +176,7 @@ def _raise_on_mismatch(where: str, expected: list, maps: list, dense) -> None:
         bad = (~(err <= tol)).nonzero()
         if bad.numel():
             i, j = divmod(int(bad[0, 0]), w)
-            raise ConversionError(
+            raise SelfCheckError(
                 f"self-check failed: output {info.key!r} cell ({i}, {j}) on {where} differs from "
                 f"the classifier by {err[bad[0, 0]].item():.2e} (relative; tolerance {tol:.0e}) "
                 f"on the {info.path} path; this is a densify bug, please report it (head='general'"
