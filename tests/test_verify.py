@@ -154,3 +154,18 @@ def test_verify_crops_gap_is_informational_only_while_finite(monkeypatch):
     gap = verify.Check("crops", math.inf, math.inf, 1e-4, 9)
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1 and "FAIL" in result.output, result.output
+
+
+def test_tolerance_table_is_pinned():
+    """The dtype → tolerance table (relative to the largest |logit|) the README states, and each
+    entry decides a pass: an error of half the tolerance passes, twice the tolerance fails.
+    Mutation caught: any entry loosened or tightened (e.g. float64 1e-9 → 1e-6)."""
+    assert TOLERANCE == {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 5e-2,
+                         torch.float16: 1e-2}
+    for dtype, tol in TOLERANCE.items():
+        expected = torch.tensor([[4.0, -2.0]], dtype=dtype)
+        for factor, passes in ((0.5, True), (2.0, False)):
+            actual = expected.double().clone()
+            actual[0, 1] += factor * tol * 4.0
+            check = compare("c", expected.double(), actual.to(dtype))
+            assert check.passed is passes, (dtype, factor, check)
