@@ -1,5 +1,6 @@
 """The equivalence checks themselves must be able to fail: dense nets poisoned by a forward hook
-(NaN outputs, a constant offset, maps shifted by one cell) fail checks 1-5 and ``densify verify``.
+(NaN outputs, a constant offset of the values, maps offset by one cell) fail checks 1-5 and
+``densify verify``.
 
 Mutations these tests catch (each tried once):
 - ``compare`` back to ``max(worst, diff)`` without the non-finite rule: a NaN difference vanishes
@@ -29,13 +30,14 @@ from densify.convert.selfcheck import TOLERANCE, compare
 POISONS = {
     "nan": lambda o: o * float("nan"),
     "offset": lambda o: o + 1e-4,  # lenet5's random-weight logits are ~0.1: 1e-3 relative
-    "shift": lambda o: torch.roll(o, 1, dims=-1),  # misregistered by one cell (one stride)
+    # misregistered by one cell (one stride): cell j shows cell j + 1, the last one nothing
+    "shift": lambda o: torch.cat([o[..., 1:], torch.zeros_like(o[..., :1])], -1),
 }
 
 #: The checks each poison must fail. Check 5 probes *which* cells change, so a constant offset
-#: is invisible to it by design (checks 1-4 catch it); check 1 compares one cell, which a shift
-#: cannot move.
-MUST_FAIL = {"nan": {1, 2, 3, 4, 5}, "offset": {1, 2, 3, 4}, "shift": {2, 3, 4, 5}}
+#: of the values is invisible to it by design (checks 1-4 catch it); the one-cell offset of the
+#: registration fails all five.
+MUST_FAIL = {"nan": {1, 2, 3, 4, 5}, "offset": {1, 2, 3, 4}, "shift": {1, 2, 3, 4, 5}}
 
 
 def _poisoned(net, poison: str):
