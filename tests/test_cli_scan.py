@@ -31,11 +31,19 @@ def _invoke(command: str, args: list) -> object:
     return CliRunner().invoke(main, [command, *(str(a) for a in args)])
 
 
-def _one_line_error(result, *words: str) -> None:
-    assert result.exit_code != 0, result.output
+def _one_line_error(result, *words: str, status: int = 1) -> None:
+    """One ``Error:`` line holding ``words``, exit ``status``: 1 for bad input, 2 for a usage
+    error (which then names ``--help``); never a traceback or "bug" wording. Mutations caught:
+    every user error reported as an internal error with exit 3; usage errors back to click's
+    three lines (usage, hint, error)."""
+    assert result.exit_code == status, (result.exit_code, result.output)
     assert "Traceback" not in result.output + result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("Error")]
-    assert len(lines) == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()
+             and not line.startswith(("WARNING:", "INFO:"))]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "bug" not in lines[0] and "internal error" not in lines[0], lines[0]
+    if status == 2:
+        assert "--help" in lines[0], lines[0]
     for word in words:
         assert word in lines[0], lines[0]
 
@@ -162,7 +170,7 @@ def test_bad_inputs_as_a_subprocess(tmp_path):
 def test_usage_errors_are_one_line(photos, tmp_path, args, words):
     base = ["--model", "squeezenet1_1", "--weights", "random", "-q", "-o", tmp_path]
     result = _invoke("heatmap", [photos / "coffee.jpg", *base, *args])
-    _one_line_error(result, *words)
+    _one_line_error(result, *words, status=2)
     assert not list(tmp_path.glob("*_heatmap.*"))
 
 
@@ -184,7 +192,7 @@ def test_weights_for_another_architecture(photos, tmp_path):
 def test_missing_default_model_names_the_fix(photos, tmp_path, monkeypatch):
     monkeypatch.delitem(zoo.MODELS, "lenet5-digits", raising=False)
     result = _invoke("heatmap", [photos / "coffee.jpg", "-q", "-o", tmp_path])
-    _one_line_error(result, "--model")
+    _one_line_error(result, "--model", status=2)
 
 
 def test_progress_bars_unless_quiet(photos, tmp_path):
@@ -252,7 +260,7 @@ def test_default_model_boxes_objects_never_background(digits_card, photos, tmp_p
         assert w == pytest.approx(0.6 * h, abs=0.05) or clipped
     refused = _invoke("detect", [photos / "coffee.jpg", "--weights", "random", "--class",
                                        "background", "-q", "-o", tmp_path])
-    _one_line_error(refused, "background")
+    _one_line_error(refused, "background", status=2)
 
 
 def test_default_weights_missing_is_one_line(digits_card, photos, tmp_path):
@@ -274,7 +282,7 @@ def test_heatmap_flip_and_explicit_sizes(photos, tmp_path):
 
 def test_bad_size_scales_are_one_line_usage_errors(photos, tmp_path):
     result = _invoke("heatmap", [photos / "coffee.jpg", *LENET[:4], "--scales", "40x", "-o", tmp_path])
-    _one_line_error(result, "--scales", "HxW")
+    _one_line_error(result, "--scales", "HxW", status=2)
 
 
 @pytest.mark.parametrize("command", ["heatmap", "detect"])
@@ -292,4 +300,5 @@ def test_threads_reach_the_scanner(photos, tmp_path, monkeypatch, command):
     result = _invoke(command, [photos / "coffee.jpg", *LENET, "--threads", 1, "-o", tmp_path])
     assert result.exit_code == 0, result.output
     assert [s.threads for s in made] == [1]
-    _one_line_error(_invoke(command, [photos / "coffee.jpg", *LENET, "--threads", 0]), "--threads")
+    _one_line_error(_invoke(command, [photos / "coffee.jpg", *LENET, "--threads", 0]), "--threads",
+                    status=2)

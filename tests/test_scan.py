@@ -115,13 +115,31 @@ def test_dense_net_is_used_as_is(photo):
     assert scanner.output_stride == 8 and scanner.dense is dense
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_reduced_precision_is_close_to_fp32(precision):
+#: Worst |probability| difference from fp32 allowed on the square scene, about twice the one
+#: measured on the 2-core test machine (2026-12-04: bf16 9.4e-5, fp16 3.1e-5; the rounding of
+#: the weights and activations to 8 or 11 mantissa bits, the same on every CPU). Pinned below.
+REDUCED_PRECISION_ATOL = {"bf16": 2e-4, "fp16": 1e-4}
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_reduced_precision_is_close_to_fp32(precision, dtype):
+    """bf16/fp16 scans run their convolutions in that dtype (autocast) and stay within about
+    twice the measured error of fp32, with the softmax back in float32. Mutation caught:
+    autocast removed (``_autocast`` returning a null context), so that "bf16" runs in fp32: the
+    hooks then record float32 and the difference is 0 (the old ``atol=0.05``, 500x the measured
+    error, passed it)."""
     image = square_image(96, 128, (40, 70))
     ref = Scanner(square_detector(), scales=[1.0], **SQUARE_ARGS)(image)
-    low = Scanner(square_detector(), scales=[1.0], precision=precision, **SQUARE_ARGS)(image)
+    scanner = Scanner(square_detector(), scales=[1.0], precision=precision, **SQUARE_ARGS)
+    seen = []
+    convs = [m for m in scanner.scan_net.modules() if isinstance(m, torch.nn.Conv2d)]
+    for conv in convs:
+        conv.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
+    low = scanner(image)
+    assert len(seen) == len(convs) >= 4 and set(seen) == {dtype}, seen  # autocast ran
     assert low.maps[0].probs.dtype == torch.float32
-    assert torch.allclose(low.maps[0].probs, ref.maps[0].probs, atol=0.05)
+    diff = (low.maps[0].probs - ref.maps[0].probs).abs().max().item()
+    assert 0 < diff <= REDUCED_PRECISION_ATOL[precision], diff
 
 
 def test_unknown_precision_and_device():
