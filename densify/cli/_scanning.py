@@ -23,7 +23,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import click
@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 #: What costs one image, not the batch: bad input and running out of memory on one image.
 PER_IMAGE_ERRORS = (DensifyError, torch.OutOfMemoryError)
+
+#: Threads that finish scanned images (maps painted, files encoded and written) when scanning
+#: in batches.
+MAX_WORKERS = 8
 
 #: The per-image records of a batch, in the output directory (JSON Lines).
 SUMMARY = "summary.jsonl"
@@ -191,8 +195,9 @@ def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[
     records (tagged with ``job``) are appended to ``out/summary.jsonl`` and images done by an
     earlier run of the same job are skipped unless ``overwrite`` (module docstring). Images
     go through the scanner :attr:`Scanner.batch_size` at a time (:meth:`Scanner.scan_batch`),
-    decoded ahead in worker threads, and with batches their ``work`` runs in threads too.
-    Returns the ``ok`` and ``skipped`` records, in input order, and the number of failures."""
+    decoded ahead in worker threads; with batches their ``work`` runs in threads too, while
+    the next batch is scanned. Returns the ``ok`` and ``skipped`` records, in input order, and
+    the number of failures."""
     summary_path = None if out is None else out / SUMMARY
     if out is not None:
         remove_stale_temporaries(out)
@@ -201,24 +206,35 @@ def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[
     items = list(zip(paths, stems(paths), strict=True))
     todo = [path for path, _ in items if str(path.resolve()) not in done]
     batch = max(1, scanner.batch_size)
-    workers = min(4, os.cpu_count() or 1) if batch > 1 else 1
-    reader = read_ahead(todo, prefetch and scanner.budget is None, workers, 2 * batch)
+    workers = min(MAX_WORKERS, os.cpu_count() or 1) if batch > 1 else 1
+    reader = read_ahead(todo, prefetch and scanner.budget is None, min(4, workers), 2 * batch)
     records, failed = [], 0
     bar = tqdm(total=len(items), desc="images", unit="image", disable=quiet)
+
+    def emit(chunk_records) -> None:
+        nonlocal failed
+        for record in chunk_records:
+            record = record.result() if isinstance(record, Future) else record
+            record["job"] = job or {}
+            if summary_path is not None:
+                append_record(summary_path, record)
+            if record["status"] == "error":
+                failed += 1
+                if errors is not None:
+                    errors.append((record["image"], record["error"]))
+            else:
+                records.append(record)
+            bar.update()
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="densify-work") as pool:
+        pending: deque = deque()  # the previous batch's work runs while this one is scanned
         for chunk in _chunks(items, done, batch):
-            for record in _scan_chunk(scanner, chunk, reader, quiet, work, pool, batch > 1):
-                record["job"] = job or {}
-                if summary_path is not None:
-                    append_record(summary_path, record)
-                if record["status"] == "error":
-                    failed += 1
-                    if errors is not None:
-                        errors.append((record["image"], record["error"]))
-                else:
-                    records.append(record)
-                bar.update()
-            release_memory(collect=False)  # keeps RSS flat over long batches
+            pending.append(_scan_chunk(scanner, chunk, reader, quiet, work, pool, batch > 1))
+            while len(pending) > 1:
+                emit(pending.popleft())
+                release_memory(collect=False)  # keeps RSS flat over long batches
+        while pending:
+            emit(pending.popleft())
     bar.close()
     return records, failed
 
@@ -239,10 +255,12 @@ def _chunks(items: list[tuple[Path, str]], done: dict, size: int) -> Iterator[li
 
 
 def _scan_chunk(scanner: Scanner, chunk: list[tuple], reader: Iterator[tuple], quiet: bool,
-                work: Callable[..., dict], pool: ThreadPoolExecutor, parallel: bool) -> list[dict]:
+                work: Callable[..., dict], pool: ThreadPoolExecutor, parallel: bool
+                ) -> list[dict | Future]:
     """The records of one run of images: skipped ones as they were, the others scanned in one
     :meth:`Scanner.scan_batch` (one at a time if the batch fails, so that one image's problem
-    costs only that image), then their ``work`` (in ``pool`` when ``parallel``)."""
+    costs only that image), then their ``work``: done here, or with ``parallel`` submitted to
+    ``pool`` (the list then holds futures of those records)."""
     start = time.perf_counter()
     records: dict[int, dict] = {}
     scan = []
@@ -262,10 +280,8 @@ def _scan_chunk(scanner: Scanner, chunk: list[tuple], reader: Iterator[tuple], q
         k, path, stem, rgb = item
         return _finish_one(path, stem, rgb, result, work, time.perf_counter() - share)
 
-    jobs = list(zip(scan, results, strict=True))
-    done = pool.map(lambda job: finish(*job), jobs) if parallel else map(lambda j: finish(*j), jobs)
-    for (k, *_), record in zip(scan, done, strict=True):
-        records[k] = record
+    for item, result in zip(scan, results, strict=True):
+        records[item[0]] = pool.submit(finish, item, result) if parallel else finish(item, result)
     return [records[k] for k in range(len(chunk))]
 
 
