@@ -57,7 +57,7 @@ def test_a_killed_batch_resumes_and_does_every_image_exactly_once(tmp_path):
     first = read_records(summary)
     assert 1 <= len(first) < len(paths), "the kill came after the batch ended: nothing to resume"
 
-    done = subprocess.run(_cli(*args, "--json"), env=_env(), capture_output=True, text=True)
+    done = subprocess.run(_cli(*args, "--json", "-"), env=_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     records = read_records(summary)
     ok = Counter(r["image"] for r in records if r["status"] == "ok")

@@ -57,7 +57,7 @@ def heatmap_run(photos, tmp_path_factory):
     out = tmp_path_factory.mktemp("heatmaps")
     torch.manual_seed(0)
     result = _invoke("heatmap", [photos, *FAST, "--weights", "random", "--scales", "2",
-                                       "--json", "-o", out])
+                                       "--json", "-", "-o", out])
     return result, out
 
 
@@ -263,7 +263,7 @@ def test_default_weights_missing_is_one_line(digits_card, photos, tmp_path):
 def test_heatmap_flip_and_explicit_sizes(photos, tmp_path):
     """``--scales HxW,HxW --flip``: each size exactly, mirrored maps saved and flagged."""
     result = _invoke("heatmap", [photos / "coffee.jpg", "--model", "lenet5", "--weights", "random",
-                                 "--scales", "40x60,64x48", "--flip", "-q", "--json", "-o", tmp_path])
+                                 "--scales", "40x60,64x48", "--flip", "-q", "--json", "-", "-o", tmp_path])
     assert result.exit_code == 0, result.output
     (record,) = json.loads(result.stdout)
     assert record["flip"] is True and len(record["factors"]) == 2

@@ -20,7 +20,7 @@ from badfiles import make_bad_inputs
 from click.testing import CliRunner
 
 from densify.cli import main
-from densify.errors import OutputError, ParameterError
+from densify.errors import MissingExtraError, OutputError, ParameterError
 
 HAVE_RAY = find_spec("ray") is not None and find_spec("pyarrow") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="Ray Data is not installed: "
@@ -219,7 +219,7 @@ def test_missing_extra_is_one_line_naming_the_install(monkeypatch, tmp_path):
     from densify.distributed import require_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(ParameterError, match=r"pip install 'densify\[ray\]'"):
+    with pytest.raises(MissingExtraError, match=r"pip install 'densify\[ray\]'"):
         require_ray()
     (tmp_path / "a.png").write_bytes(b"")
     result = CliRunner().invoke(main, ["heatmap", str(tmp_path), "--ray", "-o", str(tmp_path)])

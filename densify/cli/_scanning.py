@@ -17,6 +17,7 @@ scanned, a background thread decodes the next (``--no-prefetch`` turns that off;
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -32,10 +33,11 @@ from ..errors import DensifyError, ImageError, OutputError
 from ..io.files import remove_stale_temporaries
 from ..io.image import expand_inputs, read_image
 from ..io.records import append_record, finished, read_records
-from ..scan import malloc
-from ..scan.memory import release_memory
+from ..models.user import ModelChoice
+from ..runtime import trim_heap, tuned
 from ..scan.result import ScanResult, class_index
 from ..scan.scanner import Scanner
+from ..scan.settings import ScanSettings
 
 #: What costs one image, not the batch: bad input and running out of memory on one image.
 PER_IMAGE_ERRORS = (DensifyError, torch.OutOfMemoryError)
@@ -45,7 +47,7 @@ SUMMARY = "summary.jsonl"
 
 #: Options that change how a run goes but not what it writes; a record is reused across them.
 RUN_ONLY = frozenset({"inputs", "output_dir", "quiet", "overwrite", "prefetch", "threads",
-                      "device", "max_memory", "ray", "json_path", "as_json"})
+                      "device", "max_memory", "ray", "json_path", "keep_memory"})
 
 
 def current_job() -> dict:
@@ -76,27 +78,16 @@ def expand(inputs: Iterable[Path], errors: list[tuple[str, str]] | None = None
     return found, failed
 
 
-def make_scanner(model, weights, scales, output_stride, device, precision, object_sizes=None,
-                 max_memory=None, threads=None, flip=False, reading: dict | None = None) -> Scanner:
-    """The scanner every scanning command uses (:func:`default_stride` unless
-    ``--output-stride``). With ``DENSIFY_KEEP_MEMORY=1`` and no memory budget, freed activation
-    memory is kept for the next scale (:mod:`densify.scan.malloc`); the batch loop still hands it
-    back between images.
+def make_scanner(model: ModelChoice, settings: ScanSettings) -> Scanner:
+    """The scanner every scanning command uses: the options' model and settings, unchanged."""
+    return Scanner(model, settings)
 
-    ``reading``: the :func:`densify.cli.options.model_options` values (input size, mean, std,
-    classes, scores/boxes outputs, box format)."""
-    from ..models.user import load_model
 
-    if max_memory is None and malloc.requested():
-        malloc.retain_freed_memory()
-    r = reading or {}
-    clf = load_model(model, weights, input_size=r.get("input_size"), mean=r.get("mean"),
-                     std=r.get("std"), classes=r.get("classes_file"))
-    stride = default_stride(model) if output_stride is None else output_stride
-    return Scanner(clf, scales, stride, device, precision, object_sizes=object_sizes,
-                   max_memory=max_memory, flip=flip, scores=r.get("scores_output"),
-                   boxes=r.get("boxes_output"), box_format=r.get("box_format"),
-                   threads=threads)
+def run_tuned(settings: ScanSettings, keep_memory: bool = False):
+    """The process tuned for a scanning command (:func:`densify.runtime.tuned`: the thread rule
+    unless ``--threads``, heap settings for ``--max-memory`` or ``--keep-memory``), restored when
+    it ends; yields the thread count."""
+    return tuned(settings.threads, keep_memory=keep_memory, max_memory=settings.max_memory)
 
 
 def default_stride(model: str) -> int:
@@ -114,10 +105,7 @@ def default_stride(model: str) -> int:
 
 def default_threshold(scanner: Scanner, threshold: float | None) -> float:
     """``--threshold``, else the model card's recommended one, else 0.5."""
-    if threshold is not None:
-        return threshold
-    spec = scanner.classifier.spec if scanner.classifier else None
-    return float(spec.extra.get("threshold", 0.5)) if spec else 0.5
+    return scanner.default_threshold if threshold is None else threshold
 
 
 def resolve_class(scanner: Scanner, query: str | None) -> int | None:
@@ -206,7 +194,7 @@ def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[
                 errors.append((str(path), record["error"]))
         else:
             records.append(record)
-        release_memory(collect=False)  # keeps RSS flat over long batches
+        trim_heap(collect=False)  # keeps RSS flat over long batches
     return records, failed
 
 
@@ -216,7 +204,7 @@ def _scan_one(scanner: Scanner, path: Path, stem: str, read: tuple, quiet: bool,
     try:
         if error is not None:
             raise error
-        result = scanner(rgb, progress=not quiet)
+        result = dataclasses.replace(scanner(rgb, progress=not quiet), source=str(path))
         record = work(path, stem, rgb, result)
     except PER_IMAGE_ERRORS as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -269,7 +257,7 @@ def finish(failed: int, total: int) -> None:
         raise SystemExit(1)
 
 
-def header(scanner: Scanner, weights: str) -> str:
+def header(scanner: Scanner, weights: str | None = None) -> str:
     stride = scanner.output_stride
     asked = scanner.requested_stride
     fallback = f" (native; {asked} not reachable)" if asked and asked != stride else ""

@@ -242,9 +242,13 @@ def model_names(family: str | None = None) -> list[str]:
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The spec for ``name``; a one-line ``ValueError`` naming close matches otherwise."""
+    """The spec for ``name`` (any case: ``VGG19`` is ``vgg19``); a one-line ``ValueError``
+    naming close matches otherwise."""
     if name in MODELS:
         return MODELS[name]
+    folded = {n.lower(): n for n in MODELS}
+    if str(name).lower() in folded:
+        return MODELS[folded[str(name).lower()]]
     if name in REFUSED:
         raise ModelError(REFUSED[name])
     close = difflib.get_close_matches(name, list(MODELS), n=4, cutoff=0.5)

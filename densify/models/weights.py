@@ -2,6 +2,8 @@
 
 ``load_classifier(name, weights)`` accepts:
 
+- ``None`` (the default, as on the command line): the model's trained weights when it has any
+  (shipped with densify, torchvision's, timm's), else random ones;
 - ``"random"``: explicit random initialisation (results are meaningless; said in a warning);
 - ``"DEFAULT"`` (or a torchvision weights name such as ``"IMAGENET1K_V1"``): torchvision's weights
   API and its hub cache (``~/.cache/torch/hub/checkpoints``), timm's pretrained weights, or the
@@ -59,17 +61,21 @@ def categories_for(spec: ModelSpec) -> list[str]:
     return [str(i) for i in range(spec.num_classes)]
 
 
-def load_classifier(name: str, weights: str | Path = "random") -> Classifier:
-    """Build catalogue model ``name`` with ``weights`` (see the module docstring)."""
+def load_classifier(name: str, weights: str | Path | None = None) -> Classifier:
+    """Build catalogue model ``name`` with ``weights`` (see the module docstring): by default
+    its trained weights, as the command line does; ``"random"`` only when asked (or when the
+    model has no trained weights, which is logged)."""
     spec = get_spec(name)
     categories = categories_for(spec)
+    if weights is None:
+        weights = "DEFAULT" if spec.weights else "random"
     text = str(weights)
     if text == "random":
-        log.warning("%s: random weights, results are meaningless (pass --weights DEFAULT or PATH)",
-                    name)
-        return Classifier(build_model(name), spec, categories, "random", True)
+        log.warning("%s: random weights, results are meaningless (give trained weights: DEFAULT "
+                    "or a PATH)", spec.name)
+        return Classifier(build_model(spec.name), spec, categories, "random", True)
     if Path(text).suffix in (".pt", ".pth", ".bin", ".ckpt") or Path(text).exists():
-        model = build_model(name)
+        model = build_model(spec.name)
         load_state_dict_file(model, text)
         return Classifier(model, spec, categories, text, False)
     return Classifier(_pretrained(spec, text), spec, categories, f"{spec.weights or text}", False)

@@ -72,6 +72,17 @@ class ScanResult:
     source: str | None = None
     thumbnail: np.ndarray | None = field(default=None, repr=False, compare=False)
 
+    def __repr__(self) -> str:
+        """One line: the image, classes, scales and best class (never the maps' values)."""
+        flips = sum(m.flipped for m in self.maps)
+        scales = [m.factor for m in self.maps if not m.flipped]
+        span = f"{min(scales):.3g}-{max(scales):.3g}" if scales else "-"
+        top = self.top_classes(1) if self.maps else []
+        best = f", top {top[0].name!r} {top[0].score:.3f}" if top else ""
+        return (f"ScanResult({self.image_size[0]}x{self.image_size[1]} px (HxW), "
+                f"{len(self.categories)} classes, {len(scales)} scale(s) {span}"
+                f"{' with flips' if flips else ''}{best}, source={self.source!r})")
+
     @property
     def factors(self) -> tuple[float, ...]:
         return tuple(m.factor for m in self.maps)

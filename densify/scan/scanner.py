@@ -1,6 +1,6 @@
 """Run a dense net over an image pyramid: one conversion, every scale, probabilities per cell.
 
-    scanner = Scanner("resnet50", scales=6, weights="DEFAULT")   # converts once
+    scanner = Scanner("resnet50", scales=6)    # converts once, with the trained weights
     result = scanner("photo.jpg")                                 # ScanResult
     result.top_classes(5); result.heatmap("tabby"); result.detections(threshold=0.6)
 
@@ -40,13 +40,15 @@ from ..convert.outputs import select_key
 from ..errors import ConversionError, ParameterError
 from ..io.image import read_array, read_image, thumbnail
 from ..models.catalogue import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
-from ..models.weights import Classifier, load_classifier
+from ..models.user import ModelChoice, load_model
+from ..models.weights import Classifier
 from .detect import object_region
 from .maps import BOX_FORMATS, ScaleMap
 from .memory import MemoryBudget, level_input
 from .pyramid import Level, levels, object_range, parse_scales
 from .result import THUMBNAIL_SIDE, ScanResult
-from .threads import resolve_threads, thread_limit
+from .settings import ScanSettings
+from .threads import check_threads, thread_limit
 from .tiling import HEADROOM, estimate_bytes, format_bytes, forward_tiled, parse_bytes
 
 __all__ = ["PRECISIONS", "Scanner", "resolve_device", "as_rgb", "to_probabilities"]
@@ -90,86 +92,87 @@ def as_rgb(image: str | Path | np.ndarray | torch.Tensor) -> tuple[np.ndarray, s
 class Scanner:
     """A classifier converted once and ready to scan images at several scales.
 
+    Built from a model and one :class:`densify.scan.settings.ScanSettings` (the how), then
+    called per image (the what). Keywords override single settings:
+    ``Scanner("lenet5-digits", scales=6, flip=True)``.
+
     Args:
-        model: a catalogue name (``densify models``), a :class:`densify.weights.Classifier`, a
-            :class:`densify.convert.DenseNet`, or any convertible ``nn.Module`` classifier (then
-            pass ``input_size`` and, unless ImageNet statistics fit, ``mean``/``std``).
-        scales: default scales: a count or explicit factors (:func:`densify.pyramid.levels`).
-        output_stride: pixels between cells; None keeps the native stride.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; softmax stays float32).
-        weights: for catalogue names: ``"random"``, ``"DEFAULT"`` or a file path.
+        model: a catalogue name (``densify models``; any case), ``package.module:factory``, a
+            :class:`densify.models.user.ModelChoice` (the command line's, with its overrides), a
+            :class:`densify.weights.Classifier`, a :class:`densify.convert.DenseNet`, or any
+            convertible ``nn.Module`` classifier (then pass ``input_size`` and, unless ImageNet
+            statistics fit, ``mean``/``std``); loaded by :func:`densify.models.user.load_model`.
+        settings: the scan settings (default ``ScanSettings()``); see its attributes.
+        weights: for catalogue names: None (the model's trained weights when it has any, as on
+            the command line; else random), ``"DEFAULT"``, ``"random"`` or a file path.
         input_size, mean, std, categories, background_class: override (or, for plain modules,
-            supply) the catalogue's values; ``categories`` default to ``"0"``, ``"1"``, ...
-        object_box: ``(x1, y1, x2, y2)`` of the object inside the window, for tighter boxes;
-            ``"auto"`` reads it from the model card (``object_height``, ``box_aspect``).
-        max_memory: bound on the whole process's peak resident memory during a scan (bytes,
-            or a string such as ``"3GB"``; :mod:`densify.scan.memory`): what the process holds
-            once the model is converted is measured here, and a scale that does not fit in the
-            rest is computed in stride-aligned, overlapping tiles that give the same cells
-            (:func:`densify.scan.tiling.forward_tiled`). A budget below the fixed cost plus the
-            smallest tile raises :class:`densify.scan.tiling.TilingError` stating the minimum.
-        object_sizes: ``(min, max)`` heights in image pixels of the objects to find; with
-            ``scales=N`` the pyramid then spans the factors that map them onto the trained
-            object height (:func:`densify.pyramid.object_range`). Default: the card's
-            ``object_sizes``, if any; otherwise the whole-image range.
-        flip: also scan every scale on the horizontally mirrored image (OverFeat's flips):
-            twice the maps, each mirrored one registered back onto the image
-            (:class:`densify.scan.maps.ScaleMap`), and image scores averaged over all of them.
-        progress: show a tqdm bar over scales.
-        scores: for multi-output models, the output holding the class scores (index or key;
-            default: the model card's ``outputs["scores"]``, else the only output). It is
-            softmaxed only if it is not already a probability (``DenseNet.outputs[i].activation``:
-            softmax and sigmoid are kept, log-softmax is exponentiated).
-        boxes: an optional box-regression output (index or key) with 4 (class-agnostic) or
-            ``4·K`` (class-major) channels; its boxes then replace the windows in detections.
-            Default (when neither ``scores`` nor ``boxes`` is given): the card's
-            ``outputs["boxes"]`` (the shipped digit spotter has one), else none.
-        box_format: ``"offsets"`` or ``"deltas"`` (:meth:`densify.scan.maps.ScaleMap.regressed_boxes`);
-            default: the card's ``box_format``, else ``"offsets"``.
-        threads: intra-op CPU threads for each scan; None: the CPUs this process may use minus
-            the cores other processes keep busy at the start of the scan, at least 1
-            (:mod:`densify.scan.threads`; ``OMP_NUM_THREADS`` in the environment wins).
-        fold_bn: fold batch norms into the convolutions before them
-            (:func:`densify.convert.fold.fold_batchnorm`; a given DenseNet is copied, not changed).
+            supply) the model card's values; ``categories`` default to ``"0"``, ``"1"``, ...
+        **overrides: fields of :class:`ScanSettings` (``scales``, ``output_stride``, ``device``,
+            ``precision``, ``flip``, ``object_sizes``, ``max_memory``, ``threads``, ``fold_bn``,
+            ``progress``, ``scores``, ``boxes``, ``box_format``, ``object_box``).
+
+    Notes on settings: ``max_memory`` bounds the whole process's peak resident memory during a
+    scan (:mod:`densify.scan.memory`): what the process holds once the model is converted is
+    measured here, and a scale that does not fit in the rest is computed in stride-aligned,
+    overlapping tiles that give the same cells; a budget below the fixed cost plus the smallest
+    tile raises :class:`densify.scan.tiling.TilingError` stating the minimum. ``threads`` None
+    leaves torch's thread count alone (a library call changes nothing process-wide; the command
+    line chooses a count with :mod:`densify.runtime`); a count is set for each call and restored
+    after it. ``scores``/``boxes``: for multi-output models (default: the card's outputs);
+    regressed boxes then replace the windows in detections.
+
+    Examples:
+        >>> import torch, densify
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 4), torch.nn.Flatten())
+        >>> scan = densify.Scanner(net, input_size=(1, 4, 4), mean=(0.5,), std=(0.5,),
+        ...                        scales=[1.0], output_stride=None, device="cpu")
+        >>> scan.settings.scales, scan.output_stride, scan.categories
+        ([1.0], 1, ('0', '1'))
     """
 
-    def __init__(self, model: str | Classifier | nn.Module, scales: int | str | Sequence[float] = 6,
-                 output_stride: int | None = 16, device: str | torch.device | None = "auto",
-                 precision: str = "fp32", weights: str | Path = "random", *,
-                 input_size: Sequence[int] | None = None, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, categories: Sequence[str] | None = None,
-                 background_class: int | None = None, object_box="auto", object_sizes=None,
-                 max_memory: int | str | None = None, flip: bool = False, progress: bool = False,
-                 scores=None, boxes=None, box_format: str | None = None,
-                 threads: int | None = None, fold_bn: bool = True):
-        if precision not in PRECISIONS:
-            raise ParameterError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-        self.scales = parse_scales(scales)
-        self.device = resolve_device(device)
-        self.precision = precision
+    def __init__(self, model: str | Classifier | nn.Module, settings: ScanSettings | None = None,
+                 *, weights: str | Path | None = None, input_size: Sequence[int] | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 categories: Sequence[str] | None = None, background_class: int | None = None,
+                 **overrides):
+        if settings is not None and not isinstance(settings, ScanSettings):
+            raise ParameterError(f"Scanner's second argument is a ScanSettings, not "
+                                 f"{type(settings).__name__}; pass scales=... as a keyword")
+        s = (settings or ScanSettings()).replace(**overrides)
+        if s.precision not in PRECISIONS:
+            raise ParameterError(f"unknown precision {s.precision!r}; use one of "
+                                 f"{', '.join(PRECISIONS)}")
+        self.scales = parse_scales(s.scales)
+        self.settings = s.replace(scales=self.scales)
+        self.device = resolve_device(s.device)
+        self.precision = s.precision
         self._check_autocast()
-        self.progress = progress
-        self.flip = bool(flip)
-        self.classifier = load_classifier(model, weights) if isinstance(model, str) else (
-            model if isinstance(model, Classifier) else None)
+        self.progress = s.progress
+        self.flip = bool(s.flip)
+        self.threads = None if s.threads is None else check_threads(s.threads)
+        self.classifier = _load(model, weights, input_size, mean, std, categories)
         spec = self.classifier.spec if self.classifier else None
         net = self.classifier.model if self.classifier else model
-        size = input_size if input_size is not None else (spec.input_size if spec else None)
-        self.dense = _convert(net, size, output_stride, fold_bn).to(self.device).eval()
+        size = spec.input_size if spec else input_size
+        self.dense = _convert(net, size, s.output_stride, s.fold_bn).to(self.device).eval()
         self.dense = self.dense.to(memory_format=torch.channels_last)
-        self._select_outputs(*_card_outputs(spec, scores, boxes, box_format))
-        self.requested_stride = output_stride
+        self._select_outputs(*_card_outputs(spec, s.scores, s.boxes, s.box_format))
+        self.requested_stride = s.output_stride
         self._set_preprocessing(spec, mean, std)
-        self._set_classes(spec, categories, background_class, object_box)
-        self.scale_range = card_scale_range(spec, object_sizes)
+        self._set_classes(spec, categories, background_class, s.object_box)
+        self.scale_range = card_scale_range(spec, s.object_sizes)
         if self.classifier is not None:  # the scanner keeps one copy of the weights: the dense one
             self.classifier = dataclasses.replace(self.classifier, model=None)
         del net
-        self.max_memory = None if max_memory is None else parse_bytes(max_memory)
-        self.budget = None if max_memory is None else MemoryBudget.measure(
-            self.scan_net, self.max_memory, PRECISIONS[precision] or self.dtype, self.device)
-        self.threads = None if threads is None else resolve_threads(threads)
+        self.max_memory = None if s.max_memory is None else parse_bytes(s.max_memory)
+        self.budget = None if s.max_memory is None else MemoryBudget.measure(
+            self.scan_net, self.max_memory, PRECISIONS[s.precision] or self.dtype, self.device)
+
+    @property
+    def default_threshold(self) -> float:
+        """The model card's recommended detection threshold, else 0.5."""
+        spec = self.classifier.spec if self.classifier else None
+        return float(spec.extra.get("threshold", 0.5)) if spec else 0.5
 
     @property
     def geometry(self):
@@ -352,6 +355,17 @@ def _softmax_rows(logits: torch.Tensor, rows: int = 64) -> torch.Tensor:
     for r in range(0, logits.shape[1], rows):
         logits[:, r:r + rows] = logits[:, r:r + rows].softmax(dim=0)
     return logits if logits.is_contiguous() else logits.contiguous()
+
+
+def _load(model, weights, input_size, mean, std, categories) -> Classifier | None:
+    """The model as a :class:`Classifier` (:func:`densify.models.user.load_model`); None for a
+    DenseNet or a plain module, which the scanner converts as given."""
+    if isinstance(model, ModelChoice):
+        model = model.load()
+    if isinstance(model, (str, Classifier)):
+        return load_model(model, weights, input_size=input_size, mean=mean, std=std,
+                          categories=categories)
+    return None
 
 
 def _convert(model: nn.Module, input_size, output_stride: int | None, fold_bn: bool) -> DenseNet:
