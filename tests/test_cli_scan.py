@@ -19,6 +19,7 @@ from densify.io.image import read_image, resize, sample_image
 from densify.io.records import read_records
 from densify.models import archs
 from densify.models import catalogue as zoo
+from densify.models.card import ModelCard
 
 PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
 FAST = ["--model", "squeezenet1_1", "--device", "cpu", "-q"]
@@ -231,8 +232,8 @@ def digits_card(monkeypatch):
     spec = zoo.ModelSpec(
         "lenet5-digits", "project", lambda k: archs.lenet5(k), (1, 28, 28), 11, (0.5,),
         (0.5,), weights="missing_digits.pt", categories_from="card",
-        extra={"categories": categories, "background_class": 10, "object_height": 20.0,
-               "box_aspect": 0.6})
+        card=ModelCard((1, 28, 28), (0.5,), (0.5,), tuple(categories), background_class=10,
+                       object_height=20.0, box_aspect=0.6))
     monkeypatch.setitem(zoo.MODELS, "lenet5-digits", spec)
     return spec
 

@@ -41,7 +41,7 @@ def test_card_matches_the_weights_file():
     digest = hashlib.sha256((zoo.WEIGHTS_DIR / card["file"]).read_bytes()).hexdigest()
     assert digest == card["sha256"]
     spec = zoo.MODELS["lenet5-digits"]
-    assert spec.extra["categories"][spec.extra["background_class"]] == "background"
+    assert spec.card.categories[spec.card.background_class] == "background"
     assert spec.input_size == (1, 28, 28)
 
 

@@ -84,7 +84,7 @@ def _single_process(images: Path) -> dict[str, tuple]:
     out = {}
     for path in sorted(images.glob("scene*.png")):
         result = scanner(path)
-        threshold = scanner.classifier.spec.extra.get("threshold", 0.5)
+        threshold = scanner.default_threshold
         out[path.name] = (result.top_classes(5), result.detections(threshold, 0.3))
     return out
 

@@ -254,3 +254,21 @@ def test_a_cli_result_file_keeps_its_image_and_prints_short(tmp_path):
     assert back.thumbnail is not None and back.thumbnail.shape[:2] == (240, 320)
     text = repr(back)
     assert len(text) < 200 and "300x400 px (HxW)" in text and "tensor" not in text
+
+
+# ------------------------------------------------------------------- the typed model card
+
+
+def test_the_card_is_typed_and_overridden_by_replace():
+    from densify.models.card import ModelCard
+    from densify.models.user import load_model
+
+    card = get_spec("lenet5-digits").card
+    assert isinstance(card, ModelCard) and card.background_class == 10 and card.threshold == 0.9
+    assert (card.scores_output, card.boxes_output, card.box_format) == (0, 1, "offsets")
+    assert card.object_sizes == (24.0, 120.0) and card.categories[10] == "background"
+    clf = load_model("lenet5-digits", mean=(0.3,), categories=[str(i) for i in range(11)])
+    assert clf.card == card.replace(mean=(0.3,), categories=tuple(str(i) for i in range(11)))
+    assert clf.card.std == card.std and clf.spec.mean == (0.3,)
+    with pytest.raises(ModelError, match="bad model card"):
+        ModelCard.from_dict({"mean": [0.5]})

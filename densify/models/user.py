@@ -102,18 +102,21 @@ def load_model(name: str | Classifier | nn.Module, weights: str | Path | None = 
         clf = load_classifier(name, weights)
     else:
         clf = _user_classifier(name, weights, input_size)
-    name = clf.spec.name
-    spec = clf.spec
-    size = spec.input_size if input_size is None else (
-        tuple(input_size) if len(input_size) == 3 else (spec.input_size[0], *input_size))
-    spec = dataclasses.replace(spec, input_size=size, mean=tuple(mean or spec.mean),
-                               std=tuple(std or spec.std))
-    if len(spec.mean) not in (1, size[0]) or len(spec.std) not in (1, size[0]):
-        raise ModelError(f"{name} reads {size[0]} channel(s): give --mean and --std with "
-                         f"{size[0]} value(s) each")
-    categories = (list(categories) if categories is not None else
-                  read_classes(classes) if classes is not None else clf.categories)
-    return Classifier(clf.model, spec, categories, clf.weights, clf.random)
+    name, card = clf.spec.name, clf.card
+    size = None if input_size is None else (
+        tuple(input_size) if len(input_size) == 3 else (card.input_size[0], *input_size))
+    if categories is None and classes is not None:
+        categories = read_classes(classes)
+    card = card.replace(input_size=size, mean=None if mean is None else tuple(mean),
+                        std=None if std is None else tuple(std),
+                        categories=None if categories is None else tuple(map(str, categories)))
+    channels = card.input_size[0]
+    if len(card.mean) not in (1, channels) or len(card.std) not in (1, channels):
+        raise ModelError(f"{name} reads {channels} channel(s): give --mean and --std with "
+                         f"{channels} value(s) each")
+    spec = dataclasses.replace(clf.spec, input_size=card.input_size, mean=card.mean, std=card.std,
+                               card=card)
+    return Classifier(clf.model, spec, list(card.categories), clf.weights, clf.random, card)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
+from .card import ModelCard
 from .catalogue import WEIGHTS_DIR, ModelSpec, build_model, get_spec
 
 __all__ = ["WeightsError", "Classifier", "load_classifier", "load_state_dict_file", "categories_for"]
@@ -37,10 +38,12 @@ class Classifier:
 
     Attributes:
         model: the ``nn.Module`` in eval mode.
-        spec: its catalogue entry (canonical input, normalization).
+        spec: its catalogue entry (how it is built).
         categories: class names, index-aligned with the logits.
         weights: where the weights came from (for reports).
         random: True when the weights are random.
+        card: how to read it (:class:`densify.models.card.ModelCard`: input, normalization,
+            classes, detection facts); default: the spec's card with ``categories``.
     """
 
     model: nn.Module
@@ -48,6 +51,11 @@ class Classifier:
     categories: list[str]
     weights: str
     random: bool
+    card: ModelCard | None = None
+
+    def __post_init__(self):
+        if self.card is None:
+            self.card = self.spec.default_card().replace(categories=tuple(self.categories))
 
 
 def categories_for(spec: ModelSpec) -> list[str]:
@@ -57,7 +65,7 @@ def categories_for(spec: ModelSpec) -> list[str]:
 
         return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
     if spec.categories_from == "card":
-        return list(spec.extra["categories"])
+        return list(spec.card.categories)
     return [str(i) for i in range(spec.num_classes)]
 
 

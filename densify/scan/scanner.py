@@ -39,7 +39,8 @@ from ..convert.fold import fold_batchnorm
 from ..convert.outputs import select_key
 from ..errors import ConversionError, ParameterError
 from ..io.image import read_array, read_image, thumbnail
-from ..models.catalogue import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from ..models.card import ModelCard
+from ..models.catalogue import IMAGENET_MEAN, IMAGENET_STD
 from ..models.user import ModelChoice, load_model
 from ..models.weights import Classifier
 from .detect import object_region
@@ -151,16 +152,20 @@ class Scanner:
         self.flip = bool(s.flip)
         self.threads = None if s.threads is None else check_threads(s.threads)
         self.classifier = _load(model, weights, input_size, mean, std, categories)
-        spec = self.classifier.spec if self.classifier else None
+        #: the model card (:class:`densify.models.card.ModelCard`) with the overrides; None for
+        #: a plain module or DenseNet
+        self.card = self.classifier.card.replace(background_class=background_class) if (
+            self.classifier) else None
+        card = self.card
         net = self.classifier.model if self.classifier else model
-        size = spec.input_size if spec else input_size
+        size = card.input_size if card else input_size
         self.dense = _convert(net, size, s.output_stride, s.fold_bn).to(self.device).eval()
         self.dense = self.dense.to(memory_format=torch.channels_last)
-        self._select_outputs(*_card_outputs(spec, s.scores, s.boxes, s.box_format))
+        self._select_outputs(*_card_outputs(card, s.scores, s.boxes, s.box_format))
         self.requested_stride = s.output_stride
-        self._set_preprocessing(spec, mean, std)
-        self._set_classes(spec, categories, background_class, s.object_box)
-        self.scale_range = card_scale_range(spec, s.object_sizes)
+        self._set_preprocessing(card, mean, std)
+        self._set_classes(card, categories, background_class, s.object_box)
+        self.scale_range = card_scale_range(card, s.object_sizes)
         if self.classifier is not None:  # the scanner keeps one copy of the weights: the dense one
             self.classifier = dataclasses.replace(self.classifier, model=None)
         del net
@@ -171,8 +176,8 @@ class Scanner:
     @property
     def default_threshold(self) -> float:
         """The model card's recommended detection threshold, else 0.5."""
-        spec = self.classifier.spec if self.classifier else None
-        return float(spec.extra.get("threshold", 0.5)) if spec else 0.5
+        threshold = self.card.threshold if self.card else None
+        return 0.5 if threshold is None else float(threshold)
 
     @property
     def geometry(self):
@@ -192,8 +197,8 @@ class Scanner:
         param = next(self.dense.parameters(), None)
         return torch.float32 if param is None else param.dtype
 
-    def _set_preprocessing(self, spec: ModelSpec | None, mean, std) -> None:
-        default = (spec.mean, spec.std) if spec else (None, None)
+    def _set_preprocessing(self, card: ModelCard | None, mean, std) -> None:
+        default = (card.mean, card.std) if card else (None, None)
         if self.in_chans == 3:
             default = (default[0] or IMAGENET_MEAN, default[1] or IMAGENET_STD)
         self.mean = tuple(mean) if mean is not None else default[0]
@@ -218,20 +223,19 @@ class Scanner:
         keys = [self.scores_output.key] + ([] if reg is None else [reg.key])
         self.scan_net = self.dense.subset(*keys)
 
-    def _set_classes(self, spec, categories, background_class, object_box) -> None:
+    def _set_classes(self, card: ModelCard | None, categories, background_class,
+                     object_box) -> None:
         num = self.scores_output.channels
         if categories is None:  # a user's model without a class list: indices
-            categories = (self.classifier.categories if self.classifier and
-                          self.classifier.categories else range(num))
+            categories = card.categories if card and card.categories else range(num)
         self.categories = tuple(str(c) for c in categories)
         if len(self.categories) != num:
             raise ParameterError(f"{len(self.categories)} categories given for a model with {num} "
                              "outputs; pass one name per class")
-        extra = spec.extra if spec else {}
         self.background_class = (background_class if background_class is not None
-                                 else extra.get("background_class"))
+                                  else card.background_class if card else None)
         if object_box == "auto":
-            object_box = _card_object_box(spec, self.geometry.window)
+            object_box = _card_object_box(card, self.geometry.window)
         self.object_box = None if object_box is None else tuple(float(v) for v in object_box)
 
     def _check_autocast(self) -> None:
@@ -394,44 +398,29 @@ def _convert_model(model: nn.Module, input_size, output_stride: int | None) -> D
         return dense
 
 
-def _card_outputs(spec: ModelSpec | None, scores, boxes, box_format: str | None):
-    """``(scores, boxes, box_format)``: the given ones, else the model card's (``"outputs":
-    {"scores": key, "boxes": key}``, ``"box_format"``), else the only output, no boxes and
-    ``"offsets"``."""
-    card = spec.extra.get("outputs", {}) if spec else {}
-    if scores is None and boxes is None:
-        scores, boxes = card.get("scores"), card.get("boxes")
-    fmt = box_format or (spec.extra.get("box_format") if spec else None) or "offsets"
+def _card_outputs(card: ModelCard | None, scores, boxes, box_format: str | None):
+    """``(scores, boxes, box_format)``: the given ones, else the model card's, else the only
+    output, no boxes and ``"offsets"``."""
+    if scores is None and boxes is None and card is not None:
+        scores, boxes = card.scores_output, card.boxes_output
+    fmt = box_format or (card.box_format if card else None) or "offsets"
     return scores, boxes, fmt
 
 
-def _card_object_box(spec: ModelSpec | None, window: Sequence[int]):
-    """The object's box in the window from the model card (``object_height``
-    and ``box_aspect``), or None."""
-    if spec is None:
+def _card_object_box(card: ModelCard | None, window: Sequence[int]):
+    """The object's box in the window from the model card (``object_height`` and
+    ``box_aspect``), or None."""
+    if card is None or card.object_height is None:
         return None
-    height = _object_height(spec)
-    if height is None:
-        return None
-    return object_region(window, height, float(spec.extra.get("box_aspect", 1.0)))
+    return object_region(window, card.object_height, card.box_aspect)
 
 
-def _object_height(spec: ModelSpec | None) -> float | None:
-    """The object's height inside the window, from the model card, or None."""
-    if spec is None:
-        return None
-    height = spec.extra.get("object_height")
-    return None if height is None else float(height)
-
-
-def card_scale_range(spec: ModelSpec | None, object_sizes=None) -> tuple[float, float] | None:
+def card_scale_range(card: ModelCard | None, object_sizes=None) -> tuple[float, float] | None:
     """The factor range for ``scales=N`` from object sizes (given, or the card's), or None."""
-    height = _object_height(spec)
-    sizes = object_sizes if object_sizes is not None else (spec.extra.get("object_sizes")
-                                                           if spec else None)
+    sizes = object_sizes if object_sizes is not None else (card.object_sizes if card else None)
     if sizes is None:
         return None
-    if height is None:
+    if card is None or card.object_height is None:
         raise ParameterError("object sizes need a model whose card gives object_height; pass "
                          "explicit --scales factors instead")
-    return object_range(height, sizes)
+    return object_range(card.object_height, sizes)
