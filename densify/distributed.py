@@ -97,7 +97,7 @@ class ScanConfig:
     card overrides) or a picklable module; ``settings`` a :class:`ScanSettings`; ``threshold``
     None means the model card's recommended threshold, else 0.5; ``classes`` are class indices
     (None: all); ``detection`` holds further keyword arguments of
-    :meth:`ScanResult.detections` (``refine``, ``window_boxes``, ``merge``, ...).
+    :meth:`ScanResult.detections` (``boxes``, ``merge``, ``merge_threshold``).
     """
 
     model: Any = None

@@ -272,3 +272,27 @@ def test_the_card_is_typed_and_overridden_by_replace():
     assert clf.card.std == card.std and clf.spec.mean == (0.3,)
     with pytest.raises(ModelError, match="bad model card"):
         ModelCard.from_dict({"mean": [0.5]})
+
+
+# ----------------------------------------------------------- one switch for where boxes come from
+
+
+def test_one_boxes_switch():
+    from densify.scan.scanner import Scanner
+
+    scene = cv2.imread(str(SCENE))[:400, :500, ::-1].copy()
+    result = Scanner("lenet5-digits", scales=2, device="cpu")(scene)
+    found = {b: result.detections(0.9, 0.3, boxes=b) for b in ("auto", "regressed", "object",
+                                                              "window")}
+    assert torch.equal(found["auto"].boxes, found["regressed"].boxes) and len(found["auto"])
+    assert not torch.equal(found["object"].boxes, found["window"].boxes)
+    with pytest.warns(DeprecationWarning, match="boxes="):
+        old = result.detections(0.9, 0.3, window_boxes=True)
+    assert torch.equal(old.boxes, found["window"].boxes)
+    with pytest.raises(ParameterError, match="unknown boxes"):
+        result.detections(boxes="windows")
+    plain = Scanner("lenet5", scales=[1.0], device="cpu")(scene)
+    with pytest.raises(ParameterError, match="no box-regression output"):
+        plain.detections(boxes="regressed")
+    with pytest.raises(ParameterError, match="no object box"):
+        plain.detections(boxes="object")

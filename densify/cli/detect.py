@@ -24,10 +24,8 @@ def _detect_one(scanner: Scanner, out: Path, opts: dict, path: Path, stem: str,
     from ..io.files import write_image
     from ._scanning import summary, write_all
 
-    det = result.detections(opts["threshold"], opts["iou"], opts["classes"],
-                            refine=not opts["window_boxes"], window_boxes=opts["window_boxes"],
-                            merge=opts["merge"],
-                            merge_threshold=opts["merge_threshold"])
+    det = result.detections(opts["threshold"], opts["iou"], opts["classes"], opts["boxes"],
+                            opts["merge"], opts["merge_threshold"])
     names = [result.categories[c] for c in det.labels.tolist()]
     vis = draw_boxes(rgb, det.boxes, names, det.scores)
     files = write_all({out / f"{stem}_detections.png": lambda p: write_image(p, vis)})
@@ -54,12 +52,12 @@ def _detect_lines(records: list[dict]) -> str:
 @options.merge
 @options.merge_threshold
 @click.option("--class", "classes", multiple=True, help="Only this class (repeatable).")
-@options.window_boxes
+@options.boxes
 @options.json_output("OUTDIR/detections.json")
 @options.ray_options
 @options.settings_options
 def detect(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, prefetch, threshold,
-           nms_iou, merge, merge_threshold, classes, window_boxes, json_path, ray) -> None:
+           nms_iou, merge, merge_threshold, classes, boxes, json_path, ray) -> None:
     """Detect objects: boxes from every window above --threshold, merged by NMS (or --merge
     overfeat: OverFeat's greedy merge, whose scores are sums over the merged windows).
 
@@ -87,8 +85,7 @@ def detect(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, p
 
         return scan_on_ray(ray, "detect", inputs, out, quiet, model, settings,
                            threshold=threshold, iou=nms_iou, classes=list(classes) or None,
-                           detection_options={"refine": not window_boxes,
-                                              "window_boxes": window_boxes, "merge": merge,
+                           detection_options={"boxes": boxes, "merge": merge,
                                               "merge_threshold": merge_threshold})
     json_path = json_path or str(out / "detections.json")
     with run_tuned(settings, keep_memory) as threads:
@@ -98,7 +95,7 @@ def detect(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, p
             raise click.BadParameter("the background class never yields boxes",
                                      param_hint="--class")
         opts = {"threshold": default_threshold(scanner, threshold), "iou": nms_iou,
-                "classes": chosen, "window_boxes": window_boxes, "merge": merge,
+                "classes": chosen, "boxes": boxes, "merge": merge,
                 "merge_threshold": merge_threshold}
         paths, failed = expand(inputs)
         work = functools.partial(_detect_one, scanner, out, opts)

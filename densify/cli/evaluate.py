@@ -58,10 +58,7 @@ def _read_json(path: Path, what: str):
 @options.nms_iou
 @options.merge
 @options.merge_threshold
-@options.window_boxes
-@click.option("--no-regress", is_flag=True,
-              help="Ignore the model's box regressor: boxes from the card's object box (or the "
-                   "windows), to measure what regression adds.")
+@options.boxes
 @click.option("--save-gt", type=_JSON_FILE, default=None,
               help="Write the scenes' COCO ground truth here.")
 @click.option("--save-detections", type=_JSON_FILE, default=None,
@@ -76,7 +73,7 @@ def _read_json(path: Path, what: str):
 @options.quiet
 @options.settings_options
 def evaluate(model, settings, scenes, seed, split, size, threshold, nms_iou, merge,
-             merge_threshold, window_boxes, no_regress, save_gt, save_detections, gt_path,
+             merge_threshold, boxes, save_gt, save_detections, gt_path,
              det_path, keep_memory, json_path, quiet) -> None:
     """COCO AP, AP50, AP75 and AR (pycocotools) on generated held-out digit scenes, or of
     --detections against --gt."""
@@ -92,8 +89,7 @@ def evaluate(model, settings, scenes, seed, split, size, threshold, nms_iou, mer
                                                                              "detections"))
     else:
         report = _scan_and_score(model, settings, scenes, seed, split, size, threshold, nms_iou,
-                                 merge, merge_threshold, window_boxes, no_regress, quiet,
-                                 keep_memory)
+                                 merge, merge_threshold, boxes, quiet, keep_memory)
         threshold = report["threshold"]
         _save(save_gt, report.pop("ground_truth"))
         _save(save_detections, report.pop("detections"))
@@ -111,7 +107,7 @@ def _save(path: Path | None, data) -> None:
 
 
 def _scan_and_score(model, settings, scenes, seed, split, size, threshold, nms_iou, merge,
-                    merge_threshold, window_boxes, no_regress, quiet, keep_memory=False) -> dict:
+                    merge_threshold, boxes, quiet, keep_memory=False) -> dict:
     from ..digits.evaluation import evaluate_scenes
     from ._scanning import default_threshold, make_scanner, run_tuned
 
@@ -123,8 +119,7 @@ def _scan_and_score(model, settings, scenes, seed, split, size, threshold, nms_i
         if scanner.background_class is None:
             raise click.ClickException(f"{model.model} has no background class; evaluate needs "
                                        "a digit spotter such as lenet5-digits")
-        detect_options = {"merge": merge, "merge_threshold": merge_threshold,
-                          "refine": not window_boxes, "window_boxes": window_boxes or no_regress}
+        detect_options = {"merge": merge, "merge_threshold": merge_threshold, "boxes": boxes}
         return evaluate_scenes(scanner, scenes, seed, split, size or (1200, 1600),
                                default_threshold(scanner, threshold), nms_iou,
                                progress=not quiet, detect_options=detect_options)

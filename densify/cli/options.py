@@ -21,7 +21,7 @@ from ..errors import DensifyError
 __all__ = [
     "DEFAULT_MODEL", "callback", "model", "weights", "output_stride", "input_size", "scales",
     "object_sizes", "device", "precision", "output_dir", "max_memory", "quiet", "json_output",
-    "threshold", "nms_iou", "merge", "merge_threshold", "window_boxes", "image_size", "threads",
+    "threshold", "nms_iou", "merge", "merge_threshold", "boxes", "image_size", "threads",
     "keep_memory",
     "sheet", "report", "flip", "overwrite", "prefetch", "mean", "std", "classes", "scores_output",
     "boxes_output", "box_format", "model_options", "scan_options", "head", "RayOptions",
@@ -234,10 +234,32 @@ merge_threshold = click.option(
     help="--merge overfeat stops when the closest pair's match score (centre distance in box "
          "sides + 1 - IoU) exceeds this.")
 
-# Used by: detect, evaluate.
-window_boxes = click.option(
-    "--window-boxes", is_flag=True,
-    help="Whole windows as boxes: no regressed boxes, and no object box from the model card.")
+def boxes(fn: Callable) -> Callable:
+    """``--boxes`` (detect, evaluate): where each box comes from, passed on as ``boxes``; the
+    old ``--window-boxes`` (= window) and ``--no-regress`` (= object) still work, hidden."""
+
+    @functools.wraps(fn)
+    def command(*args, boxes: str, window_boxes: bool, no_regress: bool, **kwargs):
+        if window_boxes or no_regress:
+            if boxes != "auto" or (window_boxes and no_regress):
+                raise click.UsageError("give --boxes alone (--window-boxes and --no-regress are "
+                                       "its old spellings)")
+            boxes = "window" if window_boxes else "object"
+        return fn(*args, boxes=boxes, **kwargs)
+
+    stack = [
+        click.option("--boxes", type=click.Choice(["auto", "regressed", "object", "window"]),
+                     default="auto", show_default=True,
+                     help="Where boxes come from: the model's box regression, the model card's "
+                          "object box inside each window, the whole window, or auto (regressed "
+                          "when the model has a box output, else object when the card gives one, "
+                          "else window)."),
+        click.option("--window-boxes", is_flag=True, hidden=True),
+        click.option("--no-regress", is_flag=True, hidden=True),
+    ]
+    for option in reversed(stack):
+        command = option(command)
+    return command
 
 # Used by: evaluate, bench.
 image_size = click.option(
