@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._extras import require_extra
-from .errors import DensifyError, ImageError, MissingExtraError, OutputError, ParameterError
+from .errors import ImageError, MissingExtraError, OutputError, ParameterError
 from .runtime import choose_threads
 from .scan.settings import ScanSettings
 
@@ -136,34 +136,26 @@ def scan_row(scanner: Scanner, config: ScanConfig, image: str | None, array=None
 
     A bad image or running out of memory on it gives ``status="error"`` and the message.
     """
-    import torch
-
     from .io.image import read_array, read_image
+    from .scan.records import PER_IMAGE_ERRORS, error_message, error_record, ok_record
     from .scan.resultfile import save_result
 
     start = time.perf_counter()
-    row = {"image": image, "status": "ok", "error": None, "size": None, "top": [],
-           "detections": [], "files": []}
     try:
         rgb = read_image(image) if array is None else read_array(array)
-        result = scanner(rgb, progress=False)
-        row["size"] = list(result.image_size)
-        row["top"] = [{"index": t.index, "name": t.name, "score": t.score, "box": list(t.box),
-                       "factor": t.factor} for t in result.top_classes(config.top_k)]
+        result = replace(scanner(rgb, progress=False), source=image)
         det = result.detections(config.detection_threshold(scanner), config.iou,
                                 config.classes, **config.detection)
-        row["detections"] = [{"box": b, "score": s, "label": c, "name": result.categories[c]}
-                             for b, s, c in zip(det.boxes.tolist(), det.scores.tolist(),
-                                                det.labels.tolist(), strict=True)]
-        if config.results_dir is not None:
-            row["files"] = [str(save_result(result, result_path(config.results_dir, image),
-                                            top_k=config.top_k))]
-    except (DensifyError, torch.OutOfMemoryError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        where = message if image is None or image in message else f"{image}: {message}"
-        row.update(status="error", error=where, size=None, top=[], detections=[])
-    row["seconds"] = time.perf_counter() - start
-    return row
+        detections = [{"box": b, "score": s, "label": c, "name": result.categories[c]}
+                      for b, s, c in zip(det.boxes.tolist(), det.scores.tolist(),
+                                         det.labels.tolist(), strict=True)]
+        files = [] if config.results_dir is None else [str(save_result(
+            result, result_path(config.results_dir, image), top_k=config.top_k))]
+        return ok_record(image, result, time.perf_counter() - start, config.top_k,
+                         detections=detections, files=files)
+    except PER_IMAGE_ERRORS as exc:
+        return error_record(image, error_message(exc, image), time.perf_counter() - start,
+                            detections=[])
 
 
 class ScanActor:

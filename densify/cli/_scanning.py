@@ -26,7 +26,6 @@ from pathlib import Path
 
 import click
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from ..errors import DensifyError, ImageError, OutputError
@@ -35,12 +34,10 @@ from ..io.image import expand_inputs, read_image
 from ..io.records import append_record, finished, read_records
 from ..models.user import ModelChoice
 from ..runtime import trim_heap, tuned
+from ..scan.records import PER_IMAGE_ERRORS, error_message, error_record, ok_record
 from ..scan.result import ScanResult, class_index
 from ..scan.scanner import Scanner
 from ..scan.settings import ScanSettings
-
-#: What costs one image, not the batch: bad input and running out of memory on one image.
-PER_IMAGE_ERRORS = (DensifyError, torch.OutOfMemoryError)
 
 #: The per-image records of a batch, in the output directory (JSON Lines).
 SUMMARY = "summary.jsonl"
@@ -149,17 +146,6 @@ def read_ahead(paths: list[Path], prefetch: bool = True) -> Iterator[tuple]:
             del current
 
 
-def top_rows(result: ScanResult, k: int = 5) -> list[dict]:
-    """The ``top`` field of a scan record (:meth:`ScanResult.top_classes`)."""
-    return [{"index": t.index, "name": t.name, "score": t.score, "box": list(t.box),
-             "factor": t.factor} for t in result.top_classes(k)]
-
-
-def _error_record(path: Path, message: str, seconds: float) -> dict:
-    return {"image": str(path), "status": "error", "error": message, "size": None, "top": [],
-            "files": [], "seconds": seconds}
-
-
 def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[..., dict],
                errors: list[tuple[str, str]] | None = None, out: Path | None = None,
                overwrite: bool = False, prefetch: bool = True, job: dict | None = None
@@ -207,14 +193,10 @@ def _scan_one(scanner: Scanner, path: Path, stem: str, read: tuple, quiet: bool,
         result = dataclasses.replace(scanner(rgb, progress=not quiet), source=str(path))
         record = work(path, stem, rgb, result)
     except PER_IMAGE_ERRORS as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        message = message if str(path) in message else f"{path}: {message}"
+        message = error_message(exc, path)
         fail(message)
-        return _error_record(path, message, round(time.perf_counter() - start, 4))
-    top = record.pop("top", None)
-    top = top_rows(result) if top is None else top
-    return {"image": str(path), "status": "ok", "error": None, "size": list(result.image_size),
-            "top": top, **record, "seconds": round(time.perf_counter() - start, 4)}
+        return error_record(path, message, round(time.perf_counter() - start, 4))
+    return ok_record(path, result, round(time.perf_counter() - start, 4), **record)
 
 
 def write_all(outputs: dict[Path, Callable[[Path], object]]) -> list[str]:

@@ -33,6 +33,7 @@ def _heatmap_one(scanner: Scanner, out: Path, chosen: int | None, top_k: int, al
     from ..io.draw import draw_boxes, draw_caption, overlay_heatmap
     from ..io.files import write_image
     from ..scan.display import sheet as draw_sheet
+    from ..scan.records import top_rows
     from ..scan.resultfile import save_result
     from ._scanning import summary, write_all
 
@@ -53,10 +54,8 @@ def _heatmap_one(scanner: Scanner, out: Path, chosen: int | None, top_k: int, al
         outputs[out / f"{stem}_sheet.png"] = lambda p: write_image(
             p, draw_sheet(result, classes[:top_k], heading=heading, colormap=colormap))
     files = write_all(outputs)
-    rows = [{"index": t.index, "name": t.name, "score": t.score, "box": list(t.box),
-             "factor": t.factor} for t in top]
-    return {**summary(path, result, scanner), "status": "ok", "error": None, "class": best.name,
-            "top": rows, "files": files}
+    return {**summary(path, result, scanner), "class": best.name, "top": top_rows(result, top_k),
+            "files": files}
 
 
 def _heatmap_table(records: list[dict]) -> str:
@@ -80,8 +79,9 @@ def _heatmap_table(records: list[dict]) -> str:
 def _write_report(out: Path, scanner: Scanner, model: str, top_k: int, records: list[dict],
                   errors: list[tuple[str, str]], seconds: float) -> Path:
     from ..io.report import write_report
-    failed = [{"image": path, "status": "error", "error": message, "size": None, "top": [],
-               "files": [], "seconds": None} for path, message in errors]
+    from ..scan.records import error_record
+
+    failed = [error_record(path, message, None) for path, message in errors]
     clf = scanner.classifier
     source = ("random (maps are meaningless)" if clf.random else str(clf.weights)) if clf else "?"
     stride = scanner.output_stride
