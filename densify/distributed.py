@@ -66,8 +66,9 @@ def require_ray():
     """Import and return ``ray`` (with ``ray.data``), or raise one line naming the extra."""
     require_extra("ray", "scanning on Ray")
     try:
-        import ray
         import ray.data  # noqa: F401
+
+        import ray
     except ImportError as exc:
         raise MissingExtraError(f"Ray Data is not installed ({exc}); {RAY_HINT}") from None
     return ray
@@ -184,12 +185,19 @@ class ScanActor:
 def image_paths(source: str | Path | Sequence[str | Path]) -> list[str]:
     """Paths of ``source``: a directory (its images, :func:`densify.io.image.expand_inputs`), a
     glob (``**`` recursive), one file, or a list of paths taken as given (not checked here: a
-    missing one becomes an error row).
+    missing one becomes an error row). Relative paths are made absolute: the workers run in
+    other directories.
 
     Examples:
-        >>> image_paths(["a.png", Path("b/c.jpg")])
-        ['a.png', 'b/c.jpg']
+        >>> import os
+        >>> image_paths(["/data/a.png", Path("b/c.jpg")]) == ["/data/a.png",
+        ...                                                   os.path.abspath("b/c.jpg")]
+        True
     """
+    return [p if "://" in p else os.path.abspath(p) for p in _image_paths(source)]
+
+
+def _image_paths(source) -> list[str]:
     from .io.image import expand_inputs
 
     if isinstance(source, (str, Path)):
@@ -312,7 +320,7 @@ def scan_dataset(source, model: Any = "lenet5-digits", settings: ScanSettings | 
     if results_dir is not None:
         from .io.files import ensure_output_dir
 
-        results_dir = str(ensure_output_dir(results_dir))
+        results_dir = str(ensure_output_dir(results_dir).resolve())
     config = _checked_config(ScanConfig(model, settings, top_k, threshold, iou, None,
                                         dict(detection_options or {}), results_dir), classes)
     inputs, batch = input_dataset(source, batch_size, workers)
@@ -339,7 +347,7 @@ def write_rows(rows: ray.data.Dataset, output_dir: str | Path, output_format: st
     if "://" in str(output_dir):
         write(str(output_dir))
         return str(output_dir)
-    target = Path(output_dir)
+    target = Path(output_dir).resolve()  # workers run in other directories
     if target.is_file() or (target.is_dir() and any(target.iterdir())):
         raise OutputError(f"{target}: already exists and is not an empty directory; remove it or "
                           "choose another output directory")

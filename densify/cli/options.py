@@ -61,11 +61,10 @@ def _floats(value: str) -> tuple[float, ...]:
                          "0.485,0.456,0.406") from None
 
 
-def _classes(value: str) -> str:
+def _classes(value: str) -> tuple[str, ...]:
     from ..models.user import read_classes
 
-    read_classes(value)  # validates
-    return value
+    return tuple(read_classes(value))
 
 
 def _scales(value: str):
@@ -376,7 +375,7 @@ SETTING_OPTIONS = {"scales": "scales", "flip": "flip", "object_sizes": "object_s
 
 #: click parameter -> ModelChoice field.
 MODEL_OPTIONS = {"model": "model", "weights": "weights", "input_size": "input_size",
-                 "mean": "mean", "std": "std", "classes_file": "classes"}
+                 "mean": "mean", "std": "std", "classes_file": "categories"}
 
 
 def settings_options(fn: Callable) -> Callable:

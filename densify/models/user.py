@@ -124,8 +124,10 @@ class ModelChoice:
     """Which model, with which weights and card overrides: plain, picklable data that the command
     line builds once and a Ray worker loads with :meth:`load` exactly as the CLI does.
 
+    ``categories``: class names (a ``--classes`` file is read where the choice is made);
     ``search_path``: a directory to import a ``module:factory`` target from (the caller's
-    current directory, so that a worker started elsewhere finds it).
+    current directory, so that a worker started elsewhere finds it). A weights file is kept as
+    an absolute path, for the same reason.
     """
 
     model: str = "lenet5-digits"
@@ -133,8 +135,14 @@ class ModelChoice:
     input_size: tuple[int, ...] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    classes: str | None = None
+    categories: tuple[str, ...] | None = None
     search_path: str | None = dataclasses.field(default_factory=os.getcwd)
+
+    def __post_init__(self):
+        if self.weights is not None and Path(self.weights).exists():
+            object.__setattr__(self, "weights", str(Path(self.weights).resolve()))
+        if self.categories is not None:
+            object.__setattr__(self, "categories", tuple(str(c) for c in self.categories))
 
     def load(self) -> Classifier:
         """:func:`load_model` with these values."""
@@ -143,7 +151,7 @@ class ModelChoice:
         sys.path[:0] = extra
         try:
             return load_model(self.model, self.weights, input_size=self.input_size,
-                              mean=self.mean, std=self.std, classes=self.classes)
+                              mean=self.mean, std=self.std, categories=self.categories)
         finally:
             for path in extra:
                 sys.path.remove(path)

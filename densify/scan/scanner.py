@@ -128,7 +128,7 @@ class Scanner:
         >>> scan = densify.Scanner(net, input_size=(1, 4, 4), mean=(0.5,), std=(0.5,),
         ...                        scales=[1.0], output_stride=None, device="cpu")
         >>> scan.settings.scales, scan.output_stride, scan.categories
-        ([1.0], 1, ('0', '1'))
+        ((1.0,), 1, ('0', '1'))
     """
 
     def __init__(self, model: str | Classifier | nn.Module, settings: ScanSettings | None = None,
