@@ -144,11 +144,43 @@ def test_every_option_reaches_the_scanner(user_model, monkeypatch):
 
 
 def test_settings_are_one_list():
-    """ScanSettings names every scan option once; a misspelt one is one line."""
+    """ScanSettings names every scan option once; every field but the library-only ones has a
+    CLI option; a misspelt one is one line."""
+    from densify.cli.options import SETTING_OPTIONS
+
     assert {"scales", "flip", "output_stride", "device", "precision", "max_memory", "threads",
             "fold_bn", "object_sizes"} <= set(SETTING_NAMES)
+    library_only = {"fold_bn", "progress", "object_box"}  # always on; -q; --boxes object
+    assert set(SETTING_OPTIONS.values()) == set(SETTING_NAMES) - library_only
     with pytest.raises(ParameterError, match="unknown scan setting"):
         ScanSettings().replace(scale=3)
+
+
+def test_the_catalogue_options_and_the_runtime_flags_arrive(tmp_path, monkeypatch):
+    """--object-sizes and --weights PATH reach the scanner; --keep-memory and the thread rule
+    reach densify.runtime, which puts everything back when the command ends."""
+    import densify.cli._scanning as scanning
+    from densify import runtime
+    from densify.models.catalogue import WEIGHTS_DIR
+    from densify.scan.scanner import Scanner
+
+    made, kept = [], []
+    monkeypatch.setattr(scanning, "Scanner", lambda *a, **k: made.append(Scanner(*a, **k))
+                        or made[-1])
+    monkeypatch.setattr(runtime, "retain_freed_memory", lambda: kept.append(True))
+    monkeypatch.setattr(runtime, "choose_threads", lambda threads: 1 if threads is None else
+                        threads)
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((60, 80, 3), 200, np.uint8))
+    weights = WEIGHTS_DIR / "lenet5_digits.pt"
+    previous = torch.get_num_threads()
+    result = CliRunner().invoke(main, ["heatmap", str(tmp_path / "a.png"), "--object-sizes",
+                                       "30:90", "--weights", str(weights), "--keep-memory",
+                                       "-q", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    (scanner,) = made
+    assert scanner.scale_range == pytest.approx((20 / 90, 20 / 30))
+    assert scanner.classifier.weights == str(weights) and scanner.threads == 1
+    assert kept == [True] and torch.get_num_threads() == previous
 
 
 # --------------------------------------------------- 3: the default model through convert/bench
