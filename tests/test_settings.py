@@ -328,3 +328,12 @@ def test_one_boxes_switch():
         plain.detections(boxes="regressed")
     with pytest.raises(ParameterError, match="no object box"):
         plain.detections(boxes="object")
+
+
+def test_sizes_read_height_by_width_in_the_report(tmp_path):
+    from densify.io.report import write_report
+
+    record = {"image": "a.png", "status": "ok", "error": None, "size": [300, 400], "top": [],
+              "files": [], "seconds": 0.1}
+    page = write_report(tmp_path / "report.html", [record], {"command": "x"}, 1.0).read_text()
+    assert "300x400 px (HxW)" in page and "400x300" not in page
