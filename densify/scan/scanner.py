@@ -137,8 +137,8 @@ class Scanner:
                  categories: Sequence[str] | None = None, background_class: int | None = None,
                  **overrides):
         if settings is not None and not isinstance(settings, ScanSettings):
-            raise ParameterError(f"Scanner's second argument is a ScanSettings, not "
-                                 f"{type(settings).__name__}; pass scales=... as a keyword")
+            raise TypeError(f"Scanner's second argument is a ScanSettings, not "
+                            f"{type(settings).__name__}; pass scales=... as a keyword")
         s = (settings or ScanSettings()).replace(**overrides)
         if s.precision not in PRECISIONS:
             raise ParameterError(f"unknown precision {s.precision!r}; use one of "
