@@ -10,7 +10,7 @@ values, ``OSError`` for files), so ``except ValueError`` keeps working.
 from __future__ import annotations
 
 __all__ = ["DensifyError", "ParameterError", "ConversionError", "SelfCheckError", "ModelError",
-           "WeightsError", "ImageError", "OutputError", "ResultError"]
+           "WeightsError", "ImageError", "OutputError", "ResultError", "MissingExtraError"]
 
 
 class DensifyError(Exception):
@@ -53,6 +53,10 @@ class ImageError(DensifyError, ValueError):
 
 class OutputError(DensifyError, OSError):
     """An output location cannot be written."""
+
+
+class MissingExtraError(DensifyError, ImportError):
+    """An optional dependency is not installed; the message names its ``pip install`` line."""
 
 
 class ResultError(DensifyError, ValueError):

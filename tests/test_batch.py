@@ -78,7 +78,7 @@ def test_a_killed_batch_resumes_and_does_every_image_exactly_once(tmp_path):
     stale = _killed_mid_write(out / f"{paths[-1].stem}_heatmap.png")
     (out / ".notes.tmp").write_text("the user's, not densify's")
 
-    done = subprocess.run(_cli(*args, "--json"), env=_env(), capture_output=True, text=True)
+    done = subprocess.run(_cli(*args, "--json", "-"), env=_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     records = read_records(summary)
     ok = Counter(r["image"] for r in records if r["status"] == "ok")

@@ -22,7 +22,7 @@ def runner():
 
 
 def test_models_lists_every_family_with_strides(runner):
-    result = runner.invoke(main, ["models", "--family", "seed", "--json"])
+    result = runner.invoke(main, ["models", "--family", "seed", "--json", "-"])
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads(result.output)}
     assert rows["lenet5"]["strides"] == [4, 2, 1] and rows["lenet5"]["input_size"] == [1, 28, 28]

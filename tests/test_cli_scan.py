@@ -19,6 +19,7 @@ from densify.io.image import read_image, resize, sample_image
 from densify.io.records import read_records
 from densify.models import archs
 from densify.models import catalogue as zoo
+from densify.models.card import ModelCard
 
 PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
 FAST = ["--model", "squeezenet1_1", "--device", "cpu", "-q"]
@@ -65,7 +66,7 @@ def heatmap_run(photos, tmp_path_factory):
     out = tmp_path_factory.mktemp("heatmaps")
     torch.manual_seed(0)
     result = _invoke("heatmap", [photos, *FAST, "--weights", "random", "--scales", "2",
-                                       "--json", "-o", out])
+                                       "--json", "-", "-o", out])
     return result, out
 
 
@@ -239,8 +240,8 @@ def digits_card(monkeypatch):
     spec = zoo.ModelSpec(
         "lenet5-digits", "project", lambda k: archs.lenet5(k), (1, 28, 28), 11, (0.5,),
         (0.5,), weights="missing_digits.pt", categories_from="card",
-        extra={"categories": categories, "background_class": 10, "object_height": 20.0,
-               "box_aspect": 0.6})
+        card=ModelCard((1, 28, 28), (0.5,), (0.5,), tuple(categories), background_class=10,
+                       object_height=20.0, box_aspect=0.6))
     monkeypatch.setitem(zoo.MODELS, "lenet5-digits", spec)
     return spec
 
@@ -271,7 +272,7 @@ def test_default_weights_missing_is_one_line(digits_card, photos, tmp_path):
 def test_heatmap_flip_and_explicit_sizes(photos, tmp_path):
     """``--scales HxW,HxW --flip``: each size exactly, mirrored maps saved and flagged."""
     result = _invoke("heatmap", [photos / "coffee.jpg", "--model", "lenet5", "--weights", "random",
-                                 "--scales", "40x60,64x48", "--flip", "-q", "--json", "-o", tmp_path])
+                                 "--scales", "40x60,64x48", "--flip", "-q", "--json", "-", "-o", tmp_path])
     assert result.exit_code == 0, result.output
     (record,) = json.loads(result.stdout)
     assert record["flip"] is True and len(record["factors"]) == 2

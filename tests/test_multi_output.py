@@ -179,5 +179,5 @@ def test_deltas_and_per_class_boxes_feed_detections(image):
     det = result.detections(threshold=0.5, iou=1.0)
     assert len(det) == m.cells[0] * m.cells[1] and set(det.labels.tolist()) == {1}
     assert torch.allclose(det.boxes.sort(0).values, m.regressed_boxes(1).sort(0).values)
-    plain = result.detections(threshold=0.5, iou=1.0, window_boxes=True)
+    plain = result.detections(threshold=0.5, iou=1.0, boxes="window")
     assert torch.allclose(plain.boxes.sort(0).values, m.boxes().sort(0).values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -14,6 +15,7 @@ from densify.convert.dense import convolutionize
 from densify.errors import ConversionError, ImageError
 from densify.io.image import to_tensor
 from densify.models import catalogue as zoo
+from densify.models.card import ModelCard
 from densify.models.weights import load_classifier
 from densify.scan.result import ScanResult
 from densify.scan.scanner import Scanner, _card_object_box, as_rgb, resolve_device
@@ -181,11 +183,9 @@ def test_boxes_map_back_with_the_realized_factor(lenet):
 
 
 def test_object_box_from_the_card():
-    spec = zoo.ModelSpec("toy", "project", lambda k: None, (1, 28, 28), 11,
-                         extra={"object_height": 20.0, "box_aspect": 0.6})
-    assert _card_object_box(spec, (28, 28)) == pytest.approx((8.0, 4.0, 20.0, 24.0))
-    plain = zoo.ModelSpec("toy", "seed", lambda k: None, (1, 28, 28), 10, categories_from=None)
-    assert _card_object_box(plain, (28, 28)) is None
+    card = ModelCard((1, 28, 28), (0.5,), (0.5,), object_height=20.0, box_aspect=0.6)
+    assert _card_object_box(card, (28, 28)) == pytest.approx((8.0, 4.0, 20.0, 24.0))
+    assert _card_object_box(replace(card, object_height=None), (28, 28)) is None
 
 
 @pytest.mark.skipif("lenet5-digits" not in zoo.MODELS, reason="weights/lenet5_digits.json absent")

@@ -57,10 +57,11 @@ import torch.fx as fx
 
 from ..convert.dense import DenseNet, convolutionize
 from ..convert.fold import fold_batchnorm
+from ..convert.outputs import leaves
 from ..convert.verify import TOLERANCE
 from ..errors import ParameterError
 from ..models.weights import Classifier, load_classifier
-from ..scan.malloc import allocator
+from ..runtime import allocator
 from ..scan.memory import peak_rss_bytes, rss_bytes
 from ..scan.tiling import estimate_bytes, format_bytes, forward_tiled, parse_bytes, plan_tiles
 
@@ -399,7 +400,7 @@ def run_bench(model: str, size: tuple[int, int] | None = None, output_stride: in
               repeat: int = 3, precision: str = "fp32", channels_last: bool = True, *,
               baseline: bool = True, timm: bool = True, max_memory: int | str | None = None,
               baseline_windows: int | None = None, batch_size: int = 16,
-              breakdown: bool = True, fold_bn: bool = True, weights: str = "random",
+              breakdown: bool = True, fold_bn: bool = True, weights: str | None = None,
               seed: int = 0, threads: int | None = None, head: str = "auto") -> dict:
     """Time the dense net, the crop baseline and timm's test-time pooling on one random image.
 
@@ -447,11 +448,26 @@ def _prepare(clf: Classifier, o: _Options):
     original = clf.model.eval()
     if o.fold_bn:
         dense, original = fold_batchnorm(dense), fold_batchnorm(original)
+    if dense.multi_output:  # every output, concatenated along channels, on both sides
+        dense = dense.subset(*(info.key for info in dense.outputs))
+        original = _Concatenated(original)
     dense = dense.to(memory_format=o.memory_format)
     original = original.to(memory_format=o.memory_format)
     gen = torch.Generator().manual_seed(o.seed)
     x = torch.randn(1, clf.spec.input_size[0], *o.size, generator=gen)
     return dense, original, x.contiguous(memory_format=o.memory_format)
+
+
+class _Concatenated(torch.nn.Module):
+    """A multi-output classifier's outputs as one ``(N, sum K_i)`` tensor, in output order (what
+    :meth:`DenseNet.subset` computes per cell)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t.flatten(1) for _, t in leaves(self.model(x))], dim=1)
 
 
 def _run(clf: Classifier, o: _Options) -> dict:

@@ -78,8 +78,22 @@ class _Group(click.Group):
                                        type(exc).__name__) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
+        except BrokenPipeError:  # `densify models | head -1`: the reader left; stop quietly
+            _silence_stdout()
+            sys.exit(0)
         except Exception as exc:
             _bug(ctx, exc)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's flush at exit raises no second BrokenPipeError
+    (the recipe of Python's ``signal`` documentation)."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (e.g. click's test runner)
+        pass
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -17,6 +17,7 @@ scanned, a background thread decodes the next (``--no-prefetch`` turns that off;
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -28,22 +29,20 @@ from pathlib import Path
 
 import click
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from ..errors import DensifyError, ImageError, OutputError
 from ..io.files import remove_stale_temporaries
 from ..io.image import expand_inputs, read_image
 from ..io.records import append_record, finished, read_records
-from ..scan import malloc
-from ..scan.memory import release_memory
+from ..models.user import ModelChoice
+from ..runtime import trim_heap, tuned
+from ..scan.records import PER_IMAGE_ERRORS, error_message, error_record, ok_record
 from ..scan.result import ScanResult, class_index
 from ..scan.scanner import Scanner
+from ..scan.settings import ScanSettings
 
 log = logging.getLogger(__name__)
-
-#: What costs one image, not the batch: bad input and running out of memory on one image.
-PER_IMAGE_ERRORS = (DensifyError, torch.OutOfMemoryError)
 
 #: Threads that finish scanned images (maps painted, files encoded and written) when scanning
 #: in batches.
@@ -54,7 +53,7 @@ SUMMARY = "summary.jsonl"
 
 #: Options that change how a run goes but not what it writes; a record is reused across them.
 RUN_ONLY = frozenset({"inputs", "output_dir", "quiet", "overwrite", "prefetch", "threads",
-                      "device", "max_memory", "ray", "json_path", "as_json"})
+                      "device", "max_memory", "ray", "json_path", "keep_memory", "batch_size"})
 
 
 def current_job() -> dict:
@@ -85,27 +84,16 @@ def expand(inputs: Iterable[Path], errors: list[tuple[str, str]] | None = None
     return found, failed
 
 
-def make_scanner(model, weights, scales, output_stride, device, precision, object_sizes=None,
-                 max_memory=None, threads=None, flip=False, reading: dict | None = None) -> Scanner:
-    """The scanner every scanning command uses (:func:`default_stride` unless
-    ``--output-stride``). With ``DENSIFY_KEEP_MEMORY=1`` and no memory budget, freed activation
-    memory is kept for the next scale (:mod:`densify.scan.malloc`); the batch loop still hands it
-    back between images.
+def make_scanner(model: ModelChoice, settings: ScanSettings) -> Scanner:
+    """The scanner every scanning command uses: the options' model and settings, unchanged."""
+    return Scanner(model, settings)
 
-    ``reading``: the :func:`densify.cli.options.model_options` values (input size, mean, std,
-    classes, scores/boxes outputs, box format)."""
-    from ..models.user import load_model
 
-    if max_memory is None and malloc.requested():
-        malloc.retain_freed_memory()
-    r = reading or {}
-    clf = load_model(model, weights, input_size=r.get("input_size"), mean=r.get("mean"),
-                     std=r.get("std"), classes=r.get("classes_file"))
-    stride = default_stride(model) if output_stride is None else output_stride
-    return Scanner(clf, scales, stride, device, precision, object_sizes=object_sizes,
-                   max_memory=max_memory, flip=flip, scores=r.get("scores_output"),
-                   boxes=r.get("boxes_output"), box_format=r.get("box_format"),
-                   threads=threads)
+def run_tuned(settings: ScanSettings, keep_memory: bool = False):
+    """The process tuned for a scanning command (:func:`densify.runtime.tuned`: the thread rule
+    unless ``--threads``, heap settings for ``--max-memory`` or ``--keep-memory``), restored when
+    it ends; yields the thread count."""
+    return tuned(settings.threads, keep_memory=keep_memory, max_memory=settings.max_memory)
 
 
 def default_stride(model: str) -> int:
@@ -123,10 +111,7 @@ def default_stride(model: str) -> int:
 
 def default_threshold(scanner: Scanner, threshold: float | None) -> float:
     """``--threshold``, else the model card's recommended one, else 0.5."""
-    if threshold is not None:
-        return threshold
-    spec = scanner.classifier.spec if scanner.classifier else None
-    return float(spec.extra.get("threshold", 0.5)) if spec else 0.5
+    return scanner.default_threshold if threshold is None else threshold
 
 
 def resolve_class(scanner: Scanner, query: str | None) -> int | None:
@@ -175,17 +160,6 @@ def read_ahead(paths: list[Path], prefetch: bool = True, workers: int = 1, ahead
             del current
 
 
-def top_rows(result: ScanResult, k: int = 5) -> list[dict]:
-    """The ``top`` field of a scan record (:meth:`ScanResult.top_classes`)."""
-    return [{"index": t.index, "name": t.name, "score": t.score, "box": list(t.box),
-             "factor": t.factor} for t in result.top_classes(k)]
-
-
-def _error_record(path: Path, message: str, seconds: float) -> dict:
-    return {"image": str(path), "status": "error", "error": message, "size": None, "top": [],
-            "files": [], "seconds": seconds}
-
-
 def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[..., dict],
                errors: list[tuple[str, str]] | None = None, out: Path | None = None,
                overwrite: bool = False, prefetch: bool = True, job: dict | None = None
@@ -232,7 +206,7 @@ def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[
             pending.append(_scan_chunk(scanner, chunk, reader, quiet, work, pool, batch > 1))
             while len(pending) > 1:
                 emit(pending.popleft())
-                release_memory(collect=False)  # keeps RSS flat over long batches
+                trim_heap(collect=False)  # keeps RSS flat over long batches
         while pending:
             emit(pending.popleft())
     bar.close()
@@ -292,7 +266,7 @@ def _scan_batch(scanner: Scanner, rgbs: list[np.ndarray], quiet: bool) -> list:
             return scanner.scan_batch(rgbs, batch_size=len(rgbs), progress=False)
         except PER_IMAGE_ERRORS as exc:
             log.info("a batch of %d images failed (%s); scanning them one at a time", len(rgbs),
-                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                     error_message(exc, None))
     results = []
     for rgb in rgbs:
         try:
@@ -303,10 +277,9 @@ def _scan_batch(scanner: Scanner, rgbs: list[np.ndarray], quiet: bool) -> list:
 
 
 def _failure(path: Path, exc: BaseException, start: float) -> dict:
-    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    message = message if str(path) in message else f"{path}: {message}"
+    message = error_message(exc, path)
     fail(message)
-    return _error_record(path, message, round(time.perf_counter() - start, 4))
+    return error_record(path, message, round(time.perf_counter() - start, 4))
 
 
 def _finish_one(path: Path, stem: str, rgb: np.ndarray, result, work: Callable[..., dict],
@@ -315,13 +288,11 @@ def _finish_one(path: Path, stem: str, rgb: np.ndarray, result, work: Callable[.
     if isinstance(result, BaseException):
         return _failure(path, result, start)
     try:
+        result = dataclasses.replace(result, source=str(path))
         record = work(path, stem, rgb, result)
     except PER_IMAGE_ERRORS as exc:
         return _failure(path, exc, start)
-    top = record.pop("top", None)
-    top = top_rows(result) if top is None else top
-    return {"image": str(path), "status": "ok", "error": None, "size": list(result.image_size),
-            "top": top, **record, "seconds": round(time.perf_counter() - start, 4)}
+    return ok_record(path, result, round(time.perf_counter() - start, 4), **record)
 
 
 def write_all(outputs: dict[Path, Callable[[Path], object]]) -> list[str]:
@@ -364,7 +335,7 @@ def finish(failed: int, total: int) -> None:
         raise SystemExit(1)
 
 
-def header(scanner: Scanner, weights: str) -> str:
+def header(scanner: Scanner, weights: str | None = None) -> str:
     stride = scanner.output_stride
     asked = scanner.requested_stride
     fallback = f" (native; {asked} not reachable)" if asked and asked != stride else ""

@@ -103,7 +103,7 @@ def panel_titles(result: ScanResult, classes: Sequence[int]) -> list[list[str]]:
     scores = result.scores()
     rows = []
     for cls in classes:
-        row = [f"x{m.factor:.3g}  {m.cells[1]}x{m.cells[0]} cells\n"
+        row = [f"x{m.factor:.3g}  {m.cells[0]}x{m.cells[1]} cells\n"
                f"best {float(m.probs[cls].max()):.3f}" for m in result.maps]
         row.append(f"mean of {len(result.maps)} scales\nscore {float(scores[cls]):.3f}")
         rows.append(row)
@@ -124,7 +124,7 @@ def sheet(result: ScanResult, classes: Sequence[int | str] | None = None, k: int
     labels = [f"{result.categories[c]}\nscore {float(scores[c]):.3f}" for c in idx]
     if heading is None:
         name = Path(result.source).name if result.source else "image"
-        heading = f"{name}  {result.image_size[1]}x{result.image_size[0]} px"
+        heading = f"{name}  {result.image_size[0]}x{result.image_size[1]} px (HxW)"
     return contact_sheet(rgb, panel_maps(result, idx, size), panel_titles(result, idx), labels,
                          heading, colormap)
 

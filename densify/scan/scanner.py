@@ -1,6 +1,6 @@
 """Run a dense net over an image pyramid: one conversion, every scale, probabilities per cell.
 
-    scanner = Scanner("resnet50", scales=6, weights="DEFAULT")   # converts once
+    scanner = Scanner("resnet50", scales=6)    # converts once, with the trained weights
     result = scanner("photo.jpg")                                 # ScanResult
     result.top_classes(5); result.heatmap("tabby"); result.detections(threshold=0.6)
 
@@ -44,8 +44,10 @@ from ..convert.fold import fold_batchnorm
 from ..convert.outputs import select_key
 from ..errors import ConversionError, ParameterError
 from ..io.image import read_array, read_image, thumbnail
-from ..models.catalogue import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
-from ..models.weights import Classifier, load_classifier
+from ..models.card import ModelCard
+from ..models.catalogue import IMAGENET_MEAN, IMAGENET_STD
+from ..models.user import ModelChoice, load_model
+from ..models.weights import Classifier
 from .detect import object_region
 from .engine import LevelSource, autotune, same_size_groups, softmax_rows, to_host, to_probabilities
 from .graphs import GraphCache
@@ -53,7 +55,8 @@ from .maps import BOX_FORMATS, ScaleMap
 from .memory import MemoryBudget
 from .pyramid import Level, levels, object_range, parse_scales
 from .result import THUMBNAIL_SIDE, ScanResult
-from .threads import resolve_threads, thread_limit
+from .settings import ScanSettings
+from .threads import check_threads, thread_limit
 from .tiling import HEADROOM, estimate_bytes, format_bytes, forward_tiled, parse_bytes
 
 __all__ = ["PRECISIONS", "PREPROCESS", "Scanner", "resolve_device", "as_rgb", "to_probabilities"]
@@ -104,104 +107,100 @@ def as_rgb(image: str | Path | np.ndarray | torch.Tensor) -> tuple[np.ndarray, s
 class Scanner:
     """A classifier converted once and ready to scan images at several scales.
 
+    Built from a model and one :class:`densify.scan.settings.ScanSettings` (the how), then
+    called per image (the what). Keywords override single settings:
+    ``Scanner("lenet5-digits", scales=6, flip=True)``.
+
     Args:
-        model: a catalogue name (``densify models``), a :class:`densify.models.weights.Classifier`, a
-            :class:`densify.convert.DenseNet`, or any convertible ``nn.Module`` classifier (then
-            pass ``input_size`` and, unless ImageNet statistics fit, ``mean``/``std``).
-        scales: default scales: a count or explicit factors (:func:`densify.scan.pyramid.levels`).
-        output_stride: pixels between cells; None keeps the native stride.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; softmax stays float32).
-        weights: for catalogue names: ``"random"``, ``"DEFAULT"`` or a file path.
+        model: a catalogue name (``densify models``; any case), ``package.module:factory``, a
+            :class:`densify.models.user.ModelChoice` (the command line's, with its overrides), a
+            :class:`densify.models.weights.Classifier`, a :class:`densify.convert.DenseNet`, or any
+            convertible ``nn.Module`` classifier (then pass ``input_size`` and, unless ImageNet
+            statistics fit, ``mean``/``std``); loaded by :func:`densify.models.user.load_model`.
+        settings: the scan settings (default ``ScanSettings()``); see its attributes.
+        weights: for catalogue names: None (the model's trained weights when it has any, as on
+            the command line; else random), ``"DEFAULT"``, ``"random"`` or a file path.
         input_size, mean, std, categories, background_class: override (or, for plain modules,
-            supply) the catalogue's values; ``categories`` default to ``"0"``, ``"1"``, ...
-        object_box: ``(x1, y1, x2, y2)`` of the object inside the window, for tighter boxes;
-            ``"auto"`` reads it from the model card (``object_height``, ``box_aspect``).
-        max_memory: bound on the whole process's peak resident memory during a scan (bytes,
-            or a string such as ``"3GB"``; :mod:`densify.scan.memory`): what the process holds
-            once the model is converted is measured here, and a scale that does not fit in the
-            rest is computed in stride-aligned, overlapping tiles that give the same cells
-            (:func:`densify.scan.tiling.forward_tiled`). A budget below the fixed cost plus the
-            smallest tile raises :class:`densify.scan.tiling.TilingError` stating the minimum.
-        object_sizes: ``(min, max)`` heights in image pixels of the objects to find; with
-            ``scales=N`` the pyramid then spans the factors that map them onto the trained
-            object height (:func:`densify.pyramid.object_range`). Default: the card's
-            ``object_sizes``, if any; otherwise the whole-image range.
-        flip: also scan every scale on the horizontally mirrored image (OverFeat's flips):
-            twice the maps, each mirrored one registered back onto the image
-            (:class:`densify.scan.maps.ScaleMap`), and image scores averaged over all of them.
-        progress: show a tqdm bar over scales.
-        scores: for multi-output models, the output holding the class scores (index or key;
-            default: the model card's ``outputs["scores"]``, else the only output). It is
-            softmaxed only if it is not already a probability (``DenseNet.outputs[i].activation``:
-            softmax and sigmoid are kept, log-softmax is exponentiated).
-        boxes: an optional box-regression output (index or key) with 4 (class-agnostic) or
-            ``4·K`` (class-major) channels; its boxes then replace the windows in detections.
-            Default (when neither ``scores`` nor ``boxes`` is given): the card's
-            ``outputs["boxes"]`` (the shipped digit spotter has one), else none.
-        box_format: ``"offsets"`` or ``"deltas"`` (:meth:`densify.scan.maps.ScaleMap.regressed_boxes`);
-            default: the card's ``box_format``, else ``"offsets"``.
-        threads: intra-op CPU threads for each scan; None: the CPUs this process may use minus
-            the cores other processes keep busy at the start of the scan, at least 1
-            (:mod:`densify.scan.threads`; ``OMP_NUM_THREADS`` in the environment wins).
-        fold_bn: fold batch norms into the convolutions before them
-            (:func:`densify.convert.fold.fold_batchnorm`; a given DenseNet is copied, not changed).
-        preprocess: where the pyramid's levels are built (:data:`PREPROCESS`): ``"auto"`` on
-            the device unless it is the CPU.
-        autotune: let cuDNN pick the fastest kernels for the pyramid's shapes during a CUDA scan
-            (``torch.backends.cudnn.benchmark``, restored afterwards).
-        cuda_graphs: on CUDA, replay the dense pass as a CUDA graph for input shapes seen before
-            (:mod:`densify.scan.graphs`); maps are identical either way.
-        batch_size: images per forward pass in :meth:`scan_batch` (default: 1 on the CPU and
-            with ``max_memory``; on a GPU as many 1080p images as half its free memory holds, at
-            most :data:`MAX_AUTO_BATCH`).
+            supply) the model card's values; ``categories`` default to ``"0"``, ``"1"``, ...
+        **overrides: fields of :class:`ScanSettings` (``scales``, ``output_stride``, ``device``,
+            ``precision``, ``flip``, ``object_sizes``, ``max_memory``, ``threads``, ``fold_bn``,
+            ``progress``, ``scores``, ``boxes``, ``box_format``, ``object_box``, ``preprocess``,
+            ``autotune``, ``cuda_graphs``, ``batch_size``).
+
+    Notes on settings: ``max_memory`` bounds the whole process's peak resident memory during a
+    scan (:mod:`densify.scan.memory`): what the process holds once the model is converted is
+    measured here, and a scale that does not fit in the rest is computed in stride-aligned,
+    overlapping tiles that give the same cells; a budget below the fixed cost plus the smallest
+    tile raises :class:`densify.scan.tiling.TilingError` stating the minimum. ``threads`` None
+    leaves torch's thread count alone (a library call changes nothing process-wide; the command
+    line chooses a count with :mod:`densify.runtime`); a count is set for each call and restored
+    after it. ``scores``/``boxes``: for multi-output models (default: the card's outputs);
+    regressed boxes then replace the windows in detections.
+
+    Examples:
+        >>> import torch, densify
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 4), torch.nn.Flatten())
+        >>> scan = densify.Scanner(net, input_size=(1, 4, 4), mean=(0.5,), std=(0.5,),
+        ...                        scales=[1.0], output_stride=None, device="cpu")
+        >>> scan.settings.scales, scan.output_stride, scan.categories
+        ((1.0,), 1, ('0', '1'))
     """
 
-    def __init__(self, model: str | Classifier | nn.Module, scales: int | str | Sequence[float] = 6,
-                 output_stride: int | None = 16, device: str | torch.device | None = "auto",
-                 precision: str = "fp32", weights: str | Path = "random", *,
-                 input_size: Sequence[int] | None = None, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, categories: Sequence[str] | None = None,
-                 background_class: int | None = None, object_box="auto", object_sizes=None,
-                 max_memory: int | str | None = None, flip: bool = False, progress: bool = False,
-                 scores=None, boxes=None, box_format: str | None = None,
-                 threads: int | None = None, fold_bn: bool = True, preprocess: str = "auto",
-                 autotune: bool = True, cuda_graphs: bool = True, batch_size: int | None = None):
-        if precision not in PRECISIONS:
-            raise ParameterError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-        self.scales = parse_scales(scales)
-        self.device = resolve_device(device)
-        self.precision = precision
+    def __init__(self, model: str | Classifier | nn.Module, settings: ScanSettings | None = None,
+                 *, weights: str | Path | None = None, input_size: Sequence[int] | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 categories: Sequence[str] | None = None, background_class: int | None = None,
+                 **overrides):
+        if settings is not None and not isinstance(settings, ScanSettings):
+            raise TypeError(f"Scanner's second argument is a ScanSettings, not "
+                            f"{type(settings).__name__}; pass scales=... as a keyword")
+        s = (settings or ScanSettings()).replace(**overrides)
+        if s.precision not in PRECISIONS:
+            raise ParameterError(f"unknown precision {s.precision!r}; use one of "
+                                 f"{', '.join(PRECISIONS)}")
+        self.scales = parse_scales(s.scales)
+        self.settings = s.replace(scales=self.scales)
+        self.device = resolve_device(s.device)
+        self.precision = s.precision
         self._check_autocast()
-        self.progress = progress
-        self.flip = bool(flip)
-        self.classifier = load_classifier(model, weights) if isinstance(model, str) else (
-            model if isinstance(model, Classifier) else None)
-        spec = self.classifier.spec if self.classifier else None
+        self.progress = s.progress
+        self.flip = bool(s.flip)
+        self.threads = None if s.threads is None else check_threads(s.threads)
+        self.classifier = _load(model, weights, input_size, mean, std, categories)
+        #: the model card (:class:`densify.models.card.ModelCard`) with the overrides; None for
+        #: a plain module or DenseNet
+        self.card = self.classifier.card.replace(background_class=background_class) if (
+            self.classifier) else None
+        card = self.card
         net = self.classifier.model if self.classifier else model
-        size = input_size if input_size is not None else (spec.input_size if spec else None)
-        self.dense = _convert(net, size, output_stride, fold_bn).to(self.device).eval()
+        size = card.input_size if card else input_size
+        self.dense = _convert(net, size, s.output_stride, s.fold_bn).to(self.device).eval()
         self.dense = self.dense.to(memory_format=torch.channels_last)
-        self._select_outputs(*_card_outputs(spec, scores, boxes, box_format))
-        self.requested_stride = output_stride
-        self._set_preprocessing(spec, mean, std)
-        self._set_classes(spec, categories, background_class, object_box)
-        self.scale_range = card_scale_range(spec, object_sizes)
+        self._select_outputs(*_card_outputs(card, s.scores, s.boxes, s.box_format))
+        self.requested_stride = s.output_stride
+        self._set_preprocessing(card, mean, std)
+        self._set_classes(card, categories, background_class, s.object_box)
+        self.scale_range = card_scale_range(card, s.object_sizes)
         if self.classifier is not None:  # the scanner keeps one copy of the weights: the dense one
             self.classifier = dataclasses.replace(self.classifier, model=None)
         del net
-        self.max_memory = None if max_memory is None else parse_bytes(max_memory)
-        self.budget = None if max_memory is None else MemoryBudget.measure(
-            self.scan_net, self.max_memory, PRECISIONS[precision] or self.dtype, self.device)
-        self.threads = None if threads is None else resolve_threads(threads)
-        if preprocess not in PREPROCESS:
-            raise ParameterError(f"unknown preprocess {preprocess!r}; use one of "
+        self.max_memory = None if s.max_memory is None else parse_bytes(s.max_memory)
+        self.budget = None if s.max_memory is None else MemoryBudget.measure(
+            self.scan_net, self.max_memory, PRECISIONS[s.precision] or self.dtype, self.device)
+        if s.preprocess not in PREPROCESS:
+            raise ParameterError(f"unknown preprocess {s.preprocess!r}; use one of "
                                  f"{', '.join(PREPROCESS)}")
-        self.preprocess = preprocess
-        self.autotune = bool(autotune)
-        self._graphs = (GraphCache(self.scan_net) if cuda_graphs and self.device.type == "cuda"
+        self.preprocess = s.preprocess
+        self.autotune = bool(s.autotune)
+        self._graphs = (GraphCache(self.scan_net) if s.cuda_graphs and self.device.type == "cuda"
                         else None)
-        self.batch_size = self._batch_size(batch_size)
+        self.batch_size = self._batch_size(s.batch_size)
+
+    @property
+    def default_threshold(self) -> float:
+        """The model card's recommended detection threshold, else 0.5."""
+        threshold = self.card.threshold if self.card else None
+        return 0.5 if threshold is None else float(threshold)
 
     def _batch_size(self, batch_size: int | None) -> int:
         """``batch_size`` checked, or the default: 1 on the CPU (a batch there only adds
@@ -237,8 +236,8 @@ class Scanner:
         param = next(self.dense.parameters(), None)
         return torch.float32 if param is None else param.dtype
 
-    def _set_preprocessing(self, spec: ModelSpec | None, mean, std) -> None:
-        default = (spec.mean, spec.std) if spec else (None, None)
+    def _set_preprocessing(self, card: ModelCard | None, mean, std) -> None:
+        default = (card.mean, card.std) if card else (None, None)
         if self.in_chans == 3:
             default = (default[0] or IMAGENET_MEAN, default[1] or IMAGENET_STD)
         self.mean = tuple(mean) if mean is not None else default[0]
@@ -263,20 +262,19 @@ class Scanner:
         keys = [self.scores_output.key] + ([] if reg is None else [reg.key])
         self.scan_net = self.dense.subset(*keys)
 
-    def _set_classes(self, spec, categories, background_class, object_box) -> None:
+    def _set_classes(self, card: ModelCard | None, categories, background_class,
+                     object_box) -> None:
         num = self.scores_output.channels
         if categories is None:  # a user's model without a class list: indices
-            categories = (self.classifier.categories if self.classifier and
-                          self.classifier.categories else range(num))
+            categories = card.categories if card and card.categories else range(num)
         self.categories = tuple(str(c) for c in categories)
         if len(self.categories) != num:
             raise ParameterError(f"{len(self.categories)} categories given for a model with {num} "
                              "outputs; pass one name per class")
-        extra = spec.extra if spec else {}
         self.background_class = (background_class if background_class is not None
-                                 else extra.get("background_class"))
+                                  else card.background_class if card else None)
         if object_box == "auto":
-            object_box = _card_object_box(spec, self.geometry.window)
+            object_box = _card_object_box(card, self.geometry.window)
         self.object_box = None if object_box is None else tuple(float(v) for v in object_box)
 
     def _check_autocast(self) -> None:
@@ -431,6 +429,17 @@ class Scanner:
         return scores, regression
 
 
+def _load(model, weights, input_size, mean, std, categories) -> Classifier | None:
+    """The model as a :class:`Classifier` (:func:`densify.models.user.load_model`); None for a
+    DenseNet or a plain module, which the scanner converts as given."""
+    if isinstance(model, ModelChoice):
+        model = model.load()
+    if isinstance(model, (str, Classifier)):
+        return load_model(model, weights, input_size=input_size, mean=mean, std=std,
+                          categories=categories)
+    return None
+
+
 def _convert(model: nn.Module, input_size, output_stride: int | None, fold_bn: bool) -> DenseNet:
     if isinstance(model, DenseNet):
         if output_stride not in (None, model.output_stride):
@@ -457,44 +466,29 @@ def _convert_model(model: nn.Module, input_size, output_stride: int | None) -> D
         return dense
 
 
-def _card_outputs(spec: ModelSpec | None, scores, boxes, box_format: str | None):
-    """``(scores, boxes, box_format)``: the given ones, else the model card's (``"outputs":
-    {"scores": key, "boxes": key}``, ``"box_format"``), else the only output, no boxes and
-    ``"offsets"``."""
-    card = spec.extra.get("outputs", {}) if spec else {}
-    if scores is None and boxes is None:
-        scores, boxes = card.get("scores"), card.get("boxes")
-    fmt = box_format or (spec.extra.get("box_format") if spec else None) or "offsets"
+def _card_outputs(card: ModelCard | None, scores, boxes, box_format: str | None):
+    """``(scores, boxes, box_format)``: the given ones, else the model card's, else the only
+    output, no boxes and ``"offsets"``."""
+    if scores is None and boxes is None and card is not None:
+        scores, boxes = card.scores_output, card.boxes_output
+    fmt = box_format or (card.box_format if card else None) or "offsets"
     return scores, boxes, fmt
 
 
-def _card_object_box(spec: ModelSpec | None, window: Sequence[int]):
-    """The object's box in the window from the model card (``object_height``
-    and ``box_aspect``), or None."""
-    if spec is None:
+def _card_object_box(card: ModelCard | None, window: Sequence[int]):
+    """The object's box in the window from the model card (``object_height`` and
+    ``box_aspect``), or None."""
+    if card is None or card.object_height is None:
         return None
-    height = _object_height(spec)
-    if height is None:
-        return None
-    return object_region(window, height, float(spec.extra.get("box_aspect", 1.0)))
+    return object_region(window, card.object_height, card.box_aspect)
 
 
-def _object_height(spec: ModelSpec | None) -> float | None:
-    """The object's height inside the window, from the model card, or None."""
-    if spec is None:
-        return None
-    height = spec.extra.get("object_height")
-    return None if height is None else float(height)
-
-
-def card_scale_range(spec: ModelSpec | None, object_sizes=None) -> tuple[float, float] | None:
+def card_scale_range(card: ModelCard | None, object_sizes=None) -> tuple[float, float] | None:
     """The factor range for ``scales=N`` from object sizes (given, or the card's), or None."""
-    height = _object_height(spec)
-    sizes = object_sizes if object_sizes is not None else (spec.extra.get("object_sizes")
-                                                           if spec else None)
+    sizes = object_sizes if object_sizes is not None else (card.object_sizes if card else None)
     if sizes is None:
         return None
-    if height is None:
+    if card is None or card.object_height is None:
         raise ParameterError("object sizes need a model whose card gives object_height; pass "
                          "explicit --scales factors instead")
-    return object_range(height, sizes)
+    return object_range(card.object_height, sizes)
