@@ -19,7 +19,7 @@ METHOD_FIELDS = {"seconds", "windows", "windows_per_s", "gflop", "gflops_per_s",
 TOP_FIELDS = {"model", "weights", "size", "window", "output_stride", "cells", "windows",
               "precision", "channels_last", "threads", "cpu_capability", "torch",
               "peak_gflops_per_s", "flop_method", "memory_method", "memory_model", "breakdown",
-              "speedup", "flop_ratio", "methods", "load_average", "allocator"}
+              "speedup", "flop_ratio", "methods", "load_average", "allocator", "device"}
 
 
 def _finite_positive(v) -> bool:
@@ -53,6 +53,15 @@ def test_cli_json_has_every_field():
     _check_result(r)
     assert r["size"] == [60, 60] and r["window"] == [28, 28] and r["output_stride"] == 4
     assert r["methods"]["baseline"]["extrapolated"] is False
+    assert r["device"] == "cpu"  # --device auto on a machine without CUDA
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the refusal on a CPU-only machine")
+def test_cuda_without_a_gpu_is_refused_in_one_line():
+    result = CliRunner().invoke(main, ["bench", "--model", "lenet5", "-w", "random", "--device",
+                                       "cuda", "--size", "60x60"])
+    assert result.exit_code == 2 and "CUDA is not available" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_library_subset_extrapolates_and_halved_stride():

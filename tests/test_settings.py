@@ -150,7 +150,8 @@ def test_settings_are_one_list():
 
     assert {"scales", "flip", "output_stride", "device", "precision", "max_memory", "threads",
             "fold_bn", "object_sizes"} <= set(SETTING_NAMES)
-    library_only = {"fold_bn", "progress", "object_box"}  # always on; -q; --boxes object
+    library_only = {"fold_bn", "progress", "object_box",  # always on; -q; --boxes object
+                    "preprocess", "autotune", "cuda_graphs"}  # GPU-path switches for comparisons
     assert set(SETTING_OPTIONS.values()) == set(SETTING_NAMES) - library_only
     with pytest.raises(ParameterError, match="unknown scan setting"):
         ScanSettings().replace(scale=3)

@@ -63,6 +63,7 @@ from ..errors import ParameterError
 from ..models.weights import Classifier, load_classifier
 from ..runtime import allocator
 from ..scan.memory import peak_rss_bytes, rss_bytes
+from ..scan.scanner import resolve_device
 from ..scan.tiling import estimate_bytes, format_bytes, forward_tiled, parse_bytes, plan_tiles
 
 __all__ = ["run_bench", "PeakMemory", "count_flops", "node_flops",
@@ -83,16 +84,29 @@ class PeakMemory:
     figure is the block's own peak above the resident memory at entry; elsewhere ``ru_maxrss``
     growth, which is zero unless the block beats the process's earlier maximum (``.method`` says
     which). Memory freed inside the block lowers the resident size under the entry level and can
-    hide the block's peak: collect garbage before entering.
+    hide the block's peak: collect garbage before entering. On a CUDA ``device`` the figure is
+    the growth of the device memory torch allocated (``torch.cuda.max_memory_allocated``).
     """
 
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+
     def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":  # the device's allocator, not the host's memory
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.method, self.start = "cuda", torch.cuda.memory_allocated(self.device)
+            return self
         self.method = "VmHWM" if _reset_hwm() else "ru_maxrss"
         self.start = rss_bytes() if self.method == "VmHWM" else _maxrss()
         return self
 
     def __exit__(self, *exc) -> None:
-        peak = peak_rss_bytes() if self.method == "VmHWM" else _maxrss()
+        if self.method == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            peak = peak_rss_bytes() if self.method == "VmHWM" else _maxrss()
         self.bytes = max(0, peak - self.start)
 
 
@@ -114,14 +128,15 @@ def _maxrss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def count_flops(fn, *shapes: tuple[int, ...], dtype=torch.float32) -> int:
-    """FLOPs (2 × multiply-adds of convolutions and matmuls) of ``fn`` on inputs of ``shapes``,
-    counted on fake tensors: shapes only, nothing is computed."""
+def count_flops(fn, *shapes: tuple[int, ...], dtype=torch.float32, device="cpu") -> int:
+    """FLOPs (2 × multiply-adds of convolutions and matmuls) of ``fn`` on inputs of ``shapes``
+    (on ``device``, where ``fn``'s parameters are), counted on fake tensors: shapes only, nothing
+    is computed."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
     with FakeTensorMode(allow_non_fake_inputs=True):
-        args = [torch.empty(s, dtype=dtype) for s in shapes]
+        args = [torch.empty(s, dtype=dtype, device=device) for s in shapes]
         with FlopCounterMode(display=False) as counter:
             fn(*args)
     return int(counter.get_total_flops())
@@ -141,21 +156,26 @@ def node_flops(gm: fx.GraphModule, shape: tuple[int, ...]) -> dict[str, int]:
             flops[n.name] = int(c.get_total_flops())
             return out
 
+    param = next(gm.parameters())
     with FakeTensorMode(allow_non_fake_inputs=True):
-        Counter(gm).run(torch.empty(shape, dtype=next(gm.parameters()).dtype))
+        Counter(gm).run(torch.empty(shape, dtype=param.dtype, device=param.device))
     return flops
 
 
-def conv_peak(precision: str = "fp32", channels_last: bool = True, repeat: int = 5) -> float:
-    """Best GFLOP/s of a 3 × 3, 256 → 256 convolution on ``(4, 256, 56, 56)`` (padding 1) in
-    ``precision`` (bf16 through autocast, as the dense path runs) and layout: the machine's
-    practical peak for the convolutions these nets are made of."""
+def conv_peak(precision: str = "fp32", channels_last: bool = True, repeat: int = 5,
+              device: torch.device | str = "cpu") -> float:
+    """Best GFLOP/s of a 3 × 3, 256 → 256 convolution on ``(N, 256, 56, 56)`` (padding 1; N = 4
+    on the CPU, 32 on a GPU) in ``precision`` (bf16 through autocast, as the dense path runs) and
+    layout on ``device``: the machine's practical peak for the convolutions these nets are made
+    of."""
+    device = torch.device(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    conv = torch.nn.Conv2d(256, 256, 3, padding=1).to(memory_format=fmt)
-    x = torch.randn(4, 256, 56, 56).contiguous(memory_format=fmt)
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1).to(device, memory_format=fmt)
+    x = torch.randn(4 if device.type == "cpu" else 32, 256, 56, 56, device=device)
+    x = x.contiguous(memory_format=fmt)
     flops = 2 * x.numel() * 256 * 9
-    with torch.inference_mode(), _autocast(precision):
-        _, times, _ = _timed(lambda: conv(x), repeat)
+    with torch.inference_mode(), _autocast(precision, device), _autotune(device):
+        _, times, _ = _timed(lambda: conv(x), repeat, device)
     return flops / min(times) / 1e9
 
 
@@ -168,19 +188,37 @@ def _cpu_seconds() -> tuple[float, float]:
     return r.ru_utime, r.ru_stime
 
 
-def _autocast(precision: str):
+def _autocast(precision: str, device: torch.device | str = "cpu"):
     if PRECISIONS[precision] == torch.float32:
         return contextlib.nullcontext()
-    return torch.autocast("cpu", dtype=PRECISIONS[precision])
+    return torch.autocast(torch.device(device).type, dtype=PRECISIONS[precision])
 
 
-def _timed(fn, repeat: int):
-    """``(median seconds, all run times, last result)`` after one warm-up run."""
+def _autotune(device: torch.device):
+    """cuDNN autotuning on CUDA (the bench's shapes repeat), the caller's flags restored."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    backend = torch.backends.cudnn
+    return backend.flags(enabled=backend.enabled, benchmark=True,
+                         deterministic=backend.deterministic, allow_tf32=backend.allow_tf32)
+
+
+def _sync(device: torch.device | str) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously: a timer must wait)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, repeat: int, device: torch.device | str = "cpu"):
+    """``(median seconds, all run times, last result)`` after one warm-up run; on CUDA each run
+    is timed until the device has finished it."""
     fn()
+    _sync(device)
     times, out = [], None
     for _ in range(max(1, repeat)):
         start = time.perf_counter()
         out = fn()
+        _sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times), times, out
 
@@ -203,13 +241,14 @@ def _bench_dense(dense: DenseNet, x: torch.Tensor, repeat: int, precision: str,
     if max_bytes is not None:
         act = PRECISIONS[precision]
         tiles = plan_tiles(dense, *x.shape[-2:], max_bytes, act)
-        flops = sum(count_flops(dense, (1, x.shape[1], *t.size)) for t in tiles)
+        flops = sum(count_flops(dense, (1, x.shape[1], *t.size), device=x.device) for t in tiles)
     else:
-        flops = count_flops(dense, tuple(x.shape))
+        flops = count_flops(dense, tuple(x.shape), device=x.device)
     cpu_start = _cpu_seconds()
-    with torch.inference_mode(), _autocast(precision), PeakMemory() as memory:
+    with torch.inference_mode(), _autocast(precision, x.device), _autotune(x.device), \
+            PeakMemory(x.device) as memory:
         seconds, times, out = _timed(lambda: forward_tiled(dense, x, max_bytes=max_bytes)
-                                     if max_bytes is not None else dense(x), repeat)
+                                     if max_bytes is not None else dense(x), repeat, x.device)
     passes = max(1, repeat) + 1  # the warm-up ran too
     user, system = ((b - a) / passes for a, b in zip(cpu_start, _cpu_seconds(), strict=True))
     fig = _figures(seconds, h * w, flops, peak, memory)
@@ -217,7 +256,7 @@ def _bench_dense(dense: DenseNet, x: torch.Tensor, repeat: int, precision: str,
     fig.update(runs=times, tiles=len(tiles) if tiles else 1,
                largest_input=list(max((t.size for t in tiles), key=math.prod)) if tiles
                else list(x.shape[-2:]))
-    return fig, out.float()
+    return fig, out.float().cpu()
 
 
 def _windows(h: int, w: int, limit: int | None, seed: int) -> list[tuple[int, int]]:
@@ -251,15 +290,17 @@ def _bench_baseline(model, dense: DenseNet, x: torch.Tensor, dense_out: torch.Te
     """Method (b): crops of every covered window through the original classifier, batched."""
     h, w = dense_out.shape[-2:]
     cells = _windows(h, w, limit, seed)
-    per_window = count_flops(model, (1, *dense.input_size))
-    with torch.inference_mode(), _autocast(precision), PeakMemory() as memory:
+    per_window = count_flops(model, (1, *dense.input_size), device=x.device)
+    with torch.inference_mode(), _autocast(precision, x.device), _autotune(x.device), \
+            PeakMemory(x.device) as memory:
         seconds, times, logits = _timed(
-            lambda: _classify_crops(model, x, cells, dense, batch_size, channels_last), repeat)
+            lambda: _classify_crops(model, x, cells, dense, batch_size, channels_last), repeat,
+            x.device)
     scale = h * w / len(cells)
     fig = _figures(seconds * scale, h * w, per_window * h * w, peak, memory)
     fig.update(runs=times, measured_windows=len(cells), extrapolated=scale != 1,
                batch_size=batch_size)
-    fig["agreement"] = _agreement(dense, dense_out, logits, cells, precision)
+    fig["agreement"] = _agreement(dense, dense_out, logits.cpu(), cells, precision)
     return fig
 
 
@@ -319,14 +360,16 @@ def _bench_timm(clf: Classifier, x: torch.Tensor, dense_full: torch.Tensor, *, r
         return {"skipped": reason}
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    flops = count_flops(model, tuple(x.shape))
-    with torch.inference_mode(), _autocast(precision), PeakMemory() as memory:
-        seconds, times, out = _timed(lambda: model(x), repeat)
+    model = model.to(x.device)
+    flops = count_flops(model, tuple(x.shape), device=x.device)
+    with torch.inference_mode(), _autocast(precision, x.device), _autotune(x.device), \
+            PeakMemory(x.device) as memory:
+        seconds, times, out = _timed(lambda: model(x), repeat, x.device)
     cells = dense_full.shape[-2] * dense_full.shape[-1]
     fig = _figures(seconds, cells, flops, peak, memory)
     pooled = 0.5 * (dense_full.mean((2, 3)) + dense_full.amax((2, 3)))
     fig.update(runs=times, max_rel_vs_dense=float(
-        (out.float() - pooled).abs().max() / pooled.abs().max()))
+        (out.float().cpu() - pooled).abs().max() / pooled.abs().max()))
     return fig
 
 
@@ -340,10 +383,11 @@ def _breakdown(dense: DenseNet, x: torch.Tensor, precision: str) -> dict:
         def run_node(self, n):
             start = time.perf_counter()
             out = super().run_node(n)
+            _sync(x.device)
             seconds[n.name] = time.perf_counter() - start
             return out
 
-    with torch.inference_mode(), _autocast(precision):
+    with torch.inference_mode(), _autocast(precision, x.device), _autotune(x.device):
         Timer(dense.net).run(x)
     names = [n.name for n in dense.net.graph.nodes]
     split = names.index(dense.feature_node) + 1 if dense.feature_node in names else len(names)
@@ -362,9 +406,9 @@ def _breakdown(dense: DenseNet, x: torch.Tensor, precision: str) -> dict:
 # ------------------------------------------------------------------------------- the bench
 
 
-def _check_args(size, repeat: int, precision: str, window) -> None:
-    if precision != "fp32" and not torch.amp.is_autocast_available("cpu"):
-        raise ParameterError(f"{precision} autocast is not available on this CPU; use fp32")
+def _check_args(size, repeat: int, precision: str, window, device: torch.device) -> None:
+    if precision != "fp32" and not torch.amp.is_autocast_available(device.type):
+        raise ParameterError(f"{precision} autocast is not available on {device.type}; use fp32")
     if repeat < 1:
         raise ParameterError(f"repeat must be at least 1, got {repeat}")
     if size[0] < window[0] or size[1] < window[1]:
@@ -390,6 +434,7 @@ class _Options:
     fold_bn: bool
     seed: int
     head: str = "auto"
+    device: torch.device = torch.device("cpu")
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -401,7 +446,8 @@ def run_bench(model: str, size: tuple[int, int] | None = None, output_stride: in
               baseline: bool = True, timm: bool = True, max_memory: int | str | None = None,
               baseline_windows: int | None = None, batch_size: int = 16,
               breakdown: bool = True, fold_bn: bool = True, weights: str | None = None,
-              seed: int = 0, threads: int | None = None, head: str = "auto") -> dict:
+              seed: int = 0, threads: int | None = None, head: str = "auto",
+              device: str | torch.device = "cpu") -> dict:
     """Time the dense net, the crop baseline and timm's test-time pooling on one random image.
 
     Args:
@@ -420,6 +466,9 @@ def run_bench(model: str, size: tuple[int, int] | None = None, output_stride: in
             each other at every layer.
         head: ``"auto"``, ``"fast"`` or ``"general"`` (:func:`densify.convert.convolutionize`):
             time the general path against the fast one.
+        device: where the nets run (``"cpu"``, ``"cuda"``, ``"auto"``, ...); on CUDA every
+            timed run waits for the device, cuDNN autotunes, and memory figures are the device
+            memory torch allocated. Whole scans on a GPU: ``scripts/gpu_bench.py``.
 
     Returns:
         A JSON-serialisable dict (see the module docstring for the figures).
@@ -429,10 +478,11 @@ def run_bench(model: str, size: tuple[int, int] | None = None, output_stride: in
     clf = load_classifier(model, weights)
     window = clf.spec.input_size[1:]
     size = tuple(size) if size is not None else (4 * window[0], 4 * window[1])
-    _check_args(size, repeat, precision, window)
+    device = resolve_device(device)
+    _check_args(size, repeat, precision, window, device)
     opts = _Options(size, output_stride, repeat, precision, channels_last, baseline, timm,
                     parse_bytes(max_memory) if max_memory is not None else None,
-                    baseline_windows, batch_size, breakdown, fold_bn, seed, head)
+                    baseline_windows, batch_size, breakdown, fold_bn, seed, head, device)
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -451,10 +501,10 @@ def _prepare(clf: Classifier, o: _Options):
     if dense.multi_output:  # every output, concatenated along channels, on both sides
         dense = dense.subset(*(info.key for info in dense.outputs))
         original = _Concatenated(original)
-    dense = dense.to(memory_format=o.memory_format)
-    original = original.to(memory_format=o.memory_format)
+    dense = dense.to(o.device, memory_format=o.memory_format)
+    original = original.to(o.device, memory_format=o.memory_format)
     gen = torch.Generator().manual_seed(o.seed)
-    x = torch.randn(1, clf.spec.input_size[0], *o.size, generator=gen)
+    x = torch.randn(1, clf.spec.input_size[0], *o.size, generator=gen).to(o.device)
     return dense, original, x.contiguous(memory_format=o.memory_format)
 
 
@@ -473,7 +523,7 @@ class _Concatenated(torch.nn.Module):
 def _run(clf: Classifier, o: _Options) -> dict:
     load_start = os.getloadavg()
     dense, original, x = _prepare(clf, o)
-    peak = conv_peak(o.precision, o.channels_last)
+    peak = conv_peak(o.precision, o.channels_last, device=o.device)
     methods = {}
     methods["dense"], full = _bench_dense(dense, x, o.repeat, o.precision, o.max_bytes, peak)
     h, w = dense.geometry.output_size(*o.size)
@@ -506,11 +556,13 @@ def _header(clf: Classifier, dense: DenseNet, o: _Options, peak: float,
         "channels_last": o.channels_last, "fold_bn": o.fold_bn,
         "head_path": dense.outputs[0].path, "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+        "device": str(o.device) if o.device.type != "cuda" else torch.cuda.get_device_name(o.device),
         "allocator": allocator(), "peak_gflops_per_s": peak,
         "flop_method": "FlopCounterMode on fake tensors: 2 x multiply-adds of convolutions and "
                        "matrix products",
-        "memory_method": "growth of peak RSS (VmHWM reset via /proc/self/clear_refs)"
-        if _reset_hwm() else "growth of ru_maxrss (new maxima only)",
+        "memory_method": "growth of the device memory torch allocated (max_memory_allocated)"
+        if o.device.type == "cuda" else "growth of peak RSS (VmHWM reset via "
+        "/proc/self/clear_refs)" if _reset_hwm() else "growth of ru_maxrss (new maxima only)",
     }
 
 

@@ -16,6 +16,7 @@ __all__ = ["bench"]
 @options.output_stride
 @click.option("--repeat", "-n", type=click.IntRange(min=1), default=3, show_default=True,
               help="Timed runs per method after one warm-up; the median is reported.")
+@options.device
 @options.precision
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True)
 @options.json_output()
@@ -35,7 +36,7 @@ __all__ = ["bench"]
 @options.threads
 @options.head
 @options.keep_memory
-def bench(model, weights, size, output_stride, repeat, precision, channels_last, json_path,
+def bench(model, weights, size, output_stride, repeat, device, precision, channels_last, json_path,
           baseline, baseline_windows, batch_size, use_timm, max_memory, breakdown, fold_bn,
           threads, head, keep_memory) -> None:
     """Time the dense net against batched window crops and timm's test-time pooling."""
@@ -47,6 +48,6 @@ def bench(model, weights, size, output_stride, repeat, precision, channels_last,
                            baseline=baseline, timm=use_timm, max_memory=max_memory,
                            baseline_windows=baseline_windows, batch_size=batch_size,
                            breakdown=breakdown, fold_bn=fold_bn, weights=weights,
-                           threads=threads, head=head)
+                           threads=threads, head=head, device=device)
     if not options.write_json_output(json_path, result) or json_path != "-":
         click.echo(format_report(result))

@@ -139,7 +139,7 @@ object_sizes = click.option(
     help="Heights in pixels of the objects to find: N scales then map them onto the model's "
          "trained object size (default: the model card's).")
 
-# Used by: heatmap, detect, evaluate.
+# Used by: heatmap, detect, evaluate, bench.
 device = click.option(
     "--device", default="auto", show_default=True, callback=callback(_device),
     help="auto (CUDA if available), cpu, cuda, cuda:N.")
