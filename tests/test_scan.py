@@ -17,8 +17,9 @@ from densify.io.image import to_tensor
 from densify.models import catalogue as zoo
 from densify.models.card import ModelCard
 from densify.models.weights import load_classifier
+from densify.scan.prepare import card_object_box as _card_object_box
 from densify.scan.result import ScanResult
-from densify.scan.scanner import Scanner, _card_object_box, as_rgb, resolve_device
+from densify.scan.scanner import Scanner, as_rgb, resolve_device
 
 SQUARE_ARGS = {"input_size": (WINDOW, WINDOW), "mean": (0, 0, 0), "std": (1, 1, 1),
                "categories": CATEGORIES, "background_class": 0, "device": "cpu"}

@@ -4,17 +4,13 @@
     result = scanner("photo.jpg")                                 # ScanResult
     result.top_classes(5); result.heatmap("tabby"); result.detections(threshold=0.6)
 
-What happens per image (see :mod:`densify.scan.pyramid` for the scales, rounding and padding,
-and :mod:`densify.scan.engine` for the pieces): on a GPU the ``uint8`` image goes to the device
-once, from pinned memory, and every level is resized, normalized and padded there with torch ops
-(:mod:`densify.scan.preprocess`, which reproduces OpenCV's filters to one grey level); on the CPU
-OpenCV builds each level on the host, which is faster there. Each level runs in ``channels_last``
-layout under ``torch.inference_mode`` (and ``torch.autocast`` for ``bf16``/``fp16``), on CUDA
-with cuDNN autotuning and, for shapes seen before, as a replayed CUDA graph
-(:mod:`densify.scan.graphs`); the softmax runs in float32 on the device and every level's map
-stays there until the last one is done, then all maps move to the host in one copy (no host
-synchronisation per level). :meth:`Scanner.scan_batch` does the same for several images of one
-size in one forward pass per level. Progress over scales is a tqdm bar when ``progress=True``.
+What happens per image (:mod:`densify.scan.pyramid` for the scales, rounding and padding,
+:mod:`densify.scan.engine` for the pieces): on a GPU the ``uint8`` image is uploaded once and
+every level is built there (:mod:`densify.scan.preprocess`); on the CPU OpenCV builds them. Each
+level runs in ``channels_last`` layout under ``torch.inference_mode`` (and autocast for
+``bf16``/``fp16``), on CUDA with cuDNN autotuning and, for shapes seen before, as a CUDA graph
+(:mod:`densify.scan.graphs`); maps stay on the device until the last level, then come back in
+one copy. :meth:`Scanner.scan_batch` runs images of one size together.
 
 Convention:
     Images are RGB ``uint8`` ``(H, W, 3)`` (paths and tensors are converted by :func:`as_rgb`);
@@ -39,21 +35,26 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..convert.dense import DenseNet, convolutionize
-from ..convert.fold import fold_batchnorm
 from ..convert.outputs import select_key
-from ..errors import ConversionError, ParameterError
-from ..io.image import read_array, read_image, thumbnail
+from ..errors import ParameterError
+from ..io.image import thumbnail
 from ..models.card import ModelCard
 from ..models.catalogue import IMAGENET_MEAN, IMAGENET_STD
-from ..models.user import ModelChoice, load_model
 from ..models.weights import Classifier
-from .detect import object_region
 from .engine import LevelSource, autotune, same_size_groups, softmax_rows, to_host, to_probabilities
 from .graphs import GraphCache
 from .maps import BOX_FORMATS, ScaleMap
 from .memory import MemoryBudget
-from .pyramid import Level, levels, object_range, parse_scales
+from .prepare import (
+    as_rgb,
+    card_object_box,
+    card_outputs,
+    card_scale_range,
+    classifier_for,
+    dense_for,
+    resolve_device,
+)
+from .pyramid import Level, levels, parse_scales
 from .result import THUMBNAIL_SIDE, ScanResult
 from .settings import ScanSettings
 from .threads import check_threads, thread_limit
@@ -71,37 +72,6 @@ PREPROCESS = ("auto", "device", "host")
 
 #: The largest batch chosen automatically on a GPU (:attr:`Scanner.batch_size`).
 MAX_AUTO_BATCH = 8
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` (CUDA if available, else CPU), or a torch device name; checked."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ParameterError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ParameterError(f"device {device!r} requested but CUDA is not available; use --device "
-                         "cpu (or auto)")
-    return dev
-
-
-def as_rgb(image: str | Path | np.ndarray | torch.Tensor) -> tuple[np.ndarray, str | None]:
-    """``(RGB uint8 (H, W, 3), source path or None)`` from a path, an array or a tensor.
-
-    Tensors are ``(3, H, W)`` or ``(1, 3, H, W)`` RGB (or 1-channel gray), float in [0, 1] or
-    uint8. Raises :class:`densify.image.ImageError` for anything else.
-    """
-    if isinstance(image, (str, Path)):
-        return read_image(image), str(image)
-    if isinstance(image, torch.Tensor):
-        t = image.detach().cpu()
-        t = t[0] if t.ndim == 4 and t.shape[0] == 1 else t
-        if t.ndim == 3 and t.shape[0] in (1, 3):
-            t = t.permute(1, 2, 0)
-        image = t.numpy()
-    return read_array(image), None
 
 
 class Scanner:
@@ -166,7 +136,7 @@ class Scanner:
         self.progress = s.progress
         self.flip = bool(s.flip)
         self.threads = None if s.threads is None else check_threads(s.threads)
-        self.classifier = _load(model, weights, input_size, mean, std, categories)
+        self.classifier = classifier_for(model, weights, input_size, mean, std, categories)
         #: the model card (:class:`densify.models.card.ModelCard`) with the overrides; None for
         #: a plain module or DenseNet
         self.card = self.classifier.card.replace(background_class=background_class) if (
@@ -174,9 +144,9 @@ class Scanner:
         card = self.card
         net = self.classifier.model if self.classifier else model
         size = card.input_size if card else input_size
-        self.dense = _convert(net, size, s.output_stride, s.fold_bn).to(self.device).eval()
+        self.dense = dense_for(net, size, s.output_stride, s.fold_bn).to(self.device).eval()
         self.dense = self.dense.to(memory_format=torch.channels_last)
-        self._select_outputs(*_card_outputs(card, s.scores, s.boxes, s.box_format))
+        self._select_outputs(*card_outputs(card, s.scores, s.boxes, s.box_format))
         self.requested_stride = s.output_stride
         self._set_preprocessing(card, mean, std)
         self._set_classes(card, categories, background_class, s.object_box)
@@ -274,7 +244,7 @@ class Scanner:
         self.background_class = (background_class if background_class is not None
                                   else card.background_class if card else None)
         if object_box == "auto":
-            object_box = _card_object_box(card, self.geometry.window)
+            object_box = card_object_box(card, self.geometry.window)
         self.object_box = None if object_box is None else tuple(float(v) for v in object_box)
 
     def _check_autocast(self) -> None:
@@ -427,68 +397,3 @@ class Scanner:
         scores = (softmax_rows(scores) if activation is None
                   else to_probabilities(scores, activation, dim=1))
         return scores, regression
-
-
-def _load(model, weights, input_size, mean, std, categories) -> Classifier | None:
-    """The model as a :class:`Classifier` (:func:`densify.models.user.load_model`); None for a
-    DenseNet or a plain module, which the scanner converts as given."""
-    if isinstance(model, ModelChoice):
-        model = model.load()
-    if isinstance(model, (str, Classifier)):
-        return load_model(model, weights, input_size=input_size, mean=mean, std=std,
-                          categories=categories)
-    return None
-
-
-def _convert(model: nn.Module, input_size, output_stride: int | None, fold_bn: bool) -> DenseNet:
-    if isinstance(model, DenseNet):
-        if output_stride not in (None, model.output_stride):
-            log.info("scanning a DenseNet at its own stride %d (asked for %s)",
-                     model.output_stride, output_stride)
-        return fold_batchnorm(model) if fold_bn and _has_batchnorm(model) else model
-    dense = _convert_model(model, input_size, output_stride)
-    return fold_batchnorm(dense, inplace=True) if fold_bn else dense
-
-
-def _has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) for m in model.modules())
-
-
-def _convert_model(model: nn.Module, input_size, output_stride: int | None) -> DenseNet:
-    if output_stride is None:
-        return convolutionize(model, input_size)
-    try:
-        return convolutionize(model, input_size, output_stride)
-    except ConversionError as exc:
-        dense = convolutionize(model, input_size)  # raises if the model itself is the problem
-        log.info("output stride %d is not reachable (%s); scanning at the native stride %d",
-                 output_stride, exc, dense.output_stride)
-        return dense
-
-
-def _card_outputs(card: ModelCard | None, scores, boxes, box_format: str | None):
-    """``(scores, boxes, box_format)``: the given ones, else the model card's, else the only
-    output, no boxes and ``"offsets"``."""
-    if scores is None and boxes is None and card is not None:
-        scores, boxes = card.scores_output, card.boxes_output
-    fmt = box_format or (card.box_format if card else None) or "offsets"
-    return scores, boxes, fmt
-
-
-def _card_object_box(card: ModelCard | None, window: Sequence[int]):
-    """The object's box in the window from the model card (``object_height`` and
-    ``box_aspect``), or None."""
-    if card is None or card.object_height is None:
-        return None
-    return object_region(window, card.object_height, card.box_aspect)
-
-
-def card_scale_range(card: ModelCard | None, object_sizes=None) -> tuple[float, float] | None:
-    """The factor range for ``scales=N`` from object sizes (given, or the card's), or None."""
-    sizes = object_sizes if object_sizes is not None else (card.object_sizes if card else None)
-    if sizes is None:
-        return None
-    if card is None or card.object_height is None:
-        raise ParameterError("object sizes need a model whose card gives object_height; pass "
-                         "explicit --scales factors instead")
-    return object_range(card.object_height, sizes)
