@@ -62,7 +62,7 @@ DEFAULT = {
     "selecsls42b": (64, F32, "exact"),  # selecsls
     "ese_vovnet19b_dw": (64, F32, "context"),  # vovnet (eSE)
     "starnet_s050": (64, F32, "exact"),  # starnet
-    "vit_tiny_patch16_224": (64, F64, "refused"),  # vision_transformer: not a CNN
+    "vit_tiny_patch16_224": (224, F32, "refused"),  # vision_transformer: not a CNN
 }
 #: Larger or slower (float64 grouped convolutions): the slow tier (``DENSIFY_FULL=1``).
 SLOW = {
