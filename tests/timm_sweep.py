@@ -37,13 +37,13 @@ TOLERANCE = {F64: 1e-9, F32: 1e-4}
 DEFAULT = {
     "resnet10t": (64, F64, "exact"),  # resnet
     "seresnet18": (64, F64, "context"),  # resnet + SE
-    "mobilenetv3_small_050": (64, F32, "context"),  # mobilenetv3: conv_head after the pool
+    "mobilenetv3_small_050": (64, F64, "context"),  # mobilenetv3: conv_head after the pool
     "lcnet_050": (64, F64, "context"),  # mobilenetv3 (LCNet)
     "mobilenetv4_conv_small": (64, F32, "exact"),  # mobilenetv3 (MobileNetV4)
     "efficientnet_b0": (64, F32, "context"),  # efficientnet
-    "tinynet_e": (64, F32, "context"),  # efficientnet
+    "tinynet_e": (64, F64, "context"),  # efficientnet
     "mixnet_s": (64, F32, "context"),  # efficientnet (MixNet)
-    "ghostnet_050": (64, F32, "context"),  # ghostnet
+    "ghostnet_050": (64, F64, "context"),  # ghostnet
     "repghostnet_050": (64, F32, "context"),  # repghost
     "fasternet_t0": (64, F64, "exact"),  # fasternet
     "hgnetv2_b0": (64, F64, "exact"),  # hgnet
@@ -51,16 +51,16 @@ DEFAULT = {
     "convnextv2_atto": (64, F32, "context"),  # convnext (GRN: a norm over H, W)
     "regnetx_002": (64, F32, "exact"),  # regnet
     "rexnet_100": (64, F32, "context"),  # rexnet
-    "resnest14d": (64, F32, "context"),  # resnest: split attention
-    "skresnet18": (64, F32, "context"),  # sknet: selective kernel
-    "eca_resnet33ts": (64, F32, "context"),  # byobnet: ECA
-    "resnetv2_50x1_bit": (64, F32, "context"),  # resnetv2: GroupNorm
-    "poolformer_s12": (64, F32, "context"),  # metaformer: GroupNorm
-    "dla34": (64, F32, "exact"),  # dla
+    "resnest14d": (64, F64, "context"),  # resnest: split attention
+    "skresnet18": (64, F64, "context"),  # sknet: selective kernel
+    "eca_resnet33ts": (64, F64, "context"),  # byobnet: ECA
+    "resnetv2_50x1_bit": (64, F64, "context"),  # resnetv2: GroupNorm
+    "poolformer_s12": (64, F64, "context"),  # metaformer: GroupNorm
+    "dla34": (64, F64, "exact"),  # dla
     "vgg11": (64, F64, "refused"),  # vgg: control flow on the input size in its ConvMlp
-    "darknet17": (64, F32, "exact"),  # cspnet
-    "selecsls42b": (64, F32, "exact"),  # selecsls
-    "ese_vovnet19b_dw": (64, F32, "context"),  # vovnet (eSE)
+    "darknet17": (64, F64, "exact"),  # cspnet
+    "selecsls42b": (64, F64, "exact"),  # selecsls
+    "ese_vovnet19b_dw": (64, F64, "context"),  # vovnet (eSE)
     "starnet_s050": (64, F32, "exact"),  # starnet
     "vit_tiny_patch16_224": (224, F32, "refused"),  # vision_transformer: not a CNN
 }
