@@ -75,6 +75,8 @@ SLOW = {
     "repvit_m0_9": (64, F64, "context"),  # repvit
     "inception_next_atto": (64, F64, "exact"),  # inception_next
     "nf_resnet26": (64, F64, "exact"),  # nfnet
+    "xception41": (64, F32, "exact"),  # xception_aligned
+    "rdnet_tiny": (64, F32, "context"),  # rdnet
     "gcresnet33ts": (64, F64, "context"),  # byobnet: global-context block
     "inception_v3": (107, F64, "exact"),  # inception_v3
 }
