@@ -27,7 +27,8 @@ from torch import nn
 
 from .graph import descendants, shape_of
 
-__all__ = ["Statistic", "REDUCTIONS", "statistic", "flows_back", "broadcasts", "describe"]
+__all__ = ["Statistic", "REDUCTIONS", "statistic", "flows_back", "broadcasts", "describe",
+           "layer_of"]
 
 #: Reductions (method names / ``torch`` function names) that take a statistic over ``dim``.
 REDUCTIONS = {"mean", "nanmean", "sum", "nansum", "amax", "amin", "max", "min", "var", "std",
@@ -127,3 +128,13 @@ def describe(gm: fx.GraphModule, node: fx.Node) -> str:
     if node.op == "call_module":
         return f"{node.target} ({type(gm.get_submodule(node.target)).__name__})"
     return f"{node.name} ({getattr(node.target, '__name__', node.target)})"
+
+
+def layer_of(node: fx.Node) -> str:
+    """The qualified name of the layer whose code ran ``node`` (its target for a layer call; the
+    innermost module of torch.fx's ``nn_module_stack`` otherwise), or the node's name."""
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack") or {}
+    path = next(reversed(stack.values()))[0] if stack else ""
+    return path or node.name

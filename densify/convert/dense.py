@@ -43,7 +43,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import ConversionError, DensifyError, ParameterError
-from .context import describe
+from .context import layer_of
 from .fast import UnsupportedHead, rewrite_head, rewrite_trunk_adaptive_pools
 from .fields import walk_fields
 from .general import build_general, original_head
@@ -236,7 +236,7 @@ def _convolutionize(model: nn.Module, size, output_stride, verify: bool, head: s
     geometry = Geometry(window=size[1:], stride=field.stride, rf_size=field.size,
                         rf_offset=field.offset)
     if context:
-        named = ", ".join(f"{describe(gm, n)}: {what}" for n, what in list(found.context.items())[:3])
+        named = ", ".join(f"{what} in {layer_of(n)}" for n, what in list(found.context.items())[:3])
         log.warning("%d global-context op(s) (%s%s) take statistics of the whole feature map: "
                     "the dense output is exact at the canonical input, but each cell also depends "
                     "on pixels outside its window (receptive field: global)", len(context), named,
