@@ -9,8 +9,9 @@ values, ``OSError`` for files), so ``except ValueError`` keeps working.
 
 from __future__ import annotations
 
-__all__ = ["DensifyError", "ParameterError", "ConversionError", "SelfCheckError", "ModelError",
-           "WeightsError", "ImageError", "OutputError", "ResultError", "MissingExtraError"]
+__all__ = ["DensifyError", "ParameterError", "ConversionError", "SelfCheckError", "UnforeseenError",
+           "ModelError", "WeightsError", "ImageError", "OutputError", "ResultError",
+           "MissingExtraError"]
 
 
 class DensifyError(Exception):
@@ -37,6 +38,12 @@ class ConversionError(DensifyError, ValueError):
 class SelfCheckError(ConversionError):
     """A converted net failed its own self-check: a bug in densify, not bad input (the command
     line reports it as one, exit status 3)."""
+
+
+class UnforeseenError(ConversionError):
+    """An exception densify did not foresee while converting (an op it does not know, or a bug
+    in densify): one line, chained to the original, for library callers; the command line
+    reports it as a possible bug (exit status 3, the traceback with ``-v``)."""
 
 
 class ModelError(DensifyError, ValueError):

@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from densify.cli import main
-from densify.errors import SelfCheckError
+from densify.errors import SelfCheckError, UnforeseenError
 from densify.models import catalogue as zoo
 
 
@@ -120,12 +120,14 @@ def test_exit_classes_usage_errors_exit_2_in_one_line(runner, args, words):
 
 
 @pytest.mark.parametrize("raised", [RuntimeError("boom at cell 3"),
-                                    SelfCheckError("self-check failed: output None cell (0, 0)")])
+                                    SelfCheckError("self-check failed: output None cell (0, 0)"),
+                                    UnforeseenError("converting Net failed (IndexError in f: )")])
 def test_exit_classes_bugs_exit_3_with_the_traceback_under_v(runner, monkeypatch, raised):
     """A bug (any exception that is not bad input, and a conversion failing its own self-check)
     exits 3 with one line that says so; with ``-v`` its traceback comes first. Mutations caught:
-    bugs exiting 1; ``-v`` no longer printing the traceback; SelfCheckError reported as bad input
-    (exit 1) like its base class ConversionError."""
+    bugs exiting 1; ``-v`` no longer printing the traceback; SelfCheckError or UnforeseenError (an
+    exception the converter did not foresee) reported as bad input (exit 1) like their base class
+    ConversionError."""
     from densify.convert import dense
 
     def broken(*args, **kwargs):

@@ -18,7 +18,7 @@ import traceback
 
 import click
 
-from ..errors import DensifyError, SelfCheckError
+from ..errors import DensifyError, SelfCheckError, UnforeseenError
 from . import convert, detect, evaluate, heatmap, models, verify
 from .bench import bench
 
@@ -71,7 +71,7 @@ class _Group(click.Group):
                 raise UsageLine.of(exc, f"{ctx.command_path} {sub}" if sub else ctx.command_path
                                    ) from None
             raise
-        except SelfCheckError as exc:
+        except (SelfCheckError, UnforeseenError) as exc:  # densify's bugs, not bad input
             _bug(ctx, exc)
         except DensifyError as exc:
             raise click.ClickException(str(exc).splitlines()[0] if str(exc) else

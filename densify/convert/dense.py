@@ -42,7 +42,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..errors import ConversionError, DensifyError, ParameterError
+from ..errors import ConversionError, DensifyError, ParameterError, UnforeseenError
 from .context import layer_of
 from .fast import UnsupportedHead, rewrite_head, rewrite_trunk_adaptive_pools
 from .fields import walk_fields
@@ -216,7 +216,7 @@ def convolutionize(model: nn.Module, input_size=None, output_stride: int | None 
         raise
     except Exception as exc:  # a bug or an unforeseen op: still one line, naming it
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        raise ConversionError(
+        raise UnforeseenError(
             f"converting {type(model).__name__} failed ({type(exc).__name__} in "
             f"{where.name}: {str(exc).splitlines()[0] if str(exc) else ''}); if it is a CNN, "
             "head='general' may convert it; otherwise please report it") from exc
