@@ -1,0 +1,119 @@
+"""Slides read region by region (densify.io.slides): levels, regions, physical size, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tifffile = pytest.importorskip("tifffile")
+pytest.importorskip("zarr")
+
+from densify.io.slides import (  # noqa: E402
+    CorruptTileError,
+    SlideError,
+    TiffSlide,
+    open_slide,
+)
+
+
+def pattern(h: int, w: int, ds: int = 1) -> np.ndarray:
+    """A deterministic RGB pattern, sampled every ``ds`` pixels of level 0."""
+    yy, xx = np.mgrid[0:h, 0:w] * ds
+    return np.stack([(yy * 7) % 251, (xx * 5) % 253, (yy + 3 * xx) % 255], -1).astype(np.uint8)
+
+
+def write_pyramid(path, h: int, w: int, compression=None, tile: int = 64, ome: bool = True):
+    with tifffile.TiffWriter(path, bigtiff=True, ome=ome) as tw:
+        tw.write(pattern(h, w), tile=(tile, tile), compression=compression, photometric="rgb",
+                 subifds=1, metadata={"PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25} if ome else {})
+        tw.write(pattern(h // 2, w // 2, 2), tile=(tile, tile), compression=compression,
+                 photometric="rgb", subfiletype=1)
+    return path
+
+
+@pytest.mark.parametrize("compression", [None, "zlib", "lzw"])
+def test_region_equals_the_array(tmp_path, compression):
+    path = write_pyramid(tmp_path / "s.ome.tif", 320, 200, compression)
+    with open_slide(path) as slide:
+        assert [lv.size for lv in slide.levels] == [(320, 200), (160, 100)]
+        assert [lv.downsample for lv in slide.levels] == [1.0, 2.0]
+        np.testing.assert_array_equal(slide.read_region(0, 70, 30, 100, 150),
+                                      pattern(320, 200)[70:170, 30:180])
+        np.testing.assert_array_equal(slide.read_region(1, 5, 60, 40, 40),
+                                      pattern(160, 100, 2)[5:45, 60:100])
+
+
+def test_jpeg_tiles_and_microns_per_pixel(tmp_path):
+    path = write_pyramid(tmp_path / "s.ome.tif", 256, 256, "jpeg")
+    with open_slide(path) as slide:
+        assert slide.format == "OME-TIFF"
+        assert slide.levels[0].mpp == (0.25, 0.25) and slide.levels[1].mpp == (0.5, 0.5)
+        assert slide.level_for_mpp(0.5) == 1 and slide.level_for_mpp(0.26) == 0
+        region = slide.read_region(0, 0, 0, 64, 64).astype(int)
+        assert np.abs(region - pattern(64, 64)).mean() < 20  # lossy, but the same picture
+        with pytest.raises(SlideError, match="no level near 2 microns"):
+            slide.level_for_mpp(2.0)
+
+
+def test_resolution_tags_give_mpp_and_gray_becomes_rgb(tmp_path):
+    path = tmp_path / "g.tif"
+    gray = pattern(128, 128)[..., 0]
+    tifffile.imwrite(path, gray, tile=(64, 64), resolution=(1e4 / 0.5, 1e4 / 0.5),
+                     resolutionunit="CENTIMETER")
+    with TiffSlide(path) as slide:
+        assert slide.levels[0].mpp == pytest.approx((0.5, 0.5))
+        region = slide.read_region(0, 10, 10, 5, 5)
+        assert region.shape == (5, 5, 3) and (region == gray[10:15, 10:15, None]).all()
+
+
+def test_corrupt_tile_is_reported_with_its_position(tmp_path):
+    path = write_pyramid(tmp_path / "s.tif", 256, 256, "zlib", ome=False)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        per_row = -(-256 // 64)
+        index = 2 * per_row + 1  # the tile at x=64, y=128
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\x00" * count)
+    with open_slide(path) as slide:
+        np.testing.assert_array_equal(slide.read_region(0, 0, 0, 128, 256), pattern(128, 256))
+        with pytest.raises(CorruptTileError, match="x=64 y=128") as info:
+            slide.read_region(0, 100, 0, 100, 200)
+    assert info.value.boxes == [(64, 128, 128, 192)]
+    region, want = info.value.region, pattern(256, 256)[100:200, 0:200]
+    assert (region[28:92, 64:128] == 0).all()
+    region[28:92, 64:128] = want[28:92, 64:128]
+    np.testing.assert_array_equal(region, want)
+
+
+def test_not_a_slide_is_one_line_naming_format_and_extra(tmp_path):
+    png = tmp_path / "x.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(32))
+    text = tmp_path / "x.svs"
+    text.write_text("hello")
+    for path, what in ((png, "a PNG image"), (text, "a .svs file")):
+        try:
+            import openslide  # noqa: F401
+        except ImportError:
+            with pytest.raises(SlideError, match=rf"{what}.*densify\[slide\]"):
+                open_slide(path)
+        else:
+            with pytest.raises(SlideError):
+                open_slide(path)
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"II*\x00" + bytes(4))
+    with pytest.raises(SlideError, match="TIFF.*damaged or not a slide"):
+        open_slide(bad)
+    with pytest.raises(SlideError, match="no such file"):
+        open_slide(tmp_path / "missing.tif")
+
+
+def test_multichannel_and_outside_regions_are_refused(tmp_path):
+    path = tmp_path / "c.tif"
+    tifffile.imwrite(path, np.zeros((5, 64, 64), np.uint8), tile=(32, 32), photometric="minisblack")
+    with pytest.raises(SlideError, match="axes"):
+        open_slide(path)
+    path = write_pyramid(tmp_path / "s.tif", 128, 128)
+    with open_slide(path) as slide, pytest.raises(ValueError, match="outside level 0"):
+        slide.read_region(0, 100, 0, 50, 10)
