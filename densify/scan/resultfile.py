@@ -47,6 +47,7 @@ from ..io.files import atomic_output
 from .maps import ScaleMap
 from .pyramid import Level
 from .result import ScanResult
+from .slideresult import SlideResult, load_slide_result
 
 __all__ = ["FORMAT", "VERSION", "save_result", "load_result", "result_arrays"]
 
@@ -120,13 +121,17 @@ def save_result(result: ScanResult, path: str | Path, full_maps: Sequence[int | 
     return path
 
 
-def load_result(path: str | Path) -> ScanResult:
-    """The :class:`ScanResult` saved at ``path`` (maps as float32 from their 16-bit copies).
+def load_result(path: str | Path) -> ScanResult | SlideResult:
+    """The :class:`ScanResult` saved at ``path`` (maps as float32 from their 16-bit copies), or,
+    for a slide's ``*.ome.zarr`` store (``densify slide``), a lazily read
+    :class:`densify.scan.slideresult.SlideResult`.
 
     Raises :class:`ResultError` (one line) for a missing, corrupt, truncated, old-format or
     foreign file.
     """
     path = Path(path)
+    if path.is_dir() or path.name.endswith(".zarr"):
+        return load_slide_result(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}
