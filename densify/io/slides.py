@@ -356,11 +356,15 @@ def open_slide(path: str | Path) -> Slide:
         head = f.read(8)
     if head[:4] in _TIFF_MAGIC:
         return TiffSlide(path)
+    what = next((name for magic, name in _OTHER_FORMATS.items() if head.startswith(magic)),
+                f"a {path.suffix or 'suffix-less'} file")
     try:
         import openslide  # noqa: F401
     except ImportError:
-        what = next((name for magic, name in _OTHER_FORMATS.items() if head.startswith(magic)),
-                    f"a {path.suffix or 'suffix-less'} file")
         raise SlideError(f"{path.name} is {what}, not a TIFF slide; scan ordinary images with "
                          f"densify heatmap, or for vendor slide formats {INSTALL_HINT}") from None
-    return OpenSlideSlide(path)
+    try:
+        return OpenSlideSlide(path)
+    except SlideError:
+        raise SlideError(f"{path.name} is {what}, not a slide format densify or OpenSlide reads; "
+                         "scan ordinary images with densify heatmap") from None
