@@ -17,7 +17,8 @@ from densify.io import omezarr  # noqa: E402
 from densify.io.slides import open_slide  # noqa: E402
 from densify.scan.scanner import Scanner  # noqa: E402
 from densify.scan.slideresult import load_slide_result, overview  # noqa: E402
-from densify.scan.stream import PROGRESS_FILE, scan_slide  # noqa: E402
+from densify.scan.stream import PROGRESS_FILE, scan_slide, tile_cells_for  # noqa: E402
+from densify.scan.tiling import HEADROOM, TilingError, estimate_bytes  # noqa: E402
 
 TOL = 1e-5  # float32: tiles sum in another order than the whole image
 
@@ -188,3 +189,19 @@ def test_store_is_multiscale_ome_zarr_and_loads_lazily(slide_file, tmp_path, dig
     assert half.shape == tuple(-(-s // 2) for s in full.shape)
     assert half[3, 4] == pytest.approx(full[6:8, 8:10].mean(), abs=1e-6)
     assert picture.shape == (int(round(333 * 200 / 459)), 200, 3)
+
+
+def test_tile_size_from_a_memory_budget(padded):
+    net, g = padded.scan_net, padded.geometry
+    room = 40_000_000
+    cells = tile_cells_for(net, room)
+
+    def need(c):  # the tile's input: its cells' windows, the receptive field's overhang, alignment
+        side = g.input_size(c, c)[0] + (g.rf_size[0] - g.window[0]) + 8
+        return estimate_bytes(net, side, side) + 3 * side * side * 4
+
+    assert 1 < cells < 1024
+    assert need(cells) <= (1 - HEADROOM) * room < need(cells + 1)
+    assert tile_cells_for(net, 4 * room) > cells
+    with pytest.raises(TilingError, match="raise --max-memory"):
+        tile_cells_for(net, 1000)

@@ -81,6 +81,7 @@ def _write_outputs(out: Path, stem: str, src, done, scanner, overview_side: int)
 @options.nms_iou
 @click.option("--overview-side", type=click.IntRange(min=64), default=2048, show_default=True,
               help="Longer side of the overview PNG in pixels.")
+@options.max_memory
 @options.device
 @options.precision
 @options.threads
@@ -89,10 +90,12 @@ def _write_outputs(out: Path, stem: str, src, done, scanner, overview_side: int)
 @options.quiet
 @options.as_json
 def slide(slide_path, model, weights, output_stride, level, mpp, tile_cells, class_names,
-          threshold, nms_iou, overview_side, device, precision, threads, output_dir, overwrite,
+          threshold, nms_iou, overview_side, max_memory, device, precision, threads, output_dir, overwrite,
           quiet, as_json) -> None:
     """Scan a whole-slide image (tiled/pyramidal TIFF, OME-TIFF, SVS; other vendor formats with
-    pip install 'densify[slide]') tile by tile, in memory that does not grow with the slide.
+    pip install 'densify[slide]') tile by tile, in memory that does not grow with the slide
+    (--max-memory sizes the tiles to fit a budget for the whole process; --tile-cells fixes
+    them).
 
     Writes OUTDIR/<stem>_heatmap.ome.zarr (per-class maps, multiscale OME-Zarr: napari opens it;
     densify.load_result reads it lazily), OUTDIR/<stem>_detections.geojson (QuPath: File >
@@ -102,7 +105,8 @@ def slide(slide_path, model, weights, output_stride, level, mpp, tile_cells, cla
     """
     from ..io.files import ensure_output_dir
     from ..io.slides import open_slide
-    from ..scan.stream import scan_slide
+    from ..scan.scanner import PRECISIONS
+    from ..scan.stream import scan_slide, tile_cells_for
     from ._scanning import default_threshold, make_scanner
 
     start = time.perf_counter()
@@ -110,12 +114,18 @@ def slide(slide_path, model, weights, output_stride, level, mpp, tile_cells, cla
     stem = _stem(slide_path)
     final = out / f"{stem}_heatmap.ome.zarr"
     if final.exists() and not overwrite:
-        click.echo(f"{slide_path}: kept {final} (done by an earlier run; --overwrite redoes it)")
+        click.echo(json.dumps({"slide": str(slide_path), "status": "skipped", "files": [
+            str(final)]}) if as_json else f"{slide_path}: kept {final} (done by an earlier run; "
+                   "--overwrite redoes it)")
         return
     with open_slide(slide_path) as src:
         index = _level(src, level, mpp)
         scanner = make_scanner(model, weights, [1.0], output_stride, device, precision,
-                               threads=threads)
+                               max_memory=max_memory, threads=threads)
+        if tile_cells is None and scanner.budget is not None:
+            tile_cells = tile_cells_for(scanner.scan_net, scanner.budget.total -
+                                        scanner.budget.fixed, PRECISIONS[precision] or
+                                        scanner.dtype)
         partial = out / f".{stem}_heatmap.ome.zarr.partial"
         if overwrite and partial.exists():
             shutil.rmtree(partial)
@@ -125,7 +135,7 @@ def slide(slide_path, model, weights, output_stride, level, mpp, tile_cells, cla
                           attrs={"model": model, "weights": str(weights)}, progress=not quiet)
         files = _write_outputs(out, stem, src, done, scanner, overview_side)
         lv = src.levels[index]
-    record = {"slide": str(slide_path), "format": src.format, "level": index,
+    record = {"slide": str(slide_path), "status": "ok", "format": src.format, "level": index,
               "level_size": list(lv.size), "mpp": None if lv.mpp is None else list(lv.mpp),
               "cells": list(done.cells), "tiles": done.tiles, "resumed": done.resumed,
               "missing_tiles": [list(b) for b in done.missing],

@@ -16,7 +16,8 @@ region is read from the file (:meth:`densify.io.slides.Slide.read_region`), norm
 (:func:`densify.scan.memory.level_input`), run through the dense net, turned into probabilities,
 its own cells (:func:`densify.scan.tiling.own_cells`) written into level ``"0"`` of an OME-Zarr
 store (:mod:`densify.io.omezarr`; one chunk per tile and class), its detections collected, and
-everything freed. What stays in memory: the net, one tile's input and maps, and the detections.
+everything freed. The next tile is read and decoded in a worker thread meanwhile (``prefetch``).
+What stays in memory: the net, two tiles' inputs, one tile's maps, and the detections.
 
 Resume: after each tile a line goes to ``densify_progress.jsonl`` in the store (the tile's index,
 its detections, its missing cells), flushed to disk after the tile's chunks. A rerun with the
@@ -50,6 +51,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,10 +69,19 @@ from .memory import level_input
 from .pyramid import Level, grid_padding
 from .scanner import PRECISIONS, Scanner, to_probabilities
 from .threads import thread_limit
-from .tiling import Tile, own_cells, tile_boxes
+from .tiling import (
+    HEADROOM,
+    Tile,
+    TilingError,
+    alignment,
+    estimate_bytes,
+    format_bytes,
+    own_cells,
+    tile_boxes,
+)
 
-__all__ = ["PROGRESS_FILE", "TILE_CANDIDATES", "SlideScan", "slide_level", "default_tile_cells", "scan_slide",
-           "store_transform"]
+__all__ = ["PROGRESS_FILE", "TILE_CANDIDATES", "SlideScan", "slide_level", "default_tile_cells",
+           "tile_cells_for", "scan_slide", "store_transform"]
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +137,30 @@ def default_tile_cells(stride: int, window: int, pixels: int = 2048) -> int:
     return cells if cells < 8 else cells // 8 * 8
 
 
+def tile_cells_for(net, room: int, dtype: torch.dtype = torch.float32, largest: int = 1024
+                   ) -> int:
+    """The most cells per tile side (up to ``largest``) whose forward pass, by
+    :func:`densify.scan.tiling.estimate_bytes`, plus the prefetched next input, fits in
+    ``(1 - HEADROOM) · room`` bytes; :class:`~densify.scan.tiling.TilingError` when one cell
+    does not."""
+    g = net.geometry
+    margin = max(0, (g.rf_size or g.window)[0] - g.window[0]) + max(alignment(net))
+
+    def need(cells: int) -> int:
+        side = g.input_size(cells, cells)[0] + margin
+        return estimate_bytes(net, side, side, dtype) + net.input_size[0] * side * side * 4
+
+    budget = (1 - HEADROOM) * room
+    if need(1) > budget:
+        raise TilingError(f"max memory leaves {format_bytes(room)} for tiles; a one-cell tile "
+                          f"needs {format_bytes(need(1) / (1 - HEADROOM))}; raise --max-memory")
+    lo, hi = 1, largest
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if need(mid) <= budget else (lo, mid - 1)
+    return lo
+
+
 def store_transform(level: Level, geometry, mpp: tuple[float, float] | None
                     ) -> tuple[tuple[float, float], tuple[float, float], str | None]:
     """``(scale, translation, unit)`` from map cells to the slide's level-0 pixel centres (pixel
@@ -175,17 +210,15 @@ def _missing_cells(t: Tile, geometry, scale: Level, bad) -> np.ndarray:
     return mask
 
 
-def _run_tile(scanner: Scanner, slide: Slide, index: int, scale: Level, t: Tile):
-    """``(probabilities (K, rows, cols), regression or None, corrupt boxes)`` of one tile."""
-    x, bad = _tile_input(slide, index, scale, t.box, scanner)
+def _run_tile(scanner: Scanner, scale: Level, t: Tile, x: torch.Tensor, bad):
+    """``(probabilities (K, rows, cols), regression or None)`` of one tile from its input."""
     out = own_cells(scanner.scan_net(x), t, scanner.geometry.stride)[0].float().cpu()
-    del x
     num = scanner.scores_output.channels
     probs = to_probabilities(out[:num], scanner.scores_output.activation).contiguous()
     regression = out[num:] if scanner.boxes_output is not None else None
     if bad:
         probs[:, torch.from_numpy(_missing_cells(t, scanner.geometry, scale, bad))] = float("nan")
-    return probs, regression, bad
+    return probs, regression
 
 
 def _tile_detections(scanner: Scanner, scale: Level, t: Tile, probs, regression,
@@ -267,7 +300,7 @@ def _merge(rows, iou: float) -> Detections:
 def scan_slide(scanner: Scanner, slide: Slide, store: str | Path, level: int = 0, *,
                tile_cells: int | None = None, classes: Sequence[int] | None = None,
                threshold: float = 0.5, iou: float = 0.3, attrs: dict | None = None,
-               progress: bool = False) -> SlideScan:
+               prefetch: bool = True, progress: bool = False) -> SlideScan:
     """Scan ``level`` of ``slide`` tile by tile into the OME-Zarr ``store`` (module docstring).
 
     Args:
@@ -281,6 +314,8 @@ def scan_slide(scanner: Scanner, slide: Slide, store: str | Path, level: int = 0
         classes: class indices to store (default: all, in order).
         threshold, iou: detection threshold and per-class NMS IoU (:func:`densify.scan.detect.detect`).
         attrs: extra attributes for the store (the CLI records the model and the slide).
+        prefetch: read and decode the next tile in a worker thread while this one computes
+            (one more tile input in memory).
         progress: show a tqdm bar over tiles.
 
     Shape:
@@ -312,12 +347,22 @@ def scan_slide(scanner: Scanner, slide: Slide, store: str | Path, level: int = 0
                 else contextlib.nullcontext())
     log.info("%s level %d (%dx%d): %d tiles of %d cells, %d done before", slide.path.name,
              level, *scale.size, len(tiles), tile_cells, resumed)
-    with (open(store / PROGRESS_FILE, "a") as f, torch.inference_mode(), autocast,
-          thread_limit(scanner.threads)):
-        for i, t in enumerate(tqdm(tiles, desc="tiles", unit="tile", disable=not progress)):
-            if i in rows:
-                continue
-            probs, regression, bad = _run_tile(scanner, slide, level, scale, t)
+    todo = [i for i in range(len(tiles)) if i not in rows]
+
+    def read(n: int):  # the input of the n-th tile to do, read and decoded in a worker thread
+        return pool.submit(_tile_input, slide, level, scale, tiles[todo[n]].box, scanner) if (
+            n < len(todo)) else None
+
+    with (open(store / PROGRESS_FILE, "a") as f, ThreadPoolExecutor(1) as pool,
+          torch.inference_mode(), autocast, thread_limit(scanner.threads)):
+        ahead = read(0)
+        for n, i in enumerate(tqdm(todo, desc="tiles", unit="tile", disable=not progress)):
+            t = tiles[i]
+            x, bad = ahead.result()
+            ahead = read(n + 1) if prefetch else None
+            probs, regression = _run_tile(scanner, scale, t, x, bad)
+            del x
+            ahead = ahead if prefetch else read(n + 1)
             for box in set(bad) - warned:
                 log.warning("%s level %d: corrupt tile at x=%d y=%d (%dx%d px): the cells it "
                             "feeds are marked missing", slide.path.name, level, box[0], box[1],
