@@ -61,11 +61,18 @@ def padded():
 
 
 @pytest.fixture(scope="module")
+def padded_s4():
+    """The same net at output stride 4: OverFeat's stride-1 final pooling, dilated after it."""
+    return Scanner(padded_net(), scales=[1.0], output_stride=4, input_size=(3, 32, 32),
+                   device="cpu")
+
+
+@pytest.fixture(scope="module")
 def slide_file(tmp_path_factory):
     return write_slide(tmp_path_factory.mktemp("slide") / "s.tif", texture(333, 459))
 
 
-@pytest.mark.parametrize("which, tile_cells", [("digits", 24), ("padded", 7)])
+@pytest.mark.parametrize("which, tile_cells", [("digits", 24), ("padded", 7), ("padded_s4", 13)])
 def test_stream_equals_the_in_memory_scan(request, slide_file, tmp_path, which, tile_cells):
     scanner = request.getfixturevalue(which)
     with open_slide(slide_file) as slide:
