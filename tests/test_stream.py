@@ -16,7 +16,7 @@ zarr = pytest.importorskip("zarr")
 from densify.io import omezarr  # noqa: E402
 from densify.io.slides import open_slide  # noqa: E402
 from densify.scan.scanner import Scanner  # noqa: E402
-from densify.scan.slideresult import load_slide_result, overview  # noqa: E402
+from densify.scan.slideresult import load_slide_result, overview, slide_thumbnail  # noqa: E402
 from densify.scan.stream import PROGRESS_FILE, scan_slide, tile_cells_for  # noqa: E402
 from densify.scan.tiling import HEADROOM, TilingError, estimate_bytes  # noqa: E402
 
@@ -212,3 +212,17 @@ def test_tile_size_from_a_memory_budget(padded):
     assert tile_cells_for(net, 4 * room) > cells
     with pytest.raises(TilingError, match="raise --max-memory"):
         tile_cells_for(net, 1000)
+
+
+def test_thumbnail_of_a_slide_without_pyramid_is_read_in_blocks(tmp_path):
+    rgb = texture(300, 500, seed=1)
+    path = tmp_path / "flat.tif"
+    tifffile.imwrite(path, rgb, tile=(64, 64), photometric="rgb")
+    with open_slide(path) as slide:
+        blocks = slide_thumbnail(slide, 100, block=128)
+        whole = slide_thumbnail(slide, 250)
+    assert blocks.shape == (60, 100, 3) and whole.shape == (150, 250, 3)
+    # a block-wise shrink is the whole-image shrink, up to the blocks' rounding at their seams
+    from densify.io.image import resize
+
+    assert np.median(np.abs(blocks.astype(int) - resize(rgb, (60, 100)))) <= 3

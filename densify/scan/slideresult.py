@@ -25,12 +25,12 @@ import numpy as np
 
 from ..errors import ResultError
 from ..io.draw import draw_boxes, overlay_heatmap
-from ..io.image import thumbnail
+from ..io.image import resize, thumbnail
 from ..io.omezarr import open_map_store
 from ..io.slides import Slide
 from .result import class_index
 
-__all__ = ["SlideResult", "load_slide_result", "overview"]
+__all__ = ["SlideResult", "load_slide_result", "slide_thumbnail", "overview"]
 
 
 @dataclass(frozen=True)
@@ -85,10 +85,28 @@ def load_slide_result(path: str | Path) -> SlideResult:
     return SlideResult(Path(path), group, info)
 
 
-def _base_level(slide: Slide, side: int) -> int:
-    """The coarsest slide level whose longer side is still at least ``side`` (else level 0)."""
+def slide_thumbnail(slide: Slide, side: int, block: int = 4096) -> np.ndarray:
+    """``(h, w, 3)`` uint8 of the whole slide, longer side ``side`` (or less when the slide is
+    smaller), from the coarsest level at least that large, read ``block`` px at a time (a slide
+    without a pyramid is never decoded whole).
+
+    Shape: ``h / w`` follows level 0's aspect, rounded.
+    """
     fit = [lv.index for lv in slide.levels if max(lv.size) >= side]
-    return max(fit) if fit else 0
+    level = max(fit) if fit else 0
+    height, width = slide.levels[level].size
+    if max(height, width) <= 2 * side:
+        return thumbnail(slide.read_region(level, 0, 0, height, width), side)
+    f = side / max(height, width)
+    out = np.zeros((max(1, round(height * f)), max(1, round(width * f)), 3), np.uint8)
+    for y in range(0, height, block):
+        for x in range(0, width, block):
+            h, w = min(block, height - y), min(block, width - x)
+            y0, y1 = round(y * f), round((y + h) * f)
+            x0, x1 = round(x * f), round((x + w) * f)
+            if y1 > y0 and x1 > x0:
+                out[y0:y1, x0:x1] = resize(slide.read_region(level, y, x, h, w), (y1 - y0, x1 - x0))
+    return out
 
 
 def _heat_on(result: SlideResult, shape: tuple[int, int], image_size: tuple[int, int],
@@ -123,8 +141,7 @@ def overview(slide: Slide, result: SlideResult, classes: Sequence[int | str] | N
 
     Shape: returns ``(h, w, 3)`` uint8 RGB, ``max(h, w) <= side``.
     """
-    base = _base_level(slide, side)
-    rgb = thumbnail(slide.read_region(base, 0, 0, *slide.levels[base].size), side)
+    rgb = slide_thumbnail(slide, side)
     image_size = tuple(slide.levels[0].size)
     if classes is None:
         background = result.info.get("background_class")
