@@ -16,6 +16,7 @@ Convention: maps ``(h, w)`` per class; pixel coordinates with pixel ``i`` centre
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,13 +100,15 @@ def slide_thumbnail(slide: Slide, side: int, block: int = 4096) -> np.ndarray:
         return thumbnail(slide.read_region(level, 0, 0, height, width), side)
     f = side / max(height, width)
     out = np.zeros((max(1, round(height * f)), max(1, round(width * f)), 3), np.uint8)
-    for y in range(0, height, block):
-        for x in range(0, width, block):
-            h, w = min(block, height - y), min(block, width - x)
-            y0, y1 = round(y * f), round((y + h) * f)
-            x0, x1 = round(x * f), round((x + w) * f)
-            if y1 > y0 and x1 > x0:
-                out[y0:y1, x0:x1] = resize(slide.read_region(level, y, x, h, w), (y1 - y0, x1 - x0))
+    step = max(1, round(block * f))  # output pixels per block; the source spans follow them
+    for y0 in range(0, out.shape[0], step):
+        y1 = min(out.shape[0], y0 + step)
+        sy0, sy1 = math.floor(y0 / f), min(height, math.ceil(y1 / f))
+        for x0 in range(0, out.shape[1], step):
+            x1 = min(out.shape[1], x0 + step)
+            sx0, sx1 = math.floor(x0 / f), min(width, math.ceil(x1 / f))
+            region = slide.read_region(level, sy0, sx0, sy1 - sy0, sx1 - sx0)
+            out[y0:y1, x0:x1] = resize(region, (y1 - y0, x1 - x0))
     return out
 
 
