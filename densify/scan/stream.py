@@ -297,6 +297,37 @@ def _merge(rows, iou: float) -> Detections:
     return Detections(boxes[keep], scores[keep], labels[keep])
 
 
+def _computed(scanner: Scanner, slide: Slide, level: int, scale: Level, tiles: list[Tile],
+              todo: list[int], threshold: float, iou: float, prefetch: bool, progress: bool):
+    """Yield ``(tile index, probabilities (K, rows, cols) as numpy, proposals, corrupt boxes)``
+    for the tiles ``todo``, in order; the next tile is read in a worker thread if ``prefetch``."""
+    precision = PRECISIONS[scanner.precision]
+    autocast = (torch.autocast(scanner.device.type, dtype=precision) if precision is not None
+                else contextlib.nullcontext())
+    warned: set = set()
+
+    def read(n: int):
+        return pool.submit(_tile_input, slide, level, scale, tiles[todo[n]].box, scanner) if (
+            n < len(todo)) else None
+
+    with ThreadPoolExecutor(1) as pool, torch.inference_mode(), autocast, thread_limit(
+            scanner.threads):
+        ahead = read(0)
+        for n, i in enumerate(tqdm(todo, desc="tiles", unit="tile", disable=not progress)):
+            x, bad = ahead.result()
+            ahead = read(n + 1) if prefetch else None
+            probs, regression = _run_tile(scanner, scale, tiles[i], x, bad)
+            del x
+            for box in set(bad) - warned:
+                log.warning("%s level %d: corrupt tile at x=%d y=%d (%dx%d px): the cells it "
+                            "feeds are marked missing", slide.path.name, level, box[0], box[1],
+                            box[3] - box[1], box[2] - box[0])
+                warned.add(box)
+            det = _tile_detections(scanner, scale, tiles[i], probs, regression, threshold, iou)
+            yield i, probs.numpy(), det, bad
+            ahead = ahead if prefetch else read(n + 1)
+
+
 def scan_slide(scanner: Scanner, slide: Slide, store: str | Path, level: int = 0, *,
                tile_cells: int | None = None, classes: Sequence[int] | None = None,
                threshold: float = 0.5, iou: float = 0.3, attrs: dict | None = None,
@@ -334,44 +365,22 @@ def scan_slide(scanner: Scanner, slide: Slide, store: str | Path, level: int = 0
     tiles = tile_boxes(scanner.scan_net, *scale.input_size, tile_cells)
     cells = (tiles[-1].rows[1], tiles[-1].cols[1])
     header = _fingerprint(scanner, slide, level, tile_cells, chosen, threshold, iou)
-    done = _resume(store, header)
-    if done is None:
+    rows = _resume(store, header)
+    resumed = len(rows or {})
+    if rows is None:
         create_map_store(store, (len(chosen), *cells), tile_cells)
         (store / PROGRESS_FILE).write_text(json.dumps(header) + "\n")
-    resumed, warned = len(done or {}), set()
-    rows = dict(done or {})
-    array = _level0(store)
-    index = torch.as_tensor(chosen)
-    precision = PRECISIONS[scanner.precision]
-    autocast = (torch.autocast(scanner.device.type, dtype=precision) if precision is not None
-                else contextlib.nullcontext())
+        rows = {}
     log.info("%s level %d (%dx%d): %d tiles of %d cells, %d done before", slide.path.name,
              level, *scale.size, len(tiles), tile_cells, resumed)
     todo = [i for i in range(len(tiles)) if i not in rows]
-
-    def read(n: int):  # the input of the n-th tile to do, read and decoded in a worker thread
-        return pool.submit(_tile_input, slide, level, scale, tiles[todo[n]].box, scanner) if (
-            n < len(todo)) else None
-
-    with (open(store / PROGRESS_FILE, "a") as f, ThreadPoolExecutor(1) as pool,
-          torch.inference_mode(), autocast, thread_limit(scanner.threads)):
-        ahead = read(0)
-        for n, i in enumerate(tqdm(todo, desc="tiles", unit="tile", disable=not progress)):
+    array, keep = _level0(store), list(chosen)
+    with open(store / PROGRESS_FILE, "a") as f:
+        for i, probs, det, bad in _computed(scanner, slide, level, scale, tiles, todo, threshold,
+                                            iou, prefetch, progress):
             t = tiles[i]
-            x, bad = ahead.result()
-            ahead = read(n + 1) if prefetch else None
-            probs, regression = _run_tile(scanner, scale, t, x, bad)
-            del x
-            ahead = ahead if prefetch else read(n + 1)
-            for box in set(bad) - warned:
-                log.warning("%s level %d: corrupt tile at x=%d y=%d (%dx%d px): the cells it "
-                            "feeds are marked missing", slide.path.name, level, box[0], box[1],
-                            box[3] - box[1], box[2] - box[0])
-                warned.add(box)
-            array[:, t.rows[0]:t.rows[1], t.cols[0]:t.cols[1]] = probs[index].numpy()
-            det = _tile_detections(scanner, scale, t, probs, regression, threshold, iou)
+            array[:, t.rows[0]:t.rows[1], t.cols[0]:t.cols[1]] = probs[keep]
             rows[i] = _record(f, i, det, bad)
-            del probs, regression
     missing = tuple(sorted({tuple(b) for r in rows.values() for b in r["missing"]}))
     _finish(store, scanner, slide, scale, chosen, level, attrs, missing)
     return SlideScan(store, level, scale, cells, chosen, tuple(scanner.categories), len(tiles),
