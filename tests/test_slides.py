@@ -122,3 +122,10 @@ def test_openslide_reads_the_same_pixels(tmp_path):
         assert a.levels[0].size == b.levels[0].size == (256, 320)
         np.testing.assert_array_equal(a.read_region(0, 30, 70, 100, 200),
                                       b.read_region(0, 30, 70, 100, 200))
+
+
+def test_unsupported_compression_names_it_and_the_extra(tmp_path, monkeypatch):
+    path = write_pyramid(tmp_path / "s.ome.tif", 128, 128, "jpeg")
+    monkeypatch.setattr(tifffile.TIFF, "DECOMPRESSORS", {})  # as if imagecodecs were missing
+    with pytest.raises(SlideError, match=r"OME-TIFF with JPEG compression.*densify\[slide\]"):
+        open_slide(path)

@@ -197,7 +197,7 @@ class TiffSlide(Slide):
 
     def _check_series(self, series, tifffile) -> None:
         if series.axes not in ("YXS", "YX"):
-            raise SlideError(f"{self.path.name}: a {self.format} with axes {series.axes} "
+            raise SlideError(f"{self.path.name}: {self.format} with axes {series.axes} "
                              "(multi-channel or stacked); densify reads RGB or gray slides")
         for level in series.levels:
             page = level.keyframe
@@ -208,7 +208,7 @@ class TiffSlide(Slide):
                 tifffile.TIFF.DECOMPRESSORS[page.compression]
             except (KeyError, ImportError, RuntimeError):
                 name = getattr(page.compression, "name", page.compression)
-                raise SlideError(f"{self.path.name}: a {self.format} with {name} compression, "
+                raise SlideError(f"{self.path.name}: {self.format} with {name} compression, "
                                  f"which no installed codec decodes; {INSTALL_HINT} (imagecodecs)"
                                  ) from None
 
