@@ -129,3 +129,23 @@ def test_unsupported_compression_names_it_and_the_extra(tmp_path, monkeypatch):
     monkeypatch.setattr(tifffile.TIFF, "DECOMPRESSORS", {})  # as if imagecodecs were missing
     with pytest.raises(SlideError, match=r"OME-TIFF with JPEG compression.*densify\[slide\]"):
         open_slide(path)
+
+
+def test_svs_layout_levels_and_mpp(tmp_path):
+    """Aperio's layout: baseline, a stripped thumbnail, then the reduced levels as plain IFDs."""
+    head = "Aperio Image Library v12.0.15 \r\n"
+    path = tmp_path / "x.svs"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(pattern(384, 512), tile=(128, 128), photometric="rgb", compression="jpeg",
+                 description=head + "512x384 (256x256) JPEG/RGB Q=70|AppMag = 40|MPP = 0.2500",
+                 metadata=None)
+        tw.write(pattern(96, 128, 4), photometric="rgb", description=head + "-> 128x96",
+                 metadata=None)
+        tw.write(pattern(192, 256, 2), tile=(128, 128), photometric="rgb", compression="jpeg",
+                 description=head + "-> 256x192", metadata=None)
+    with open_slide(path) as slide:
+        assert slide.format == "Aperio SVS"
+        assert [(lv.size, lv.mpp) for lv in slide.levels] == [((384, 512), (0.25, 0.25)),
+                                                              ((192, 256), (0.5, 0.5))]
+        region = slide.read_region(1, 10, 10, 50, 50).astype(int)
+        assert np.abs(region - pattern(192, 256, 2)[10:60, 10:60]).mean() < 20
