@@ -2,6 +2,7 @@
 
     # peak RSS (VmHWM) of scanning generated slides of growing size, one fresh process each
     python scripts/slide_memory.py memory 10000 20000 -m resnet18 -w random -s 32
+    python scripts/slide_memory.py memory 10000 20000 40000 -m tiny     # a small stride-32 net
     # the shipped digit spotter on a generated slide with digits at known places
     python scripts/slide_memory.py recall 8000
 
@@ -41,6 +42,28 @@ def _slide(workdir: Path, size: int, seed: int = 0) -> Path:
     return path
 
 
+def tiny_net():
+    """A small stride-32 classifier (random weights, 64-px window, 10 classes): the streaming
+    machinery's own cost, where the net's compute does not dominate."""
+    from torch import nn
+
+    def block(cin: int, cout: int) -> list:
+        return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+
+    return nn.Sequential(*block(3, 8), *block(8, 16), *block(16, 16), *block(16, 16),
+                         *block(16, 16), nn.Flatten(), nn.Linear(16 * 2 * 2, 10)).eval()
+
+
+def _scanner(model: str, weights: str, output_stride: int, threads: int | None):
+    from densify.scan.scanner import Scanner
+
+    if model == "tiny":
+        return Scanner(tiny_net(), scales=[1.0], output_stride=None, input_size=(3, 64, 64),
+                       device="cpu", threads=threads)
+    return Scanner(model, scales=[1.0], output_stride=output_stride, weights=weights,
+                   device="cpu", threads=threads)
+
+
 @click.group()
 def main() -> None:
     """Slide-scan measurements (module docstring)."""
@@ -49,7 +72,7 @@ def main() -> None:
 @main.command()
 @click.argument("slide", type=click.Path(exists=True, path_type=Path))
 @click.argument("store", type=click.Path(path_type=Path))
-@click.option("--model", "-m", default="resnet18")
+@click.option("--model", "-m", default="resnet18", help="A catalogue name, or tiny (tiny_net).")
 @click.option("--weights", "-w", default="random")
 @click.option("--output-stride", "-s", type=int, default=32)
 @click.option("--tile-cells", type=int, default=None)
@@ -58,12 +81,10 @@ def child(slide, store, model, weights, output_stride, tile_cells, threads) -> N
     """One measurement in this process: prints a JSON line."""
     from densify.io.slides import open_slide
     from densify.scan.memory import peak_rss_bytes, rss_bytes
-    from densify.scan.scanner import Scanner
     from densify.scan.stream import scan_slide
 
     start = time.perf_counter()
-    scanner = Scanner(model, scales=[1.0], output_stride=output_stride, weights=weights,
-                      device="cpu", threads=threads)
+    scanner = _scanner(model, weights, output_stride, threads)
     startup = peak_rss_bytes()
     ready = time.perf_counter()
     with open_slide(slide) as s:
