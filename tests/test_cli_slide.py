@@ -82,3 +82,28 @@ def test_not_a_slide_is_one_line_exit_1(tmp_path):
     r = run(png, "-o", tmp_path)
     assert r.exit_code == 1 and ("densify[slide]" in r.output or "OpenSlide" in r.output)
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_a_killed_scan_resumes_from_its_last_tile(slide_file, tmp_path, monkeypatch):
+    from densify.io.slides import TiffSlide
+
+    read, calls = TiffSlide.read_region, []
+
+    def dying(self, *args):
+        calls.append(args)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return read(self, *args)
+
+    monkeypatch.setattr(TiffSlide, "read_region", dying)
+    r = run(slide_file, "-o", tmp_path, "-q", "--tile-cells", "40")
+    assert r.exit_code != 0 and not (tmp_path / "tiny_heatmap.ome.zarr").exists()
+    assert (tmp_path / ".tiny_heatmap.ome.zarr.partial").is_dir()
+    monkeypatch.setattr(TiffSlide, "read_region", read)
+    r = run(slide_file, "-o", tmp_path, "-q", "--tile-cells", "40", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["resumed"] == 3
+    assert not (tmp_path / ".tiny_heatmap.ome.zarr.partial").exists()
+    names = [f["properties"]["classification"]["name"] for f in json.loads(
+        (tmp_path / "tiny_detections.geojson").read_text())["features"]]
+    assert sorted(names) == ["3", "5", "7"]
