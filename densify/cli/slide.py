@@ -103,8 +103,10 @@ def slide(slide_path, model, weights, output_stride, level, mpp, tile_cells, cla
     in OUTDIR/.<stem>_heatmap.ome.zarr.partial: a killed scan rerun with the same command resumes
     from its last finished tile. A rerun after success keeps the outputs (--overwrite redoes).
     """
+    from .._parse import format_bytes
     from ..io.files import ensure_output_dir
     from ..io.slides import open_slide
+    from ..scan.memory import peak_rss_bytes
     from ..scan.scanner import PRECISIONS
     from ..scan.stream import scan_slide, tile_cells_for
     from ._scanning import default_threshold, make_scanner
@@ -122,6 +124,7 @@ def slide(slide_path, model, weights, output_stride, level, mpp, tile_cells, cla
         index = _level(src, level, mpp)
         scanner = make_scanner(model, weights, [1.0], output_stride, device, precision,
                                max_memory=max_memory, threads=threads)
+        startup_peak = peak_rss_bytes()
         if tile_cells is None and scanner.budget is not None:
             tile_cells = tile_cells_for(scanner.scan_net, scanner.budget.total -
                                         scanner.budget.fixed, PRECISIONS[precision] or
@@ -140,7 +143,7 @@ def slide(slide_path, model, weights, output_stride, level, mpp, tile_cells, cla
               "cells": list(done.cells), "tiles": done.tiles, "resumed": done.resumed,
               "missing_tiles": [list(b) for b in done.missing],
               "detections": len(done.detections), "seconds": round(time.perf_counter() - start, 2),
-              "files": files}
+              "startup_peak_rss": startup_peak, "peak_rss": peak_rss_bytes(), "files": files}
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return
@@ -149,6 +152,8 @@ def slide(slide_path, model, weights, output_stride, level, mpp, tile_cells, cla
                f"{done.cells[0]}x{done.cells[1]} cells in {done.tiles} tiles"
                + (f" ({done.resumed} resumed)" if done.resumed else "")
                + f", {len(done.detections)} detections, {record['seconds']:.1f} s")
+    click.echo(f"  peak memory (RSS): {format_bytes(startup_peak)} at start-up, "
+               f"{format_bytes(record['peak_rss'])} in all")
     if done.missing:
         click.echo(f"  note: {len(done.missing)} corrupt tile(s); their cells are NaN in the map")
     click.echo(f"  wrote {', '.join(files.values())}")
