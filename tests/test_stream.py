@@ -72,12 +72,13 @@ def slide_file(tmp_path_factory):
     return write_slide(tmp_path_factory.mktemp("slide") / "s.tif", texture(333, 459))
 
 
-@pytest.mark.parametrize("which, tile_cells", [("digits", 24), ("padded", 7), ("padded_s4", 13)])
-def test_stream_equals_the_in_memory_scan(request, slide_file, tmp_path, which, tile_cells):
+@pytest.mark.parametrize("which, tile_cells, batch", [
+    ("digits", 24, 1), ("padded", 7, 4), ("padded_s4", 13, 2)])
+def test_stream_equals_the_in_memory_scan(request, slide_file, tmp_path, which, tile_cells, batch):
     scanner = request.getfixturevalue(which)
     with open_slide(slide_file) as slide:
         done = scan_slide(scanner, slide, tmp_path / "m.ome.zarr", tile_cells=tile_cells,
-                          threshold=0.2)
+                          threshold=0.2, batch=batch)
         rgb = slide.read_region(0, 0, 0, *slide.levels[0].size)
     assert done.tiles > 4 and done.resumed == 0  # tile boundaries fall mid-image on both axes
     result = scanner(rgb)

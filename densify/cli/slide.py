@@ -75,6 +75,8 @@ def _write_outputs(out: Path, stem: str, src, done, scanner, overview_side: int)
 @click.option("--tile-cells", type=click.IntRange(min=1), default=None,
               help="Output cells per tile side (default: inputs of about 2048 px); also the "
                    "store's chunk side.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Tiles of one size run through the net together (for a GPU).")
 @click.option("--class", "class_names", multiple=True,
               help="Store only this class's map (repeatable; default: every class).")
 @options.threshold
@@ -89,7 +91,7 @@ def _write_outputs(out: Path, stem: str, src, done, scanner, overview_side: int)
 @options.overwrite
 @options.quiet
 @options.as_json
-def slide(slide_path, model, weights, output_stride, level, mpp, tile_cells, class_names,
+def slide(slide_path, model, weights, output_stride, level, mpp, tile_cells, batch, class_names,
           threshold, nms_iou, overview_side, max_memory, device, precision, threads, output_dir, overwrite,
           quiet, as_json) -> None:
     """Scan a whole-slide image (tiled/pyramidal TIFF, OME-TIFF, SVS; other vendor formats with
@@ -135,7 +137,8 @@ def slide(slide_path, model, weights, output_stride, level, mpp, tile_cells, cla
         done = scan_slide(scanner, src, partial, index, tile_cells=tile_cells,
                           classes=_classes(scanner, class_names),
                           threshold=default_threshold(scanner, threshold), iou=nms_iou,
-                          attrs={"model": model, "weights": str(weights)}, progress=not quiet)
+                          attrs={"model": model, "weights": str(weights)}, batch=batch,
+                          progress=not quiet)
         files = _write_outputs(out, stem, src, done, scanner, overview_side)
         lv = src.levels[index]
     record = {"slide": str(slide_path), "status": "ok", "format": src.format, "level": index,

@@ -210,9 +210,10 @@ def _missing_cells(t: Tile, geometry, scale: Level, bad) -> np.ndarray:
     return mask
 
 
-def _run_tile(scanner: Scanner, scale: Level, t: Tile, x: torch.Tensor, bad):
-    """``(probabilities (K, rows, cols), regression or None)`` of one tile from its input."""
-    out = own_cells(scanner.scan_net(x), t, scanner.geometry.stride)[0].float().cpu()
+def _run_tile(scanner: Scanner, scale: Level, t: Tile, y: torch.Tensor, bad):
+    """``(probabilities (K, rows, cols), regression or None)`` of one tile from the net's
+    output ``y`` ``(1, C, h, w)`` on its input."""
+    out = own_cells(y, t, scanner.geometry.stride)[0].float().cpu()
     num = scanner.scores_output.channels
     probs = to_probabilities(out[:num], scanner.scores_output.activation).contiguous()
     regression = out[num:] if scanner.boxes_output is not None else None
@@ -298,41 +299,66 @@ def _merge(rows, iou: float) -> Detections:
     return Detections(boxes[keep], scores[keep], labels[keep])
 
 
+def _batches(tiles: list[Tile], todo: list[int], batch: int) -> list[list[int]]:
+    """``todo`` cut into runs of at most ``batch`` consecutive tiles of one input size."""
+    out: list[list[int]] = []
+    for i in todo:
+        if out and len(out[-1]) < batch and tiles[out[-1][-1]].size == tiles[i].size:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
 def _computed(scanner: Scanner, slide: Slide, level: int, scale: Level, tiles: list[Tile],
-              todo: list[int], threshold: float, iou: float, prefetch: bool, progress: bool):
+              todo: list[int], threshold: float, iou: float, prefetch: bool, progress: bool,
+              batch: int = 1):
     """Yield ``(tile index, probabilities (K, rows, cols) as numpy, proposals, corrupt boxes)``
-    for the tiles ``todo``, in order; the next tile is read in a worker thread if ``prefetch``."""
+    for the tiles ``todo``, in order, run ``batch`` tiles of one size at a time; the next batch
+    is read in a worker thread if ``prefetch``."""
     precision = PRECISIONS[scanner.precision]
     autocast = (torch.autocast(scanner.device.type, dtype=precision) if precision is not None
                 else contextlib.nullcontext())
     warned: set = set()
+    groups = _batches(tiles, todo, batch)
+
+    def load(group: list[int]):
+        return [_tile_input(slide, level, scale, tiles[i].box, scanner) for i in group]
 
     def read(n: int):
-        return pool.submit(_tile_input, slide, level, scale, tiles[todo[n]].box, scanner) if (
-            n < len(todo)) else None
+        return pool.submit(load, groups[n]) if n < len(groups) else None
 
-    with ThreadPoolExecutor(1) as pool, torch.inference_mode(), autocast, thread_limit(
-            scanner.threads):
+    with (ThreadPoolExecutor(1) as pool, torch.inference_mode(), autocast,
+          thread_limit(scanner.threads),
+          tqdm(total=len(todo), desc="tiles", unit="tile", disable=not progress) as bar):
         ahead = read(0)
-        for n, i in enumerate(tqdm(todo, desc="tiles", unit="tile", disable=not progress)):
-            x, bad = ahead.result()
+        for n, group in enumerate(groups):
+            inputs = ahead.result()
             ahead = read(n + 1) if prefetch else None
-            probs, regression = _run_tile(scanner, scale, tiles[i], x, bad)
+            x = inputs[0][0] if len(inputs) == 1 else torch.cat([x for x, _ in inputs])
+            bads = [bad for _, bad in inputs]
+            del inputs
+            y = scanner.scan_net(x)
             del x
-            for box in set(bad) - warned:
-                log.warning("%s level %d: corrupt tile at x=%d y=%d (%dx%d px): the cells it "
-                            "feeds are marked missing", slide.path.name, level, box[0], box[1],
-                            box[3] - box[1], box[2] - box[0])
-                warned.add(box)
-            det = _tile_detections(scanner, scale, tiles[i], probs, regression, threshold, iou)
-            yield i, probs.numpy(), det, bad
+            for k, (i, bad) in enumerate(zip(group, bads, strict=True)):
+                probs, regression = _run_tile(scanner, scale, tiles[i], y[k:k + 1], bad)
+                for box in set(bad) - warned:
+                    log.warning("%s level %d: corrupt tile at x=%d y=%d (%dx%d px): the cells it "
+                                "feeds are marked missing", slide.path.name, level, box[0],
+                                box[1], box[3] - box[1], box[2] - box[0])
+                    warned.add(box)
+                det = _tile_detections(scanner, scale, tiles[i], probs, regression, threshold,
+                                       iou)
+                yield i, probs.numpy(), det, bad
+                bar.update()
+            del y
             ahead = ahead if prefetch else read(n + 1)
 
 
 def scan_slide(scanner: Scanner, slide: Slide, store: str | Path, level: int = 0, *,
                tile_cells: int | None = None, classes: Sequence[int] | None = None,
                threshold: float = 0.5, iou: float = 0.3, attrs: dict | None = None,
-               prefetch: bool = True, progress: bool = False) -> SlideScan:
+               batch: int = 1, prefetch: bool = True, progress: bool = False) -> SlideScan:
     """Scan ``level`` of ``slide`` tile by tile into the OME-Zarr ``store`` (module docstring).
 
     Args:
@@ -346,8 +372,10 @@ def scan_slide(scanner: Scanner, slide: Slide, store: str | Path, level: int = 0
         classes: class indices to store (default: all, in order).
         threshold, iou: detection threshold and per-class NMS IoU (:func:`densify.scan.detect.detect`).
         attrs: extra attributes for the store (the CLI records the model and the slide).
-        prefetch: read and decode the next tile in a worker thread while this one computes
-            (one more tile input in memory).
+        batch: tiles run together through the net (consecutive tiles of one size: a row of
+            interior tiles), for a GPU's sake; memory grows with it.
+        prefetch: read and decode the next tile (batch) in a worker thread while this one
+            computes (one more tile input, or batch, in memory).
         progress: show a tqdm bar over tiles.
 
     Shape:
@@ -359,6 +387,8 @@ def scan_slide(scanner: Scanner, slide: Slide, store: str | Path, level: int = 0
     scale = slide_level(slide, level, g.window, g.stride)
     if tile_cells is None:
         tile_cells = default_tile_cells(g.stride[0], g.window[0])
+    if batch < 1:
+        raise ParameterError(f"batch must be at least 1 tile, got {batch}")
     num = scanner.scores_output.channels
     chosen = tuple(range(num)) if classes is None else tuple(int(c) for c in classes)
     if not chosen or not all(0 <= c < num for c in chosen):
@@ -378,7 +408,7 @@ def scan_slide(scanner: Scanner, slide: Slide, store: str | Path, level: int = 0
     array, keep = _level0(store), list(chosen)
     with open(store / PROGRESS_FILE, "a") as f:
         for i, probs, det, bad in _computed(scanner, slide, level, scale, tiles, todo, threshold,
-                                            iou, prefetch, progress):
+                                            iou, prefetch, progress, batch):
             t = tiles[i]
             array[:, t.rows[0]:t.rows[1], t.cols[0]:t.cols[1]] = probs[keep]
             rows[i] = _record(f, i, det, bad)
