@@ -149,3 +149,23 @@ def test_svs_layout_levels_and_mpp(tmp_path):
                                                               ((192, 256), (0.5, 0.5))]
         region = slide.read_region(1, 10, 10, 50, 50).astype(int)
         assert np.abs(region - pattern(192, 256, 2)[10:60, 10:60]).mean() < 20
+
+
+def test_geojson_features_round_trip(tmp_path):
+    import json
+
+    from densify.io.geojson import detection_features, read_boxes, write_geojson
+
+    boxes = np.array([[10.5, 20, 30, 50], [100, 200, 130, 260]])
+    path = write_geojson(tmp_path / "d.geojson", detection_features(boxes, [0.91, 0.5], [1, 0],
+                                                                   ["tumour", "normal"]))
+    collection = json.loads(path.read_text())
+    assert collection["type"] == "FeatureCollection"
+    props = collection["features"][0]["properties"]
+    assert props["objectType"] == "detection" and props["classification"]["name"] == "normal"
+    assert len(props["classification"]["color"]) == 3 and props["measurements"]["score"] == 0.91
+    ring = collection["features"][0]["geometry"]["coordinates"][0]
+    assert ring[0] == ring[-1] and len(ring) == 5  # a closed ring
+    got, scores, names = read_boxes(collection)
+    np.testing.assert_allclose(got, boxes)
+    assert names == ["normal", "tumour"] and list(scores) == [0.91, 0.5]
