@@ -19,7 +19,7 @@ import traceback
 import click
 
 from ..errors import DensifyError, SelfCheckError, UnforeseenError
-from . import convert, detect, evaluate, heatmap, models, verify
+from . import convert, detect, evaluate, heatmap, models, slide, verify
 from .bench import bench
 
 __all__ = ["main"]
@@ -106,5 +106,5 @@ def main(verbose: bool) -> None:
 
 
 for _command in (models.models, verify.verify, convert.convert, heatmap.heatmap, detect.detect,
-                 evaluate.evaluate, bench):
+                 evaluate.evaluate, bench, slide.slide):
     main.add_command(_command)

@@ -68,7 +68,7 @@ from ..errors import ParameterError
 
 __all__ = ["MAX_LEVEL_PIXELS", "OVERFEAT_SIZES", "PRESETS", "Level", "default_range",
            "geometric_factors", "parse_scales", "object_range", "scale_factors", "level_sizes",
-           "resized_size", "levels"]
+           "resized_size", "grid_padding", "levels"]
 
 MAX_LEVEL_PIXELS = 64_000_000
 """Largest resized image (``H·W`` after scaling) accepted: about 8000 × 8000."""
@@ -280,7 +280,7 @@ def resized_size(image_hw: Sequence[int], factor: float) -> tuple[int, int]:
     return size
 
 
-def _padding(size: int, window: int, stride: int) -> tuple[int, int]:
+def grid_padding(size: int, window: int, stride: int) -> tuple[int, int]:
     """Centred ``(before, after)`` padding to the smallest ``window + k·stride >= size``."""
     target = window if size <= window else window + math.ceil((size - window) / stride) * stride
     extra = target - size
@@ -307,8 +307,8 @@ def levels(image_hw: Sequence[int], window_hw: Sequence[int], stride_hw: Sequenc
     stride_hw = _pair(stride_hw, "stride")
     out = []
     for factor, size in level_sizes(image_hw, window_hw, scales, scale_range):
-        pad_y = _padding(size[0], window_hw[0], stride_hw[0])
-        pad_x = _padding(size[1], window_hw[1], stride_hw[1])
+        pad_y = grid_padding(size[0], window_hw[0], stride_hw[0])
+        pad_x = grid_padding(size[1], window_hw[1], stride_hw[1])
         out.append(Level(factor, size, pad_y + pad_x, image_hw, window_hw))
     return out
 

@@ -50,6 +50,7 @@ from ..io.image import thumbnail
 from .maps import ScaleMap
 from .pyramid import Level
 from .result import ScanResult
+from .slideresult import SlideResult, load_slide_result
 
 __all__ = ["FORMAT", "VERSION", "FILE_THUMBNAIL_SIDE", "save_result", "load_result", "result_arrays"]
 
@@ -142,13 +143,17 @@ def write_npz(path: str | Path, arrays: dict[str, np.ndarray], level: int = COMP
                 np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
 
 
-def load_result(path: str | Path) -> ScanResult:
-    """The :class:`ScanResult` saved at ``path`` (maps as float32 from their 16-bit copies).
+def load_result(path: str | Path) -> ScanResult | SlideResult:
+    """The :class:`ScanResult` saved at ``path`` (maps as float32 from their 16-bit copies), or,
+    for a slide's ``*.ome.zarr`` store (``densify slide``), a lazily read
+    :class:`densify.scan.slideresult.SlideResult`.
 
     Raises :class:`ResultError` (one line) for a missing, corrupt, truncated, old-format or
     foreign file.
     """
     path = Path(path)
+    if path.is_dir() or path.name.endswith(".zarr"):
+        return load_slide_result(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}

@@ -60,7 +60,7 @@ from ..convert.fields import walk_fields
 from ..errors import DensifyError, ParameterError
 
 __all__ = ["Tile", "TilingError", "parse_bytes", "format_bytes", "alignment", "tile_boxes",
-           "estimate_bytes", "plan_tiles", "forward_tiled"]
+           "estimate_bytes", "plan_tiles", "forward_tiled", "own_cells"]
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +343,7 @@ def forward_tiled(dense: DenseNet, x: torch.Tensor, max_bytes: int | str | None 
         piece = x[:, :, y1:y2, x1:x2]
         if channels_last:
             piece = piece.contiguous(memory_format=torch.channels_last)
-        y = _tile_cells(dense(piece), t, dense.geometry.stride)
+        y = own_cells(dense(piece), t, dense.geometry.stride)
         if out is None:
             h, w = tiles[-1].rows[1], tiles[-1].cols[1]
             out = y.new_empty(n, y.shape[1], h, w)
@@ -351,8 +351,9 @@ def forward_tiled(dense: DenseNet, x: torch.Tensor, max_bytes: int | str | None 
     return out
 
 
-def _tile_cells(y: torch.Tensor, t: Tile, stride: tuple[int, int]) -> torch.Tensor:
-    """The cells ``t`` is responsible for, out of the tile's own output ``y``."""
+def own_cells(y: torch.Tensor, t: Tile, stride: tuple[int, int]) -> torch.Tensor:
+    """The cells ``t`` is responsible for, ``(N, K, rows, cols)``, out of the tile's own output
+    ``y`` ``(N, K, h, w)`` (the net run on ``t.box``)."""
     i0, j0 = t.rows[0] - t.box[1] // stride[0], t.cols[0] - t.box[0] // stride[1]
     i1, j1 = i0 + t.rows[1] - t.rows[0], j0 + t.cols[1] - t.cols[0]
     if i0 < 0 or j0 < 0 or y.shape[-2] < i1 or y.shape[-1] < j1:
