@@ -134,7 +134,7 @@ def heatmap(inputs, model, weights, scales, flip, object_sizes, output_stride, d
     OUTDIR/report.html with --report) and a line per image to OUTDIR/summary.jsonl; a rerun
     skips the images done (--overwrite redoes them). A window's
     probability sits at the window's centre, interpolated between centres and averaged over
-    scales (densify.heatmap). Scores are OverFeat's: the best window per scale, averaged over
+    scales (densify.scan.heatmap). Scores are OverFeat's: the best window per scale, averaged over
     scales.
     """
     from ..io.files import ensure_output_dir

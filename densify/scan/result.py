@@ -5,10 +5,10 @@ Convention:
     ``(i, j)`` is the classifier's answer for the window of :attr:`ScaleMap.geometry` at that
     cell, and :meth:`ScaleMap.boxes` maps every window back to ``(x1, y1, x2, y2)`` pixels of the
     ORIGINAL image: ``x = (x_input - pad_left) / fx`` with the realized factor ``fx = w' / W``
-    (see :mod:`densify.pyramid` for the rounding and the padding).
+    (see :mod:`densify.scan.pyramid` for the rounding and the padding).
 
-The aggregation rules live beside the data they read: :mod:`densify.heatmap` (maps at image
-resolution, image-level scores) and :mod:`densify.detect` (boxes, NMS, COCO JSON). The methods of
+The aggregation rules live beside the data they read: :mod:`densify.scan.heatmap` (maps at image
+resolution, image-level scores) and :mod:`densify.scan.detect` (boxes, NMS, COCO JSON). The methods of
 :class:`ScanResult` call them.
 """
 
@@ -78,7 +78,7 @@ class ScanResult:
 
     @property
     def padded_to_window(self) -> bool:
-        """Some scale was smaller than the window and was padded (see :mod:`densify.pyramid`)."""
+        """Some scale was smaller than the window and was padded (see :mod:`densify.scan.pyramid`)."""
         return any(m.level.padded_to_window for m in self.maps)
 
     @property
@@ -90,7 +90,7 @@ class ScanResult:
         return class_index(self.categories, query)
 
     def heatmaps(self, classes: Sequence[int | str]) -> torch.Tensor:
-        """``(k, H, W)`` float32 maps at image resolution (:func:`densify.heatmap.heatmaps`)."""
+        """``(k, H, W)`` float32 maps at image resolution (:func:`densify.scan.heatmap.heatmaps`)."""
         idx = [self.class_index(c) for c in classes]
         return _heatmap.heatmaps(self.maps, idx, self.image_size)
 
@@ -99,7 +99,7 @@ class ScanResult:
         return self.heatmaps([cls])[0].numpy()
 
     def scores(self) -> torch.Tensor:
-        """``Tensor[K]`` image-level scores (OverFeat, :func:`densify.heatmap.image_scores`)."""
+        """``Tensor[K]`` image-level scores (OverFeat, :func:`densify.scan.heatmap.image_scores`)."""
         return _heatmap.image_scores(self.maps)
 
     def top_classes(self, k: int = 5, background: bool = False) -> list[ClassScore]:
@@ -126,7 +126,7 @@ class ScanResult:
                    window_boxes: bool = False, merge: str = "nms",
                    merge_threshold: float | None = None) -> _detect.Detections:
         """Boxes of cells with probability >= ``threshold``, merged by NMS or, with
-        ``merge="overfeat"``, OverFeat's greedy merge (:func:`densify.detect.detect`). The boxes
+        ``merge="overfeat"``, OverFeat's greedy merge (:func:`densify.scan.detect.detect`). The boxes
         are the regressed ones when the scan has a box-regression output, unless
         ``window_boxes``; otherwise the windows, or with ``refine`` the :attr:`object_box` inside
         them when known."""

@@ -1,0 +1,142 @@
+"""Docs that cannot rot: names, examples and the package's public face.
+
+- Every ``densify.…`` dotted name written in a docstring, in ``README.md`` or in a page of the
+  manual (``docs/*.md``) resolves: its longest importable prefix imports and the rest are
+  attributes (a dataclass field counts).
+- Every Python example (a fenced ``python`` block) in ``README.md`` and ``docs/*.md`` runs, the
+  blocks of one page in order in one namespace, in a temporary directory that holds ``demos/``;
+  every ``densify ...`` line of a fenced ``bash`` block there runs through the CLI. A block or
+  line that needs what a test cannot have (downloaded weights, a cluster) carries a
+  ``# needs: ...`` comment and is skipped.
+- ``dir(densify)`` shows the public names only.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+NAME = re.compile(r"(?<![\w./-])densify(?:\.[A-Za-z_]\w*)+")
+FENCE = re.compile(r"^```(\w+)[^\n]*\n(.*?)^```", re.S | re.M)
+NEEDS = "# needs:"
+
+
+def _docstrings(path: Path) -> str:
+    tree = ast.parse(path.read_text())
+    nodes = [tree] + [n for n in ast.walk(tree) if isinstance(
+        n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    return "\n".join(filter(None, (ast.get_docstring(n, clean=False) for n in nodes)))
+
+
+def _sources() -> dict[str, str]:
+    texts = {str(p.relative_to(ROOT)): p.read_text() for p in PAGES}
+    for path in sorted((ROOT / "densify").rglob("*.py")):
+        texts[str(path.relative_to(ROOT))] = _docstrings(path)
+    return texts
+
+
+def resolve(dotted: str) -> object:
+    """The object ``dotted`` names: the longest importable module prefix, then attributes."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[cut:]:
+            if hasattr(obj, attr):
+                obj = getattr(obj, attr)
+            elif dataclasses.is_dataclass(obj) and attr in {f.name for f in
+                                                            dataclasses.fields(obj)}:
+                obj = None
+            else:
+                raise AttributeError(f"{'.'.join(parts[:cut])} has no {attr!r}")
+        return obj
+    raise ModuleNotFoundError(dotted)
+
+
+def _names() -> list[tuple[str, str]]:
+    found = set()
+    for where, text in _sources().items():
+        for match in NAME.finditer(text):
+            found.add((match.group(0).rstrip("."), where))
+    return sorted(found)
+
+
+def test_every_densify_name_in_docstrings_readme_and_manual_resolves():
+    dead = []
+    for name, where in _names():
+        try:
+            resolve(name)
+        except (ImportError, AttributeError) as exc:
+            dead.append(f"{where}: {name} ({exc})")
+    assert not dead, "dead references:\n" + "\n".join(dead)
+
+
+def test_the_name_check_can_fail():
+    assert resolve("densify.scan.result.ScanResult.maps") is None  # a dataclass field
+    with pytest.raises(AttributeError):
+        resolve("densify.scan.result.NoSuchThing")
+    with pytest.raises(ModuleNotFoundError):
+        resolve("densify_nothing.here")
+
+
+def _blocks(page: Path, language: str) -> list[str]:
+    return [body for lang, body in FENCE.findall(page.read_text()) if lang == language]
+
+
+def _example_pages() -> list[Path]:
+    return [p for p in PAGES if _blocks(p, "python") or _blocks(p, "bash")]
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    (tmp_path / "demos").symlink_to(ROOT / "demos")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("page", _example_pages(), ids=lambda p: p.name)
+def test_python_examples_run(page, sandbox):
+    namespace: dict = {"__name__": "__docs__"}
+    ran = 0
+    for block in _blocks(page, "python"):
+        if NEEDS in block:
+            continue
+        exec(compile(block, f"{page.name}:python", "exec"), namespace)  # noqa: S102
+        ran += 1
+    for block in _blocks(page, "bash"):
+        for line in block.splitlines():
+            if line.startswith("densify ") and NEEDS not in line:
+                _run_cli(shlex.split(line, comments=True)[1:], page)
+                ran += 1
+    if not ran:
+        pytest.skip(f"{page.name}: every example needs something a test cannot have")
+
+
+def _run_cli(args: list[str], page: Path) -> None:
+    from click.testing import CliRunner
+
+    from densify.cli import main
+
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, f"{page.name}: densify {shlex.join(args)}\n{result.output}"
+
+
+def test_dir_shows_only_public_names():
+    import densify
+
+    shown = [n for n in dir(densify) if not n.startswith("__")]
+    assert not {"TYPE_CHECKING", "annotations", "importlib"} & set(shown)
+    assert [n for n in shown if n.startswith("_")] == []
+    assert set(shown) == set(densify.__all__)
+    for name in densify.__all__:
+        assert getattr(densify, name) is not None
