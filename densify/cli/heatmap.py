@@ -33,7 +33,6 @@ def _heatmap_one(scanner: Scanner, out: Path, chosen: int | None, top_k: int, al
                  result: ScanResult) -> dict:
     from ..io.draw import draw_boxes, draw_caption, overlay_heatmap
     from ..io.files import write_image
-    from ..scan.display import sheet as draw_sheet
     from ..scan.resultfile import save_result
     from ._scanning import summary, write_all
 
@@ -52,7 +51,7 @@ def _heatmap_one(scanner: Scanner, out: Path, chosen: int | None, top_k: int, al
     if sheet:
         heading = f"{path.name}  {rgb.shape[1]}x{rgb.shape[0]} px"
         outputs[out / f"{stem}_sheet.png"] = lambda p: write_image(
-            p, draw_sheet(result, classes[:top_k], heading=heading, colormap=colormap))
+            p, result.sheet(classes[:top_k], heading=heading, colormap=colormap))
     files = write_all(outputs)
     rows = [{"index": t.index, "name": t.name, "score": t.score, "box": list(t.box),
              "factor": t.factor} for t in top]

@@ -34,7 +34,9 @@ import torch
 from ..errors import ParameterError
 from .maps import ScaleMap
 
-__all__ = ["centre_weights", "scale_heatmap", "heatmaps", "image_scores", "peak"]
+__all__ = ["centre_weights", "axis_weights", "scale_heatmap", "nearest_cells", "heatmaps",
+           "sampled_maps",
+           "image_scores", "peak"]
 
 
 def centre_weights(pixels: int, cells: int, scale: float, pad: int, offset: int, window: int,
@@ -59,18 +61,46 @@ def centre_weights(pixels: int, cells: int, scale: float, pad: int, offset: int,
     return weights
 
 
-def scale_heatmap(m: ScaleMap, classes: Sequence[int]) -> torch.Tensor:
-    """``(k, H, W)`` maps of ``classes`` from one scale, painted by the centre rule (a flipped
-    scale painted in its mirrored frame, then mirrored back)."""
+def axis_weights(m: ScaleMap, size_hw: Sequence[int] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinear weights ``(h, cells_y)`` and ``(w, cells_x)`` of one scale's cells for a grid of
+    ``size_hw = (h, w)`` pixels covering the whole image (default: the image's own pixels).
+
+    Pixel ``x`` of the grid sits at original ``(x + 0.5)·W / w``: the one place that maps a grid of
+    any size onto a scale's cells (heat maps, contact-sheet panels, notebook previews). The
+    weights are those of the scanned frame; a flipped scale's grid is mirrored by the caller.
+    """
     g, (h, w) = m.geometry, m.cells
     height, width = m.level.image_size
+    size_hw = (height, width) if size_hw is None else (int(size_hw[0]), int(size_hw[1]))
     top, _, left, _ = m.padding
     fy, fx = m.level.scale
-    wy = centre_weights(height, h, fy, top, g.offset[0], g.window[0], g.stride[0])
-    wx = centre_weights(width, w, fx, left, g.offset[1], g.window[1], g.stride[1])
+    wy = centre_weights(size_hw[0], h, fy * (height / size_hw[0]), top, g.offset[0], g.window[0],
+                        g.stride[0])
+    wx = centre_weights(size_hw[1], w, fx * (width / size_hw[1]), left, g.offset[1], g.window[1],
+                        g.stride[1])
+    return wy, wx
+
+
+def scale_heatmap(m: ScaleMap, classes: Sequence[int], size_hw: Sequence[int] | None = None
+                  ) -> torch.Tensor:
+    """``(k, h, w)`` maps of ``classes`` from one scale, painted by the centre rule on a grid of
+    ``size_hw`` pixels (default: the image's; :func:`axis_weights`); a flipped scale is painted
+    in its mirrored frame, then mirrored back."""
+    wy, wx = axis_weights(m, size_hw)
     probs = m.probs[list(classes)].float().to(wy.device)
     painted = torch.einsum("yi,kij,xj->kyx", wy, probs, wx)
     return painted.flip(-1) if m.flipped else painted
+
+
+def nearest_cells(m: ScaleMap, classes: Sequence[int], size_hw: Sequence[int]) -> torch.Tensor:
+    """``(k, h, w)``: each pixel of a ``size_hw`` grid takes the cell whose window centre is
+    nearest (the raw cells, so the cell grid stays visible), registered like
+    :func:`scale_heatmap`."""
+    wy, wx = axis_weights(m, size_hw)
+    probs = m.probs[list(classes)].float()
+    nearest = probs[:, wy.argmax(1)][:, :, wx.argmax(1)]
+    return nearest.flip(-1) if m.flipped else nearest
 
 
 def heatmaps(maps: Sequence[ScaleMap], classes: Sequence[int], image_size: Sequence[int]
@@ -82,6 +112,26 @@ def heatmaps(maps: Sequence[ScaleMap], classes: Sequence[int], image_size: Seque
     for m in maps:
         out += scale_heatmap(m, classes)
     return out / len(maps)
+
+
+def sampled_maps(maps: Sequence[ScaleMap], classes: Sequence[int], size_hw: Sequence[int]
+                 ) -> torch.Tensor:
+    """``(k, S + 1, h, w)`` float32 on a ``size_hw`` grid covering the whole image: per class,
+    each scale's raw cells (:func:`nearest_cells`), then the aggregate (the mean over scales of
+    :func:`scale_heatmap`, i.e. :func:`heatmaps` sampled at the grid's pixels).
+
+    Maps are sampled at the grid's pixel centres, never computed at full resolution and shrunk:
+    a contact sheet of a 12-megapixel photo costs panels, not 12-megapixel maps.
+    """
+    if not maps:
+        raise ParameterError("no scales to draw; scan with at least one scale")
+    size_hw = (int(size_hw[0]), int(size_hw[1]))
+    out = torch.zeros(len(classes), len(maps) + 1, *size_hw)
+    for s, m in enumerate(maps):
+        out[:, s] = nearest_cells(m, classes, size_hw)
+        out[:, -1] += scale_heatmap(m, classes, size_hw)
+    out[:, -1] /= len(maps)
+    return out
 
 
 def image_scores(maps: Sequence[ScaleMap]) -> torch.Tensor:
