@@ -119,7 +119,9 @@ def _scales_text(scanner: Scanner) -> str:
 @options.as_json
 @options.sheet
 @options.report
-@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Opacity of the heat map over the image in the PNG overlay (0: the image "
+                   "alone, 1: the colour-mapped map alone).")
 @click.option("--colormap", default="jet", show_default=True, callback=options.callback(
     _colormap), help="Any OpenCV colormap: jet, turbo, inferno, viridis, ...")
 @options.ray_options
@@ -133,8 +135,8 @@ def heatmap(inputs, model, weights, scales, flip, object_sizes, output_stride, d
     OUTDIR/report.html with --report) and a line per image to OUTDIR/summary.jsonl; a rerun
     skips the images done (--overwrite redoes them). A window's
     probability sits at the window's centre, interpolated between centres and averaged over
-    scales (densify.scan.heatmap). Scores are OverFeat's: the best window per scale, averaged over
-    scales.
+    scales (the manual's "The scanner and OverFeat" page). Scores are OverFeat's: the best
+    window per scale, averaged over scales.
     """
     from ..io.files import ensure_output_dir
     from ._scanning import (
