@@ -8,6 +8,10 @@
   every ``densify ...`` line of a fenced ``bash`` block there runs through the CLI. A block or
   line that needs what a test cannot have (downloaded weights, a cluster) carries a
   ``# needs: ...`` comment and is skipped.
+- Every Sphinx-style role in a docstring (``:func:`name```, ``:mod:`.sibling```, ...) names
+  something that exists: resolved absolutely, relative to its package or module, or, for the
+  short forms (``:meth:`ScanResult.sheet```, ``:attr:`outputs```), a name defined somewhere in
+  the package (a module-level name, a class attribute, a dataclass field or a ``self.`` attribute).
 - ``dir(densify)`` shows the public names only.
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib
+import inspect
 import re
 import shlex
 from pathlib import Path
@@ -88,6 +93,58 @@ def test_the_name_check_can_fail():
         resolve("densify.scan.result.NoSuchThing")
     with pytest.raises(ModuleNotFoundError):
         resolve("densify_nothing.here")
+
+
+ROLE = re.compile(r":(?:func|class|meth|attr|mod|data|exc|obj):`[~!]?([\w.]+?)(?:\(\))?`")
+
+
+def _module_of(path: Path) -> tuple[str, str]:
+    """``(module, package)`` dotted names of a source file."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    if parts[-1] == "__init__":
+        return ".".join(parts[:-1]), ".".join(parts[:-1])
+    return ".".join(parts), ".".join(parts[:-1])
+
+
+def _defined_names() -> set[str]:
+    """Every name the package defines: module globals, class attributes, dataclass fields,
+    ``self.`` attributes assigned in its source."""
+    names: set[str] = set()
+    for path in sorted((ROOT / "densify").rglob("*.py")):
+        module = importlib.import_module(_module_of(path)[0])
+        names |= set(vars(module))
+        for cls in (c for c in vars(module).values() if inspect.isclass(c)):
+            names |= set(dir(cls))
+            if dataclasses.is_dataclass(cls):
+                names |= {f.name for f in dataclasses.fields(cls)}
+        names |= set(re.findall(r"self\.(\w+)\s*(?::[^=\n]+)?=", path.read_text()))
+    return names
+
+
+def _resolves(name: str, module: str, package: str, defined: set[str]) -> bool:
+    if name.startswith("."):
+        candidates = [package + name]
+    else:
+        candidates = [name, f"{module}.{name}", f"{package}.{name}"]
+    for candidate in candidates:
+        try:
+            resolve(candidate)
+            return True
+        except (ImportError, AttributeError):
+            continue
+    parts = name.lstrip(".").split(".")
+    return not name.startswith(("densify.", ".")) and all(p in defined for p in parts)
+
+
+def test_every_role_in_docstrings_names_something_that_exists():
+    defined = _defined_names()
+    dead = []
+    for path in sorted((ROOT / "densify").rglob("*.py")):
+        module, package = _module_of(path)
+        for name in sorted(set(ROLE.findall(_docstrings(path)))):
+            if not _resolves(name, module, package, defined):
+                dead.append(f"{path.relative_to(ROOT)}: {name}")
+    assert not dead, "roles naming nothing:\n" + "\n".join(dead)
 
 
 def _blocks(page: Path, language: str) -> list[str]:
