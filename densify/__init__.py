@@ -3,7 +3,7 @@
 The data flow in five lines::
 
     import densify
-    clf = densify.load_classifier("vgg19", weights="DEFAULT")        # or "random", or a PATH
+    clf = densify.load_classifier("vgg19")           # trained weights; or "random", or a PATH
     dense = densify.convolutionize(clf.model, clf.spec.input_size, output_stride=16)
     logits = dense(images)            # (N, C, H, W) -> (N, K, h, w): the classifier on every window
     boxes = dense.geometry.cell_boxes(*logits.shape[-2:])            # (h*w, 4) x1, y1, x2, y2
@@ -39,13 +39,14 @@ _LAZY = {
     "MODELS": "models.catalogue", "ModelSpec": "models.catalogue", "get_spec": "models.catalogue",
     "build_model": "models.catalogue",
     "load_classifier": "models.weights", "Classifier": "models.weights",
+    "ModelCard": "models.card", "load_model": "models.user", "ModelChoice": "models.user",
     "convolutionize": "convert.dense", "DenseNet": "convert.dense",
     "available_strides": "convert.dense", "OutputInfo": "convert.outputs",
     "Geometry": "convert.geometry",
     "check_canonical": "convert.verify", "check_head": "convert.verify",
     "check_output_stride": "convert.verify", "check_crops": "convert.verify",
     "levels": "scan.pyramid", "Level": "scan.pyramid", "parse_scales": "scan.pyramid",
-    "Scanner": "scan.scanner",
+    "Scanner": "scan.scanner", "ScanSettings": "scan.settings",
     "ScanResult": "scan.result", "ClassScore": "scan.result", "ScaleMap": "scan.maps",
     "Detections": "scan.detect",
     "save_result": "scan.resultfile", "load_result": "scan.resultfile",
@@ -53,6 +54,7 @@ _LAZY = {
 
 __all__ = [  # the names of _LAZY, then the errors
     "MODELS", "ModelSpec", "get_spec", "build_model", "load_classifier", "Classifier",
+    "ModelCard", "load_model", "ModelChoice", "ScanSettings",
     "convolutionize", "DenseNet", "available_strides", "OutputInfo", "Geometry", "check_canonical",
     "check_head", "check_output_stride", "check_crops", "levels", "Level", "parse_scales", "Scanner",
     "ScanResult", "ClassScore", "ScaleMap", "Detections", "save_result", "load_result",
@@ -79,7 +81,9 @@ if _TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eager
     from .convert.geometry import Geometry
     from .convert.outputs import OutputInfo
     from .convert.verify import check_canonical, check_crops, check_head, check_output_stride
+    from .models.card import ModelCard
     from .models.catalogue import MODELS, ModelSpec, build_model, get_spec
+    from .models.user import ModelChoice, load_model
     from .models.weights import Classifier, load_classifier
     from .scan.detect import Detections
     from .scan.maps import ScaleMap
@@ -87,3 +91,4 @@ if _TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eager
     from .scan.result import ClassScore, ScanResult
     from .scan.resultfile import load_result, save_result
     from .scan.scanner import Scanner
+    from .scan.settings import ScanSettings

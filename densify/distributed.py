@@ -43,7 +43,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import DensifyError, ImageError, OutputError, ParameterError
+from ._extras import require_extra
+from .errors import ImageError, MissingExtraError, OutputError, ParameterError
+from .runtime import choose_threads
+from .scan.settings import ScanSettings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -61,11 +64,13 @@ FORMATS = ("parquet", "json")
 
 def require_ray():
     """Import and return ``ray`` (with ``ray.data``), or raise one line naming the extra."""
+    require_extra("ray", "scanning on Ray")
     try:
-        import ray
         import ray.data  # noqa: F401
+
+        import ray
     except ImportError as exc:
-        raise ParameterError(f"Ray Data is not installed ({exc}); {RAY_HINT}") from None
+        raise MissingExtraError(f"Ray Data is not installed ({exc}); {RAY_HINT}") from None
     return ray
 
 
@@ -86,28 +91,33 @@ def row_schema():
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """What every actor needs: the :class:`Scanner` arguments and the per-image outputs.
+    """What every actor needs: the model and settings of its :class:`Scanner`, exactly as the
+    caller (or the command line) built them, and the per-image outputs.
 
-    ``scanner`` holds the keyword arguments of ``Scanner(**scanner)``; ``threshold`` None means
-    the model card's recommended threshold, else 0.5; ``classes`` are class indices (None: all);
-    ``detection`` holds further keyword arguments of :meth:`ScanResult.detections` (``refine``,
-    ``window_boxes``, ``merge``, ...).
+    ``model`` is a :class:`densify.models.user.ModelChoice` (name or ``module:factory``, weights,
+    card overrides) or a picklable module; ``settings`` a :class:`ScanSettings`; ``threshold``
+    None means the model card's recommended threshold, else 0.5; ``classes`` are class indices
+    (None: all); ``detection`` holds further keyword arguments of
+    :meth:`ScanResult.detections` (``boxes``, ``merge``, ``merge_threshold``).
     """
 
-    scanner: dict[str, Any] = field(default_factory=dict)
+    model: Any = None
+    settings: ScanSettings = field(default_factory=ScanSettings)
     top_k: int = 5
     threshold: float | None = None
     iou: float = 0.3
     classes: tuple[int, ...] | None = None
     detection: dict[str, Any] = field(default_factory=dict)
-    threads: int | None = None
     results_dir: str | None = None
 
     def detection_threshold(self, scanner: Scanner) -> float:
-        if self.threshold is not None:
-            return self.threshold
-        spec = scanner.classifier.spec if scanner.classifier else None
-        return float(spec.extra.get("threshold", 0.5)) if spec else 0.5
+        return scanner.default_threshold if self.threshold is None else self.threshold
+
+    def scanner(self, **overrides) -> Scanner:
+        """The actor's scanner: ``Scanner(model, settings)``, with ``overrides``."""
+        from .scan.scanner import Scanner
+
+        return Scanner(self.model, self.settings.replace(**overrides))
 
 
 def result_path(results_dir: str | Path, image: str | None) -> Path:
@@ -127,34 +137,26 @@ def scan_row(scanner: Scanner, config: ScanConfig, image: str | None, array=None
 
     A bad image or running out of memory on it gives ``status="error"`` and the message.
     """
-    import torch
-
     from .io.image import read_array, read_image
+    from .scan.records import PER_IMAGE_ERRORS, error_message, error_record, ok_record
     from .scan.resultfile import save_result
 
     start = time.perf_counter()
-    row = {"image": image, "status": "ok", "error": None, "size": None, "top": [],
-           "detections": [], "files": []}
     try:
         rgb = read_image(image) if array is None else read_array(array)
-        result = scanner(rgb, progress=False)
-        row["size"] = list(result.image_size)
-        row["top"] = [{"index": t.index, "name": t.name, "score": t.score, "box": list(t.box),
-                       "factor": t.factor} for t in result.top_classes(config.top_k)]
+        result = replace(scanner(rgb, progress=False), source=image)
         det = result.detections(config.detection_threshold(scanner), config.iou,
                                 config.classes, **config.detection)
-        row["detections"] = [{"box": b, "score": s, "label": c, "name": result.categories[c]}
-                             for b, s, c in zip(det.boxes.tolist(), det.scores.tolist(),
-                                                det.labels.tolist(), strict=True)]
-        if config.results_dir is not None:
-            row["files"] = [str(save_result(result, result_path(config.results_dir, image),
-                                            top_k=config.top_k))]
-    except (DensifyError, torch.OutOfMemoryError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        where = message if image is None or image in message else f"{image}: {message}"
-        row.update(status="error", error=where, size=None, top=[], detections=[])
-    row["seconds"] = time.perf_counter() - start
-    return row
+        detections = [{"box": b, "score": s, "label": c, "name": result.categories[c]}
+                      for b, s, c in zip(det.boxes.tolist(), det.scores.tolist(),
+                                         det.labels.tolist(), strict=True)]
+        files = [] if config.results_dir is None else [str(save_result(
+            result, result_path(config.results_dir, image), top_k=config.top_k))]
+        return ok_record(image, result, time.perf_counter() - start, config.top_k,
+                         detections=detections, files=files)
+    except PER_IMAGE_ERRORS as exc:
+        return error_record(image, error_message(exc, image), time.perf_counter() - start,
+                            detections=[])
 
 
 class ScanActor:
@@ -163,12 +165,10 @@ class ScanActor:
     def __init__(self, config: ScanConfig):
         import torch
 
-        from .scan.scanner import Scanner
-
-        if config.threads is not None:
-            torch.set_num_threads(config.threads)
+        # A worker process is an application: it sets its own thread count (densify.runtime)
+        torch.set_num_threads(choose_threads(config.settings.threads))
         self.config = config
-        self.scanner = Scanner(**config.scanner)
+        self.scanner = config.scanner()
 
     def __call__(self, batch: dict[str, np.ndarray]):
         import pyarrow as pa
@@ -185,12 +185,19 @@ class ScanActor:
 def image_paths(source: str | Path | Sequence[str | Path]) -> list[str]:
     """Paths of ``source``: a directory (its images, :func:`densify.io.image.expand_inputs`), a
     glob (``**`` recursive), one file, or a list of paths taken as given (not checked here: a
-    missing one becomes an error row).
+    missing one becomes an error row). Relative paths are made absolute: the workers run in
+    other directories.
 
     Examples:
-        >>> image_paths(["a.png", Path("b/c.jpg")])
-        ['a.png', 'b/c.jpg']
+        >>> import os
+        >>> image_paths(["/data/a.png", Path("b/c.jpg")]) == ["/data/a.png",
+        ...                                                   os.path.abspath("b/c.jpg")]
+        True
     """
+    return [p if "://" in p else os.path.abspath(p) for p in _image_paths(source)]
+
+
+def _image_paths(source) -> list[str]:
     from .io.image import expand_inputs
 
     if isinstance(source, (str, Path)):
@@ -239,11 +246,10 @@ def _checked_config(config: ScanConfig, classes) -> ScanConfig:
     import numpy as np
 
     from .scan.result import class_index
-    from .scan.scanner import Scanner
 
     if config.top_k < 1:
         raise ParameterError(f"top_k must be at least 1, got {config.top_k}")
-    probe = Scanner(**{**config.scanner, "device": "cpu"})
+    probe = config.scanner(device="cpu")
     chosen = None if classes is None else tuple(class_index(probe.categories, c) for c in classes)
     config = replace(config, classes=chosen)
     blank = np.zeros((*probe.geometry.window, 3), np.uint8)
@@ -256,24 +262,25 @@ def _checked_config(config: ScanConfig, classes) -> ScanConfig:
     return config
 
 
-def scan_dataset(source, model="lenet5-digits", *, scales=6, output_stride: int | None = 16,
-                 weights: str | Path = "DEFAULT", device: str = "auto", precision: str = "fp32",
-                 object_sizes=None, max_memory=None, top_k: int = 5,
+def scan_dataset(source, model: Any = "lenet5-digits", settings: ScanSettings | None = None, *,
+                 weights: str | Path | None = None, top_k: int = 5,
                  threshold: float | None = None, iou: float = 0.3, classes=None,
                  detection_options: dict[str, Any] | None = None, workers: int = 1,
-                 gpus_per_worker: float = 0,
-                 cpus_per_worker: float = 1, batch_size: int = 8,
+                 gpus_per_worker: float = 0, cpus_per_worker: float = 1, batch_size: int = 8,
                  output_dir: str | Path | None = None, output_format: str = "parquet",
-                 results_dir: str | Path | None = None, **scanner_options) -> ray.data.Dataset:
+                 results_dir: str | Path | None = None, **overrides) -> ray.data.Dataset:
     """Scan every image of ``source`` on Ray Data; one row per image (module docstring).
 
     Args:
         source: a directory, a glob, a file, a list of paths, or a ``ray.data.Dataset`` with a
             ``path`` column (files read in the workers) or an ``image`` column (RGB arrays,
             e.g. from ``ray.data.read_images``).
-        model, scales, output_stride, weights, device, precision, object_sizes, max_memory,
-            scanner_options: as :class:`densify.scan.scanner.Scanner` (the model: a catalogue
-            name, or a module Ray can pickle).
+        model: a catalogue name, ``module:factory`` (imported from the current directory), a
+            :class:`densify.models.user.ModelChoice`, or a module Ray can pickle.
+        settings, overrides: the :class:`densify.scan.settings.ScanSettings` of every worker's
+            scanner (keywords such as ``scales=2`` override its fields); ``threads`` None: each
+            worker uses ``cpus_per_worker`` threads.
+        weights: as :class:`densify.scan.scanner.Scanner` (None: the trained weights).
         top_k: classes per row. threshold, iou, classes, detection_options (e.g. ``{"merge":
             "overfeat"}``): as :meth:`densify.scan.result.ScanResult.detections` (threshold
             None: the model card's, else 0.5).
@@ -301,16 +308,21 @@ def scan_dataset(source, model="lenet5-digits", *, scales=6, output_stride: int 
     if workers < 1 or batch_size < 1 or gpus_per_worker < 0 or cpus_per_worker <= 0:
         raise ParameterError("workers and batch_size must be at least 1, gpus_per_worker at least "
                              "0 and cpus_per_worker above 0")
-    kwargs = {"model": model, "scales": scales, "output_stride": output_stride,
-              "weights": weights, "device": device, "precision": precision,
-              "object_sizes": object_sizes, "max_memory": max_memory, **scanner_options}
+    from .models.user import ModelChoice
+
+    settings = (settings or ScanSettings()).replace(**overrides)
+    if settings.threads is None:
+        settings = settings.replace(threads=max(1, int(cpus_per_worker)))
+    if isinstance(model, str):
+        model = ModelChoice(model, None if weights is None else str(weights))
+    elif weights is not None and isinstance(model, ModelChoice):
+        model = replace(model, weights=str(weights))
     if results_dir is not None:
         from .io.files import ensure_output_dir
 
-        results_dir = str(ensure_output_dir(results_dir))
-    config = _checked_config(ScanConfig(kwargs, top_k, threshold, iou, None,
-                                        dict(detection_options or {}),
-                                        max(1, int(cpus_per_worker)), results_dir), classes)
+        results_dir = str(ensure_output_dir(results_dir).resolve())
+    config = _checked_config(ScanConfig(model, settings, top_k, threshold, iou, None,
+                                        dict(detection_options or {}), results_dir), classes)
     inputs, batch = input_dataset(source, batch_size, workers)
     rows = inputs.map_batches(
         ScanActor, fn_constructor_args=(config,), batch_size=batch, batch_format="numpy",
@@ -335,7 +347,7 @@ def write_rows(rows: ray.data.Dataset, output_dir: str | Path, output_format: st
     if "://" in str(output_dir):
         write(str(output_dir))
         return str(output_dir)
-    target = Path(output_dir)
+    target = Path(output_dir).resolve()  # workers run in other directories
     if target.is_file() or (target.is_dir() and any(target.iterdir())):
         raise OutputError(f"{target}: already exists and is not an empty directory; remove it or "
                           "choose another output directory")

@@ -1,15 +1,17 @@
 """The errors densify raises for bad input: one base class, one line each, naming the fix.
 
-The command line turns a :class:`DensifyError` (and click's own usage errors) into one line on
-stderr and a non-zero exit; anything else is a bug and keeps its traceback (shown with ``-v``).
+The command line turns a :class:`DensifyError` into one line on stderr and exit status 1 (click's
+own usage errors: one line, exit 2); anything else, and a :class:`SelfCheckError`, is a bug: one
+line, exit 3, its traceback shown with ``-v`` (:mod:`densify.cli`).
 Each class also derives from the built-in exception a caller would expect (``ValueError`` for bad
 values, ``OSError`` for files), so ``except ValueError`` keeps working.
 """
 
 from __future__ import annotations
 
-__all__ = ["DensifyError", "ParameterError", "ConversionError", "ModelError", "WeightsError", "ImageError",
-           "OutputError", "ResultError"]
+__all__ = ["DensifyError", "ParameterError", "ConversionError", "SelfCheckError", "UnforeseenError",
+           "ModelError", "WeightsError", "ImageError", "OutputError", "ResultError",
+           "MissingExtraError"]
 
 
 class DensifyError(Exception):
@@ -33,6 +35,17 @@ class ConversionError(DensifyError, ValueError):
     """The model cannot be convolutionized (or failed its self-check); names the op and the fix."""
 
 
+class SelfCheckError(ConversionError):
+    """A converted net failed its own self-check: a bug in densify, not bad input (the command
+    line reports it as one, exit status 3)."""
+
+
+class UnforeseenError(ConversionError):
+    """An exception densify did not foresee while converting (an op it does not know, or a bug
+    in densify): one line, chained to the original, for library callers; the command line
+    reports it as a possible bug (exit status 3, the traceback with ``-v``)."""
+
+
 class ModelError(DensifyError, ValueError):
     """An unknown or refused catalogue name, or a user model that cannot be imported or built."""
 
@@ -47,6 +60,10 @@ class ImageError(DensifyError, ValueError):
 
 class OutputError(DensifyError, OSError):
     """An output location cannot be written."""
+
+
+class MissingExtraError(DensifyError, ImportError):
+    """An optional dependency is not installed; the message names its ``pip install`` line."""
 
 
 class ResultError(DensifyError, ValueError):

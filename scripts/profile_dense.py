@@ -24,7 +24,7 @@ import torch
 from densify.convert.dense import convolutionize
 from densify.convert.fold import fold_batchnorm
 from densify.models.weights import load_classifier
-from densify.scan.malloc import allocator, retain_freed_memory
+from densify.runtime import allocator, retain_freed_memory
 
 
 def usage() -> tuple[float, float, float, int]:
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--keep-memory", action="store_true",
-                        help="densify.scan.malloc.retain_freed_memory() first, as the CLI does")
+                        help="densify.runtime.retain_freed_memory() first, as the CLI does")
     args = parser.parse_args()
     if args.keep_memory:
         retain_freed_memory()

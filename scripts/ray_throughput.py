@@ -52,7 +52,7 @@ def make_images(root: Path, count: int, size: tuple[int, int]) -> list[Path]:
 
 def single_process(paths: list[Path], threads: int) -> float:
     torch.set_num_threads(threads)
-    scanner = Scanner(MODEL, SCALES, 16, "cpu", weights="DEFAULT")
+    scanner = Scanner(MODEL, scales=SCALES, output_stride=16, device="cpu")
     scanner(read_image(paths[0]))  # warm-up, as the actors' first image is not timed apart
     start = time.perf_counter()
     for path in paths:

@@ -25,12 +25,15 @@ import time
 import torch
 
 from densify.io.image import resize, sample_image
+from densify.runtime import choose_threads
 from densify.scan.scanner import Scanner
 
 
 def time_one(args, image, precision: str, threads: str, fold_bn: str) -> str:
-    scanner = Scanner(args.model, args.scales, args.output_stride, args.device, precision,
-                      threads=None if threads == "auto" else int(threads), fold_bn=fold_bn == "on")
+    count = choose_threads(None if threads == "auto" else int(threads))  # the CLI's rule
+    scanner = Scanner(args.model, scales=args.scales, output_stride=args.output_stride,
+                      device=args.device, precision=precision, threads=count,
+                      fold_bn=fold_bn == "on")
     used = []
     scanner.dense.register_forward_pre_hook(lambda *_: used.append(torch.get_num_threads()))
     scanner(image)  # warm-up (and oneDNN kernel selection)

@@ -13,14 +13,12 @@ import pytest
 import torch
 
 from densify.models import catalogue as zoo
-from densify.scan.memory import release_memory
+from densify.runtime import trim_heap as release_memory
 
 DEVICE = torch.device(os.environ.get("DENSIFY_TEST_DEVICE", "cpu"))
 torch.backends.cudnn.allow_tf32 = False
 torch.backends.cuda.matmul.allow_tf32 = False
 warnings.filterwarnings("ignore", message=".*TorchScript.*")
-# In-process CLI runs must not switch this process's malloc (tests measure memory growth).
-os.environ.pop("DENSIFY_KEEP_MEMORY", None)
 
 try:
     import timm  # noqa: F401

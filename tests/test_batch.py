@@ -41,7 +41,26 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
+def _killed_mid_write(target: Path) -> Path:
+    """A process SIGKILL-ed inside :func:`atomic_output` while writing ``target``: its temporary
+    file (named by densify itself, half written) stays behind. Returns that file."""
+    code = ("import os, signal, sys; from densify.io.files import atomic_output\n"
+            "tmp = atomic_output(sys.argv[1]).__enter__()\n"
+            "tmp.write_bytes(b'\\x89PNG half an image'); print(tmp, flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)")
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], env=_env(),
+                          capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    left = Path(proc.stdout.strip())
+    assert left.is_file() and left.parent == target.parent and left != target
+    return left
+
+
 def test_a_killed_batch_resumes_and_does_every_image_exactly_once(tmp_path):
+    """SIGKILL a batch, leave a half-written temporary file as a kill inside a write does, rerun:
+    every image done exactly once, the temporary file gone, a user's own dotfile kept. Mutation
+    caught: ``remove_stale_temporaries`` made a no-op (the kill of the batch itself lands between
+    images, so without the planted file no temporary existed to clean)."""
     paths = _images(tmp_path / "in", 30)
     out = tmp_path / "out"
     summary = out / "summary.jsonl"
@@ -56,8 +75,10 @@ def test_a_killed_batch_resumes_and_does_every_image_exactly_once(tmp_path):
     proc.wait()
     first = read_records(summary)
     assert 1 <= len(first) < len(paths), "the kill came after the batch ended: nothing to resume"
+    stale = _killed_mid_write(out / f"{paths[-1].stem}_heatmap.png")
+    (out / ".notes.tmp").write_text("the user's, not densify's")
 
-    done = subprocess.run(_cli(*args, "--json"), env=_env(), capture_output=True, text=True)
+    done = subprocess.run(_cli(*args, "--json", "-"), env=_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     records = read_records(summary)
     ok = Counter(r["image"] for r in records if r["status"] == "ok")
@@ -65,9 +86,10 @@ def test_a_killed_batch_resumes_and_does_every_image_exactly_once(tmp_path):
     skipped = [r["image"] for r in records[len(first):] if r["status"] == "skipped"]
     assert sorted(skipped) == sorted(r["image"] for r in first)
     assert all(RECORD_KEYS <= set(r) for r in records)
+    assert not stale.exists()
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["summary.jsonl"] + [f"{p.stem}_heatmap{s}" for p in paths
-                                                for s in (".png", ".npz")])
+    assert names == sorted(["summary.jsonl", ".notes.tmp"] + [f"{p.stem}_heatmap{s}" for p in paths
+                                                              for s in (".png", ".npz")])
     assert len(json.loads(done.stdout)) == len(paths)  # skipped ones are reported too
 
 

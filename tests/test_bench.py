@@ -12,14 +12,14 @@ from click.testing import CliRunner
 
 from densify.bench import PeakMemory, count_flops, format_report, run_bench
 from densify.cli import main
-from densify.scan.memory import release_memory
+from densify.runtime import trim_heap as release_memory
 
 METHOD_FIELDS = {"seconds", "windows", "windows_per_s", "gflop", "gflops_per_s", "peak_fraction",
                  "peak_memory_bytes", "runs"}
 TOP_FIELDS = {"model", "weights", "size", "window", "output_stride", "cells", "windows",
               "precision", "channels_last", "threads", "cpu_capability", "torch",
               "peak_gflops_per_s", "flop_method", "memory_method", "memory_model", "breakdown",
-              "speedup", "flop_ratio", "methods", "load_average", "allocator"}
+              "speedup", "flop_ratio", "methods", "load_average", "allocator", "device"}
 
 
 def _finite_positive(v) -> bool:
@@ -47,12 +47,21 @@ def _check_result(r: dict) -> None:
 
 def test_cli_json_has_every_field():
     result = CliRunner().invoke(main, ["bench", "--model", "lenet5", "-w", "random", "--size", "60x60",
-                                       "--repeat", "1", "--json", "--no-timm"])
+                                       "--repeat", "1", "--json", "-", "--no-timm"])
     assert result.exit_code == 0, result.output
     r = json.loads(result.output[result.output.index("{"):])  # after the random-weights warning
     _check_result(r)
     assert r["size"] == [60, 60] and r["window"] == [28, 28] and r["output_stride"] == 4
     assert r["methods"]["baseline"]["extrapolated"] is False
+    assert r["device"] == "cpu"  # --device auto on a machine without CUDA
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the refusal on a CPU-only machine")
+def test_cuda_without_a_gpu_is_refused_in_one_line():
+    result = CliRunner().invoke(main, ["bench", "--model", "lenet5", "-w", "random", "--device",
+                                       "cuda", "--size", "60x60"])
+    assert result.exit_code == 2 and "CUDA is not available" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_library_subset_extrapolates_and_halved_stride():
@@ -77,7 +86,8 @@ def test_tiled_bench_and_text_report():
 
 def test_timm_method_when_available():
     pytest.importorskip("timm")
-    r = run_bench("resnet18", (256, 288), repeat=1, baseline=False, breakdown=False)
+    r = run_bench("resnet18", (256, 288), repeat=1, baseline=False, breakdown=False,
+                  weights="random")
     ttp = r["methods"]["timm_ttp"]
     assert METHOD_FIELDS <= set(ttp), ttp
     assert ttp["max_rel_vs_dense"] < 1e-4  # timm's pooled map is the dense map, pooled

@@ -58,12 +58,12 @@ def test_table_params_and_strides_are_computed_from_the_model(name):
 
 
 def test_models_command_prints_the_table_and_one_card():
-    result = CliRunner().invoke(main, ["models", "--json"])
+    result = CliRunner().invoke(main, ["models", "--json", "-"])
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads(result.output)}
     assert set(rows) == set(zoo.MODELS)
     assert rows["vgg19"]["params"] == 143_667_240 == zoo.MODELS["vgg19"].params
-    card = CliRunner().invoke(main, ["models", "lenet5-digits", "--json"])
+    card = CliRunner().invoke(main, ["models", "lenet5-digits", "--json", "-"])
     assert json.loads(card.output)["background_class"] == 10
     bad = CliRunner().invoke(main, ["models", "resnet5"])
     assert bad.exit_code == 1 and "did you mean resnet50" in bad.output

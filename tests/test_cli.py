@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from densify.cli import main
+from densify.errors import SelfCheckError, UnforeseenError
 from densify.models import catalogue as zoo
 
 
@@ -21,7 +22,7 @@ def runner():
 
 
 def test_models_lists_every_family_with_strides(runner):
-    result = runner.invoke(main, ["models", "--family", "seed", "--json"])
+    result = runner.invoke(main, ["models", "--family", "seed", "--json", "-"])
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads(result.output)}
     assert rows["lenet5"]["strides"] == [4, 2, 1] and rows["lenet5"]["input_size"] == [1, 28, 28]
@@ -57,20 +58,92 @@ def test_verify_fails_with_exit_1_when_a_check_fails(runner, monkeypatch):
     assert result.exit_code == 1 and "FAIL" in result.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["verify", "-m", "resnet5"], "did you mean resnet50"),
-    (["verify", "-m", "vit_b_16"], "self-attention"),
-    (["verify", "-m", "lenet5", "-w", "random", "-s", "3"], "not reachable"),
-    (["verify", "-m", "zfnet", "-w", "DEFAULT"], "no published pretrained weights"),
-    (["verify", "-m", "lenet5", "-w", "missing.pt"], "no such weights file"),
-    (["verify", "-m", "lenet5", "--input-size", "0"], "at least 1"),
-    (["convert", "-m", "lenet5", "-o", "x.txt"], "must end in .pt"),
+@pytest.mark.parametrize("args, message, status", [
+    (["verify", "-m", "resnet5"], "did you mean resnet50", 2),
+    (["verify", "-m", "vit_b_16"], "self-attention", 2),
+    (["verify", "-m", "lenet5", "-w", "random", "-s", "3"], "not reachable", 1),
+    (["verify", "-m", "zfnet", "-w", "DEFAULT"], "no published pretrained weights", 1),
+    (["verify", "-m", "lenet5", "-w", "missing.pt"], "no such weights file", 1),
+    (["verify", "-m", "lenet5", "--input-size", "0"], "at least 1", 2),
+    (["convert", "-m", "lenet5", "-o", "x.txt"], "must end in .pt", 2),
 ])
-def test_bad_input_is_one_line_without_traceback(runner, args, message):
+def test_bad_input_is_one_line_without_traceback(runner, args, message, status):
+    """Bad option values are usage errors (2), bad input found while working is 1."""
     result = runner.invoke(main, args)
-    assert result.exit_code != 0
-    assert message in result.output
+    assert _one_line(result, status) and message in result.output
     assert "Traceback" not in result.output
+
+
+def _stderr_lines(result) -> list[str]:
+    """stderr's lines, less log records (``WARNING: lenet5: random weights ...``)."""
+    return [line for line in result.stderr.splitlines()
+            if line.strip() and not line.startswith(("WARNING:", "INFO:"))]
+
+
+def _one_line(result, status: int) -> str:
+    """The run exited with ``status`` and wrote exactly one line on stderr: ``Error: ...``."""
+    lines = _stderr_lines(result)
+    assert result.exit_code == status, (result.exit_code, result.output)
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["verify", "-m", "lenet5", "-w", "missing.pt"], ["missing.pt", "no such weights file"]),
+    (["verify", "-m", "zfnet", "-w", "DEFAULT"], ["no published pretrained weights"]),
+    (["verify", "-m", "lenet5", "-w", "random", "-s", "3"], ["not reachable"]),
+])
+def test_exit_classes_user_errors_exit_1_without_bug_wording(runner, args, words):
+    """Bad input: exit 1, one line naming the problem, nothing that calls it a bug. Mutation
+    caught: every DensifyError routed to the bug branch (exit 3, "internal error")."""
+    line = _one_line(runner.invoke(main, args), 1)
+    assert all(w in line for w in words), line
+    assert "bug" not in line and "internal error" not in line, line
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--bogus"], ["No such option '--bogus'", "'densify --help'"]),
+    (["nosuchcommand"], ["No such command 'nosuchcommand'", "'densify --help'"]),
+    (["verify", "-m", "lenet5", "--dtype", "int8"], ["--dtype", "'densify verify --help'"]),
+    (["verify", "-m", "lenet5", "-s"], ["'-s' requires an argument", "'densify verify --help'"]),
+    (["verify", "-m", "nosuchnet"], ["unknown model 'nosuchnet'", "'densify verify --help'"]),
+    (["heatmap"], ["Missing argument", "'densify heatmap --help'"]),
+    (["convert", "-m", "lenet5", "-o", "x.txt"], ["must end in .pt", "'densify convert --help'"]),
+])
+def test_exit_classes_usage_errors_exit_2_in_one_line(runner, args, words):
+    """click's usage errors: exit 2 in ONE line naming the problem and the command's --help (click
+    alone prints a usage line, a hint line and the error). Mutation caught: the UsageLine
+    conversion removed from the group (three lines)."""
+    line = _one_line(runner.invoke(main, args, prog_name="densify"), 2)
+    assert all(w in line for w in words), line
+    assert "bug" not in line and "Usage:" not in line, line
+
+
+@pytest.mark.parametrize("raised", [RuntimeError("boom at cell 3"),
+                                    SelfCheckError("self-check failed: output None cell (0, 0)"),
+                                    UnforeseenError("converting Net failed (IndexError in f: )")])
+def test_exit_classes_bugs_exit_3_with_the_traceback_under_v(runner, monkeypatch, raised):
+    """A bug (any exception that is not bad input, and a conversion failing its own self-check)
+    exits 3 with one line that says so; with ``-v`` its traceback comes first. Mutations caught:
+    bugs exiting 1; ``-v`` no longer printing the traceback; SelfCheckError or UnforeseenError (an
+    exception the converter did not foresee) reported as bad input (exit 1) like their base class
+    ConversionError."""
+    from densify.convert import dense
+
+    def broken(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(dense, "convolutionize", broken)
+    args = ["verify", "-m", "lenet5", "-w", "random"]
+    line = _one_line(runner.invoke(main, args), 3)
+    assert "internal error" in line and "bug in densify" in line and str(raised) in line, line
+    assert type(raised).__name__ in line
+    verbose = runner.invoke(main, ["-v", *args])
+    assert verbose.exit_code == 3, verbose.output
+    lines = _stderr_lines(verbose)
+    assert lines[0] == "Traceback (most recent call last):", verbose.stderr
+    assert any("in broken" in line for line in lines), verbose.stderr  # the raising frame
+    assert lines[-1] == line  # the same one line closes it
 
 
 def test_weights_for_another_architecture(runner, tmp_path):
@@ -126,3 +199,4 @@ def test_subprocess_entry_point_errors_cleanly():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "unknown model 'nosuchnet'" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and "--help" in proc.stderr, proc.stderr

@@ -19,6 +19,7 @@ from densify.io.image import read_image, resize, sample_image
 from densify.io.records import read_records
 from densify.models import archs
 from densify.models import catalogue as zoo
+from densify.models.card import ModelCard
 
 PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
 FAST = ["--model", "squeezenet1_1", "--device", "cpu", "-q"]
@@ -31,11 +32,19 @@ def _invoke(command: str, args: list) -> object:
     return CliRunner().invoke(main, [command, *(str(a) for a in args)])
 
 
-def _one_line_error(result, *words: str) -> None:
-    assert result.exit_code != 0, result.output
+def _one_line_error(result, *words: str, status: int = 1) -> None:
+    """One ``Error:`` line holding ``words``, exit ``status``: 1 for bad input, 2 for a usage
+    error (which then names ``--help``); never a traceback or "bug" wording. Mutations caught:
+    every user error reported as an internal error with exit 3; usage errors back to click's
+    three lines (usage, hint, error)."""
+    assert result.exit_code == status, (result.exit_code, result.output)
     assert "Traceback" not in result.output + result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("Error")]
-    assert len(lines) == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()
+             and not line.startswith(("WARNING:", "INFO:"))]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "bug" not in lines[0] and "internal error" not in lines[0], lines[0]
+    if status == 2:
+        assert "--help" in lines[0], lines[0]
     for word in words:
         assert word in lines[0], lines[0]
 
@@ -57,7 +66,7 @@ def heatmap_run(photos, tmp_path_factory):
     out = tmp_path_factory.mktemp("heatmaps")
     torch.manual_seed(0)
     result = _invoke("heatmap", [photos, *FAST, "--weights", "random", "--scales", "2",
-                                       "--json", "-o", out])
+                                       "--json", "-", "-o", out])
     return result, out
 
 
@@ -162,7 +171,7 @@ def test_bad_inputs_as_a_subprocess(tmp_path):
 def test_usage_errors_are_one_line(photos, tmp_path, args, words):
     base = ["--model", "squeezenet1_1", "--weights", "random", "-q", "-o", tmp_path]
     result = _invoke("heatmap", [photos / "coffee.jpg", *base, *args])
-    _one_line_error(result, *words)
+    _one_line_error(result, *words, status=2)
     assert not list(tmp_path.glob("*_heatmap.*"))
 
 
@@ -184,7 +193,7 @@ def test_weights_for_another_architecture(photos, tmp_path):
 def test_missing_default_model_names_the_fix(photos, tmp_path, monkeypatch):
     monkeypatch.delitem(zoo.MODELS, "lenet5-digits", raising=False)
     result = _invoke("heatmap", [photos / "coffee.jpg", "-q", "-o", tmp_path])
-    _one_line_error(result, "--model")
+    _one_line_error(result, "--model", status=2)
 
 
 def test_progress_bars_unless_quiet(photos, tmp_path):
@@ -231,8 +240,8 @@ def digits_card(monkeypatch):
     spec = zoo.ModelSpec(
         "lenet5-digits", "project", lambda k: archs.lenet5(k), (1, 28, 28), 11, (0.5,),
         (0.5,), weights="missing_digits.pt", categories_from="card",
-        extra={"categories": categories, "background_class": 10, "object_height": 20.0,
-               "box_aspect": 0.6})
+        card=ModelCard((1, 28, 28), (0.5,), (0.5,), tuple(categories), background_class=10,
+                       object_height=20.0, box_aspect=0.6))
     monkeypatch.setitem(zoo.MODELS, "lenet5-digits", spec)
     return spec
 
@@ -252,7 +261,7 @@ def test_default_model_boxes_objects_never_background(digits_card, photos, tmp_p
         assert w == pytest.approx(0.6 * h, abs=0.05) or clipped
     refused = _invoke("detect", [photos / "coffee.jpg", "--weights", "random", "--class",
                                        "background", "-q", "-o", tmp_path])
-    _one_line_error(refused, "background")
+    _one_line_error(refused, "background", status=2)
 
 
 def test_default_weights_missing_is_one_line(digits_card, photos, tmp_path):
@@ -263,7 +272,7 @@ def test_default_weights_missing_is_one_line(digits_card, photos, tmp_path):
 def test_heatmap_flip_and_explicit_sizes(photos, tmp_path):
     """``--scales HxW,HxW --flip``: each size exactly, mirrored maps saved and flagged."""
     result = _invoke("heatmap", [photos / "coffee.jpg", "--model", "lenet5", "--weights", "random",
-                                 "--scales", "40x60,64x48", "--flip", "-q", "--json", "-o", tmp_path])
+                                 "--scales", "40x60,64x48", "--flip", "-q", "--json", "-", "-o", tmp_path])
     assert result.exit_code == 0, result.output
     (record,) = json.loads(result.stdout)
     assert record["flip"] is True and len(record["factors"]) == 2
@@ -274,7 +283,7 @@ def test_heatmap_flip_and_explicit_sizes(photos, tmp_path):
 
 def test_bad_size_scales_are_one_line_usage_errors(photos, tmp_path):
     result = _invoke("heatmap", [photos / "coffee.jpg", *LENET[:4], "--scales", "40x", "-o", tmp_path])
-    _one_line_error(result, "--scales", "HxW")
+    _one_line_error(result, "--scales", "HxW", status=2)
 
 
 @pytest.mark.parametrize("command", ["heatmap", "detect"])
@@ -292,4 +301,5 @@ def test_threads_reach_the_scanner(photos, tmp_path, monkeypatch, command):
     result = _invoke(command, [photos / "coffee.jpg", *LENET, "--threads", 1, "-o", tmp_path])
     assert result.exit_code == 0, result.output
     assert [s.threads for s in made] == [1]
-    _one_line_error(_invoke(command, [photos / "coffee.jpg", *LENET, "--threads", 0]), "--threads")
+    _one_line_error(_invoke(command, [photos / "coffee.jpg", *LENET, "--threads", 0]), "--threads",
+                    status=2)

@@ -5,6 +5,8 @@ Check 4 (crops) and 5 (geometry probe) are in test_geometry.py.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import (
@@ -32,7 +34,9 @@ from densify.models import catalogue as zoo
 @pytest.mark.parametrize("name, dtype", dtype_params(ALL_MODELS))
 def test_canonical_and_head(name, dtype, record):
     """Check 1 at the (small) canonical input and check 2 on a 3-cells-larger input; the crop
-    gap (check 4) is measured alongside (exact only for unpadded nets: test_geometry.py)."""
+    gap (check 4) is measured alongside (exact only for unpadded nets: test_geometry.py) and must
+    be finite. Mutation caught: check 4's crops made NaN (``expected * nan`` in check_crops): the
+    gap is then ``inf``, which the old ``c4.max_rel == c4.max_rel`` let through."""
     model = build(name, dtype)
     dense = convolutionize(model, size_for(name))
     c1 = verify.check_canonical(model, dense)
@@ -42,7 +46,7 @@ def test_canonical_and_head(name, dtype, record):
         record(name, dtype, c, size_for(name))
     assert c1.passed, c1
     assert c2.passed and c2.count >= 16, c2
-    assert c4.count == 9 and c4.max_rel == c4.max_rel  # measured, finite (not NaN)
+    assert c4.count == 9 and math.isfinite(c4.max_rel), c4  # measured, finite (not NaN/inf)
 
 
 @pytest.mark.parametrize("name", model_params(ALL_MODELS, full_tier_unless(ALL_MODELS)))

@@ -118,7 +118,7 @@ def test_scanner_finds_the_square_once_across_scales():
     assert 8 <= x2 - x1 <= 16  # the square's size, not the 32 px window
     # Neighbouring cells (8 px apart) give 12 px boxes that overlap little: a low IoU merges.
     assert len(result.detections(threshold=0.5, iou=0.1)) == 1
-    whole = result.detections(threshold=0.5, iou=0.3, refine=False)
+    whole = result.detections(threshold=0.5, iou=0.3, boxes="window")
     assert (whole.boxes[0, 2] - whole.boxes[0, 0]) > 25
     with pytest.raises(ValueError, match="background class"):
         result.detections(classes=["background"])

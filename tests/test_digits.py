@@ -41,7 +41,7 @@ def test_card_matches_the_weights_file():
     digest = hashlib.sha256((zoo.WEIGHTS_DIR / card["file"]).read_bytes()).hexdigest()
     assert digest == card["sha256"]
     spec = zoo.MODELS["lenet5-digits"]
-    assert spec.extra["categories"][spec.extra["background_class"]] == "background"
+    assert spec.card.categories[spec.card.background_class] == "background"
     assert spec.input_size == (1, 28, 28)
 
 
@@ -76,7 +76,7 @@ def test_held_out_scenes_and_the_evaluate_command(clf, tmp_path):
     assert report["AP50"] >= 0.75 and 0 < report["recall"] <= 1
     assert report["AP75"] <= report["AP50"] and report["AP"] <= report["AP50"]
     result = CliRunner().invoke(main, ["evaluate", "--scenes", "1", "--size", "240x320",
-                                       "--threads", "1", "--json", "-q", "--save-gt",
+                                       "--threads", "1", "--json", "-", "-q", "--save-gt",
                                        tmp_path / "gt.json", "--save-detections",
                                        tmp_path / "det.json"])
     assert result.exit_code == 0, result.output
@@ -85,7 +85,7 @@ def test_held_out_scenes_and_the_evaluate_command(clf, tmp_path):
     assert out["ground_truth_boxes"] > 0 and {"AP", "AP50", "AP75", "AR"} <= set(out)
     # The saved COCO files score the same through --gt/--detections.
     again = CliRunner().invoke(main, ["evaluate", "--gt", tmp_path / "gt.json", "--detections",
-                                      tmp_path / "det.json", "--json"])
+                                      tmp_path / "det.json", "--json", "-"])
     assert again.exit_code == 0, again.output
     assert json.loads(again.output)["AP50"] == out["AP50"]
     half = CliRunner().invoke(main, ["evaluate", "--gt", tmp_path / "gt.json"])

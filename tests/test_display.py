@@ -126,7 +126,7 @@ def test_panel_titles_name_scale_cells_and_best_probability(big_result):
     assert len(row) == 7
     for title, m in zip(row, result.maps, strict=False):
         h, w = m.cells
-        assert title.startswith(f"x{m.factor:.3g}  {w}x{h} cells")
+        assert title.startswith(f"x{m.factor:.3g}  {h}x{w} cells")  # HxW, as everywhere
         assert title.endswith(f"best {float(m.probs[cls].max()):.3f}")
     assert row[-1].endswith(f"score {float(result.scores()[cls]):.3f}")
 

@@ -20,7 +20,7 @@ from badfiles import make_bad_inputs
 from click.testing import CliRunner
 
 from densify.cli import main
-from densify.errors import OutputError, ParameterError
+from densify.errors import MissingExtraError, OutputError, ParameterError
 
 HAVE_RAY = find_spec("ray") is not None and find_spec("pyarrow") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="Ray Data is not installed: "
@@ -84,7 +84,7 @@ def _single_process(images: Path) -> dict[str, tuple]:
     out = {}
     for path in sorted(images.glob("scene*.png")):
         result = scanner(path)
-        threshold = scanner.classifier.spec.extra.get("threshold", 0.5)
+        threshold = scanner.default_threshold
         out[path.name] = (result.top_classes(5), result.detections(threshold, 0.3))
     return out
 
@@ -204,6 +204,39 @@ def test_cli_detect_ray_writes_rows_and_reports_bad_files(ray_local, images, tmp
     assert sum(len(d) for d in table["detections"].to_pylist()) > 0
 
 
+def test_cli_ray_takes_every_option_and_a_factory(ray_local, tmp_path, monkeypatch):
+    """--ray with a module:factory model from the current directory and the reading options
+    gives the rows of the single-process scan (it said "unknown model" and dropped them)."""
+    import json
+
+    import cv2
+    import pyarrow.parquet as pq
+    from test_settings import FACTORY
+
+    name = f"raynet_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(FACTORY)
+    (tmp_path / "classes.txt").write_text("cat\ndog\nbird\n")
+    cv2.imwrite(str(tmp_path / "a.png"), np.random.default_rng(0).integers(
+        0, 255, (40, 48, 3), dtype=np.uint8))
+    monkeypatch.chdir(tmp_path)
+    args = ["detect", "a.png", "-m", f"{name}:factory", "--input-size", "16x16", "--mean",
+            "0.1,0.2,0.3", "--std", "0.4,0.5,0.6", "--classes", "classes.txt", "--scores-output",
+            "scores", "--boxes-output", "boxes", "--box-format", "deltas", "--scales", "1,1.5",
+            "--output-stride", "4", "--threads", "1", "--threshold", "0.2", "-q"]
+    ray = CliRunner().invoke(main, [*args, "--ray", "--workers", "1", "-o", "ray"])
+    assert ray.exit_code == 0, ray.output
+    one = CliRunner().invoke(main, [*args, "-o", "one", "--json", "-"])
+    assert one.exit_code == 0, one.output
+    (row,) = pq.read_table("ray/detect.parquet").to_pylist()
+    record = json.loads((tmp_path / "one" / "summary.jsonl").read_text().splitlines()[0])
+    assert [t["name"] for t in row["top"]] == [t["name"] for t in record["top"]]
+    assert {t["name"] for t in row["top"]} == {"cat", "dog", "bird"}
+    np.testing.assert_allclose([t["score"] for t in row["top"]],
+                               [t["score"] for t in record["top"]], atol=1e-5)
+    assert len(row["detections"]) == len(json.loads(one.stdout))
+    sys.modules.pop(name, None)
+
+
 def test_ray_options_need_ray(tmp_path):
     result = CliRunner().invoke(main, ["heatmap", str(tmp_path), "--workers", "2"])
     assert result.exit_code != 0 and "need --ray" in result.stderr
@@ -219,7 +252,7 @@ def test_missing_extra_is_one_line_naming_the_install(monkeypatch, tmp_path):
     from densify.distributed import require_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(ParameterError, match=r"pip install 'densify\[ray\]'"):
+    with pytest.raises(MissingExtraError, match=r"pip install 'densify\[ray\]'"):
         require_ray()
     (tmp_path / "a.png").write_bytes(b"")
     result = CliRunner().invoke(main, ["heatmap", str(tmp_path), "--ray", "-o", str(tmp_path)])

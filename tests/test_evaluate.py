@@ -114,10 +114,13 @@ def test_no_predictions_give_zero_ap_and_nan_precision():
 
 
 def test_precision_recall_threshold_keeps_scores_at_or_above():
+    """A score equal to the threshold is kept, one just above it is not. Mutation caught:
+    ``scores > score_threshold`` (``mid`` loses the 0.5 box; the old first line compared a value
+    with itself)."""
     preds = [_pred([A, B, C], [0.9, 0.5, 0.2], [0, 0, 0])]
     gts = [_gt([A, B], [0, 0])]
-    assert precision_recall(preds, gts, 0.5) == precision_recall(preds, gts, 0.5)
     high = precision_recall(preds, gts, 0.51)
+    assert precision_recall(preds, gts, 0.5 + 1e-6) == high  # just above the 0.5 score
     mid = precision_recall(preds, gts, 0.5)
     low = precision_recall(preds, gts, 0.0)
     assert (high.tp, high.fp, high.recall) == (1, 0, 0.5)

@@ -61,7 +61,8 @@ def test_opencv_stays_silent_on_bad_inputs(inputs, capfd):
 
 def test_max_pixels_is_checked_and_can_be_raised(inputs):
     assert "max_pixels=100" in _raises_one_line(inputs["normal_jpeg"], max_pixels=100)
-    assert read_image(inputs["normal_jpeg"], max_pixels=48 * 64).shape == (48, 64, 3)
+    rgb = read_image(inputs["normal_jpeg"], max_pixels=48 * 64)
+    np.testing.assert_array_equal(rgb, cv2.imread(str(inputs["normal_jpeg"]))[..., ::-1])
 
 
 def test_bomb_without_our_limit_is_still_refused_by_opencv(inputs):
@@ -88,7 +89,8 @@ def test_progressive_jpeg_and_trailing_data_are_accepted(tmp_path):
     data = cv2.imencode(".jpg", smooth_bgr(32, 40), params)[1].tobytes()
     path = tmp_path / "motion.jpg"
     path.write_bytes(data + b"\x00\x00\x00\x18ftypmp42 appended video")
-    assert read_image(path).shape == (32, 40, 3)
+    expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+    np.testing.assert_array_equal(read_image(path), expected)  # the trailer changes no pixel
     path.write_bytes(data[: len(data) // 2])
     assert "truncated" in _raises_one_line(path)
 
@@ -142,11 +144,18 @@ def test_exif_orientation_is_applied_like_pillow(tmp_path, orientation):
 
 
 def test_exif_orientation_of_jpeg(tmp_path):
+    """Orientation 6 read from a JPEG's APP1 segment: rotated clockwise, pixel for pixel as
+    Pillow shows it (decoders may differ by a grey level or two). Mutation caught: orientation 6
+    rotated counter-clockwise (the shape, all the old test checked, is the same)."""
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to view
     path = tmp_path / "portrait.jpg"
-    Image.fromarray(smooth_bgr(40, 64)).save(path, exif=exif.tobytes())
-    assert read_image(path).shape == (64, 40, 3)
+    Image.fromarray(smooth_bgr(40, 64)).save(path, exif=exif.tobytes(), quality=95)
+    rgb = read_image(path).astype(int)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB")).astype(int)
+    assert rgb.shape == expected.shape == (64, 40, 3)
+    assert np.abs(rgb - expected).max() <= 3
+    assert np.abs(rgb - expected[::-1, ::-1]).max() > 100  # the other way round is far off
 
 
 @pytest.mark.parametrize(("array", "expected"), [
@@ -207,11 +216,13 @@ def test_expand_inputs_refuses_empty_directory_and_missing_path(inputs):
 
 
 def test_sample_image():
+    """Mutation caught: the sample returned in OpenCV's BGR order (same shape and dtype)."""
     import skimage.data
 
     assert all(callable(getattr(skimage.data, name, None)) for name in SAMPLE_IMAGES)
     chelsea = sample_image("chelsea")
     assert chelsea.shape == (300, 451, 3) and chelsea.dtype == np.uint8
+    np.testing.assert_array_equal(chelsea, skimage.data.chelsea())  # RGB, as skimage gives it
     with pytest.raises(ImageError, match="astronaut, chelsea"):
         sample_image("lena")
 
@@ -275,9 +286,10 @@ def test_pillow_reads_what_badfiles_claims(inputs):
 
 @pytest.mark.parametrize("suffix", [".bmp", ".tif", ".webp"])
 def test_other_formats_read_through_pillow_header(tmp_path, suffix):
+    """Pixels, not only shapes. Mutation caught: the BGR→RGB swap applied to JPEG/PNG only."""
     path = tmp_path / f"x{suffix}"
-    cv2.imwrite(str(path), smooth_bgr(12, 20))
-    assert read_image(path).shape == (12, 20, 3)
+    cv2.imwrite(str(path), smooth_bgr(12, 20))  # lossless in all three (WebP at default)
+    np.testing.assert_array_equal(read_image(path), smooth_bgr(12, 20)[..., ::-1])
 
 
 def test_float_tiff_that_pillow_cannot_identify_is_read_by_opencv(tmp_path):

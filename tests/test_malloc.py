@@ -1,4 +1,5 @@
-"""densify.scan.malloc: with glibc, freed activation memory is reused without new page faults."""
+"""densify.runtime's allocator settings: freed memory reused without page faults, the user's
+settings left alone, and every change undone when the run ends."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ import sys
 
 import pytest
 
-from densify.scan import malloc
+from densify import runtime
 
 PROBE = """
 import resource, torch
-from densify.scan.malloc import allocator, retain_freed_memory
+from densify.runtime import allocator, retain_freed_memory
 
 def faults_of_second_allocation():
     big = torch.ones(64, 2**20)  # 256 MiB, every page touched, then freed
@@ -40,13 +41,25 @@ def test_retained_memory_is_reused_without_page_faults():
 
 
 def test_the_users_malloc_settings_stand(monkeypatch):
-    monkeypatch.setattr(malloc, "_RETAINED", False)
+    monkeypatch.setitem(runtime._state, "retained", False)
     monkeypatch.setenv("MALLOC_MMAP_MAX_", "0")
-    assert malloc.retain_freed_memory() is False and malloc.allocator() != "glibc (retained)"
+    assert runtime.retain_freed_memory() is False and runtime.allocator() != "glibc (retained)"
+    assert runtime.limit_heap_slack() is False
 
 
-def test_opt_in(monkeypatch):
-    monkeypatch.delenv("DENSIFY_KEEP_MEMORY", raising=False)
-    assert not malloc.requested()
-    monkeypatch.setenv("DENSIFY_KEEP_MEMORY", "1")
-    assert malloc.requested()
+def test_tuned_restores_what_it_changed(monkeypatch):
+    """keep_memory and a budget change glibc only inside the run; the defaults come back."""
+    calls = []
+    monkeypatch.setattr(runtime, "_user_allocator", lambda: False)
+    monkeypatch.setattr(runtime, "_mallopt", lambda param, value: calls.append((param, value))
+                        or runtime._state["changed"].add(param) or True)
+    with runtime.tuned(1, keep_memory=True):
+        assert runtime.allocator() == "glibc (retained)"
+    assert runtime.allocator() != "glibc (retained)" and not runtime._state["changed"]
+    changed = {param for param, _ in calls[:2]}
+    assert {(p, runtime._DEFAULTS[p]) for p in changed} <= set(calls[2:])
+    calls.clear()
+    with runtime.tuned(1, max_memory=10**9):
+        pass
+    assert calls == [(runtime._M_MMAP_THRESHOLD, 1 << 20),
+                     (runtime._M_MMAP_THRESHOLD, runtime._DEFAULTS[runtime._M_MMAP_THRESHOLD])]

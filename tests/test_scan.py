@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -14,9 +15,11 @@ from densify.convert.dense import convolutionize
 from densify.errors import ConversionError, ImageError
 from densify.io.image import to_tensor
 from densify.models import catalogue as zoo
+from densify.models.card import ModelCard
 from densify.models.weights import load_classifier
+from densify.scan.prepare import card_object_box as _card_object_box
 from densify.scan.result import ScanResult
-from densify.scan.scanner import Scanner, _card_object_box, as_rgb, resolve_device
+from densify.scan.scanner import Scanner, as_rgb, resolve_device
 
 SQUARE_ARGS = {"input_size": (WINDOW, WINDOW), "mean": (0, 0, 0), "std": (1, 1, 1),
                "categories": CATEGORIES, "background_class": 0, "device": "cpu"}
@@ -115,13 +118,31 @@ def test_dense_net_is_used_as_is(photo):
     assert scanner.output_stride == 8 and scanner.dense is dense
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_reduced_precision_is_close_to_fp32(precision):
+#: Worst |probability| difference from fp32 allowed on the square scene, about twice the one
+#: measured on the 2-core test machine (2026-12-04: bf16 9.4e-5, fp16 3.1e-5; the rounding of
+#: the weights and activations to 8 or 11 mantissa bits, the same on every CPU). Pinned below.
+REDUCED_PRECISION_ATOL = {"bf16": 2e-4, "fp16": 1e-4}
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_reduced_precision_is_close_to_fp32(precision, dtype):
+    """bf16/fp16 scans run their convolutions in that dtype (autocast) and stay within about
+    twice the measured error of fp32, with the softmax back in float32. Mutation caught:
+    autocast removed (``_autocast`` returning a null context), so that "bf16" runs in fp32: the
+    hooks then record float32 and the difference is 0 (the old ``atol=0.05``, 500x the measured
+    error, passed it)."""
     image = square_image(96, 128, (40, 70))
     ref = Scanner(square_detector(), scales=[1.0], **SQUARE_ARGS)(image)
-    low = Scanner(square_detector(), scales=[1.0], precision=precision, **SQUARE_ARGS)(image)
+    scanner = Scanner(square_detector(), scales=[1.0], precision=precision, **SQUARE_ARGS)
+    seen = []
+    convs = [m for m in scanner.scan_net.modules() if isinstance(m, torch.nn.Conv2d)]
+    for conv in convs:
+        conv.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
+    low = scanner(image)
+    assert len(seen) == len(convs) >= 4 and set(seen) == {dtype}, seen  # autocast ran
     assert low.maps[0].probs.dtype == torch.float32
-    assert torch.allclose(low.maps[0].probs, ref.maps[0].probs, atol=0.05)
+    diff = (low.maps[0].probs - ref.maps[0].probs).abs().max().item()
+    assert 0 < diff <= REDUCED_PRECISION_ATOL[precision], diff
 
 
 def test_unknown_precision_and_device():
@@ -163,11 +184,9 @@ def test_boxes_map_back_with_the_realized_factor(lenet):
 
 
 def test_object_box_from_the_card():
-    spec = zoo.ModelSpec("toy", "project", lambda k: None, (1, 28, 28), 11,
-                         extra={"object_height": 20.0, "box_aspect": 0.6})
-    assert _card_object_box(spec, (28, 28)) == pytest.approx((8.0, 4.0, 20.0, 24.0))
-    plain = zoo.ModelSpec("toy", "seed", lambda k: None, (1, 28, 28), 10, categories_from=None)
-    assert _card_object_box(plain, (28, 28)) is None
+    card = ModelCard((1, 28, 28), (0.5,), (0.5,), object_height=20.0, box_aspect=0.6)
+    assert _card_object_box(card, (28, 28)) == pytest.approx((8.0, 4.0, 20.0, 24.0))
+    assert _card_object_box(replace(card, object_height=None), (28, 28)) is None
 
 
 @pytest.mark.skipif("lenet5-digits" not in zoo.MODELS, reason="weights/lenet5_digits.json absent")

@@ -186,7 +186,7 @@ def test_cli_detect_reads_scores_and_regressed_boxes_of_a_user_model(tmp_path):
     regressed = CliRunner().invoke(main, base + ["--scores-output", "scores", "--boxes-output",
                                                  "boxes", "--json", str(tmp_path / "r.json"),
                                                  "-o", str(tmp_path / "o2")])
-    windows = CliRunner().invoke(main, base + ["--scores-output", "scores", "--window-boxes",
+    windows = CliRunner().invoke(main, base + ["--scores-output", "scores", "--boxes", "window",
                                                "--json", str(tmp_path / "w.json"),
                                                "-o", str(tmp_path / "o3")])
     assert regressed.exit_code == 0 and windows.exit_code == 0, regressed.output + windows.output

@@ -43,19 +43,19 @@ def default_workers(ray, options: RayOptions, cpus_per_worker: int) -> int:
 
 
 def scan_on_ray(options: RayOptions, command: str, inputs, output_dir: Path, quiet: bool,
-                threads: int | None, **scan) -> None:
+                model, settings, **rows) -> None:
     """Scan ``inputs`` with :func:`densify.distributed.scan_dataset`; report; exit 1 on failures.
 
-    ``scan`` holds scan_dataset's keyword arguments (model, weights, scales, ...).
+    ``model`` (a :class:`densify.models.user.ModelChoice`) and ``settings`` (a
+    :class:`densify.scan.settings.ScanSettings`) go to every worker as the options built them;
+    ``rows`` holds scan_dataset's per-row keywords (top_k, threshold, ...).
     """
     import pyarrow.dataset as pads
 
     from ..distributed import require_ray, scan_dataset
-    from ._scanning import default_stride, expand, fail, finish
+    from ._scanning import expand, fail, finish
 
     ray = require_ray()
-    if scan.get("output_stride") is None:  # as without --ray
-        scan["output_stride"] = default_stride(scan["model"])
     target = Path(output_dir) / f"{command}.parquet"
     paths, failed = expand(inputs)
     if not paths:
@@ -66,10 +66,11 @@ def scan_on_ray(options: RayOptions, command: str, inputs, output_dir: Path, qui
         ray.data.DataContext.get_current().enable_progress_bars = not quiet
         if quiet:
             logging.getLogger("ray.data").setLevel(logging.WARNING)
-        cpus = threads or 1
+        cpus = settings.threads or 1
         workers = default_workers(ray, options, cpus)
-        scan_dataset([str(p) for p in paths], **scan, workers=workers, cpus_per_worker=cpus,
-                     gpus_per_worker=options.gpus_per_worker, output_dir=target)
+        scan_dataset([str(p) for p in paths], model, settings, **rows, workers=workers,
+                     cpus_per_worker=cpus, gpus_per_worker=options.gpus_per_worker,
+                     output_dir=target)
     finally:
         if started:
             ray.shutdown()
@@ -78,6 +79,6 @@ def scan_on_ray(options: RayOptions, command: str, inputs, output_dir: Path, qui
     for message in errors["error"].to_pylist():
         fail(message)
     total = written.count_rows()
-    click.echo(f"{scan['model']}: {total} image(s) on Ray, {workers} worker(s): "
+    click.echo(f"{model.model}: {total} image(s) on Ray, {workers} worker(s): "
                f"{total - errors.num_rows} ok, {errors.num_rows} failed; wrote {target}")
     finish(failed + errors.num_rows, len(paths) + failed)

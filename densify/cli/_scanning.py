@@ -17,35 +17,43 @@ scanned, a background thread decodes the next (``--no-prefetch`` turns that off;
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import click
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from ..errors import DensifyError, ImageError, OutputError
 from ..io.files import remove_stale_temporaries
 from ..io.image import expand_inputs, read_image
 from ..io.records import append_record, finished, read_records
-from ..scan import malloc
-from ..scan.memory import release_memory
+from ..models.user import ModelChoice
+from ..runtime import trim_heap, tuned
+from ..scan.records import PER_IMAGE_ERRORS, error_message, error_record, ok_record
 from ..scan.result import ScanResult, class_index
 from ..scan.scanner import Scanner
+from ..scan.settings import ScanSettings
 
-#: What costs one image, not the batch: bad input and running out of memory on one image.
-PER_IMAGE_ERRORS = (DensifyError, torch.OutOfMemoryError)
+log = logging.getLogger(__name__)
+
+#: Threads that finish scanned images (maps painted, files encoded and written) when scanning
+#: in batches.
+MAX_WORKERS = 8
 
 #: The per-image records of a batch, in the output directory (JSON Lines).
 SUMMARY = "summary.jsonl"
 
 #: Options that change how a run goes but not what it writes; a record is reused across them.
 RUN_ONLY = frozenset({"inputs", "output_dir", "quiet", "overwrite", "prefetch", "threads",
-                      "device", "max_memory", "ray", "json_path", "as_json"})
+                      "device", "max_memory", "ray", "json_path", "keep_memory", "batch_size"})
 
 
 def current_job() -> dict:
@@ -76,27 +84,16 @@ def expand(inputs: Iterable[Path], errors: list[tuple[str, str]] | None = None
     return found, failed
 
 
-def make_scanner(model, weights, scales, output_stride, device, precision, object_sizes=None,
-                 max_memory=None, threads=None, flip=False, reading: dict | None = None) -> Scanner:
-    """The scanner every scanning command uses (:func:`default_stride` unless
-    ``--output-stride``). With ``DENSIFY_KEEP_MEMORY=1`` and no memory budget, freed activation
-    memory is kept for the next scale (:mod:`densify.scan.malloc`); the batch loop still hands it
-    back between images.
+def make_scanner(model: ModelChoice, settings: ScanSettings) -> Scanner:
+    """The scanner every scanning command uses: the options' model and settings, unchanged."""
+    return Scanner(model, settings)
 
-    ``reading``: the :func:`densify.cli.options.model_options` values (input size, mean, std,
-    classes, scores/boxes outputs, box format)."""
-    from ..models.user import load_model
 
-    if max_memory is None and malloc.requested():
-        malloc.retain_freed_memory()
-    r = reading or {}
-    clf = load_model(model, weights, input_size=r.get("input_size"), mean=r.get("mean"),
-                     std=r.get("std"), classes=r.get("classes_file"))
-    stride = default_stride(model) if output_stride is None else output_stride
-    return Scanner(clf, scales, stride, device, precision, object_sizes=object_sizes,
-                   max_memory=max_memory, flip=flip, scores=r.get("scores_output"),
-                   boxes=r.get("boxes_output"), box_format=r.get("box_format"),
-                   threads=threads)
+def run_tuned(settings: ScanSettings, keep_memory: bool = False):
+    """The process tuned for a scanning command (:func:`densify.runtime.tuned`: the thread rule
+    unless ``--threads``, heap settings for ``--max-memory`` or ``--keep-memory``), restored when
+    it ends; yields the thread count."""
+    return tuned(settings.threads, keep_memory=keep_memory, max_memory=settings.max_memory)
 
 
 def default_stride(model: str) -> int:
@@ -114,10 +111,7 @@ def default_stride(model: str) -> int:
 
 def default_threshold(scanner: Scanner, threshold: float | None) -> float:
     """``--threshold``, else the model card's recommended one, else 0.5."""
-    if threshold is not None:
-        return threshold
-    spec = scanner.classifier.spec if scanner.classifier else None
-    return float(spec.extra.get("threshold", 0.5)) if spec else 0.5
+    return scanner.default_threshold if threshold is None else threshold
 
 
 def resolve_class(scanner: Scanner, query: str | None) -> int | None:
@@ -146,30 +140,24 @@ def _read(path: Path) -> tuple[np.ndarray | None, DensifyError | None]:
         return None, exc
 
 
-def read_ahead(paths: list[Path], prefetch: bool = True) -> Iterator[tuple]:
-    """``(rgb, None)`` or ``(None, error)`` per path, in order; with ``prefetch`` the next image
-    is decoded in a background thread while the caller works on the current one."""
+def read_ahead(paths: list[Path], prefetch: bool = True, workers: int = 1, ahead: int = 1
+               ) -> Iterator[tuple]:
+    """``(rgb, None)`` or ``(None, error)`` per path, in order; with ``prefetch`` up to ``ahead``
+    images are decoded in ``workers`` background threads (OpenCV releases the GIL while it
+    decodes) while the caller works on the current one."""
     if not prefetch:
         yield from map(_read, paths)
         return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="densify-read") as pool:
-        pending = pool.submit(_read, paths[0]) if paths else None
-        for i in range(len(paths)):
-            current = pending.result()
-            pending = pool.submit(_read, paths[i + 1]) if i + 1 < len(paths) else None
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="densify-read") as pool:
+        pending = deque(pool.submit(_read, p) for p in paths[:max(1, ahead)])
+        queued = len(pending)
+        while pending:
+            current = pending.popleft().result()
+            if queued < len(paths):
+                pending.append(pool.submit(_read, paths[queued]))
+                queued += 1
             yield current
             del current
-
-
-def top_rows(result: ScanResult, k: int = 5) -> list[dict]:
-    """The ``top`` field of a scan record (:meth:`ScanResult.top_classes`)."""
-    return [{"index": t.index, "name": t.name, "score": t.score, "box": list(t.box),
-             "factor": t.factor} for t in result.top_classes(k)]
-
-
-def _error_record(path: Path, message: str, seconds: float) -> dict:
-    return {"image": str(path), "status": "error", "error": message, "size": None, "top": [],
-            "files": [], "seconds": seconds}
 
 
 def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[..., dict],
@@ -179,8 +167,11 @@ def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[
     """Read and scan each image, then ``work(path, stem, rgb, result)`` (its record); a failure
     is one line (appended to ``errors`` as ``(path, message)`` when given). With ``out``,
     records (tagged with ``job``) are appended to ``out/summary.jsonl`` and images done by an
-    earlier run of the same job are skipped unless ``overwrite`` (module docstring). Returns
-    the ``ok`` and ``skipped`` records, in input order, and the number of failures."""
+    earlier run of the same job are skipped unless ``overwrite`` (module docstring). Images
+    go through the scanner :attr:`Scanner.batch_size` at a time (:meth:`Scanner.scan_batch`),
+    decoded ahead in worker threads; with batches their ``work`` runs in threads too, while
+    the next batch is scanned. Returns the ``ok`` and ``skipped`` records, in input order, and
+    the number of failures."""
     summary_path = None if out is None else out / SUMMARY
     if out is not None:
         remove_stale_temporaries(out)
@@ -188,45 +179,120 @@ def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[
             finished(read_records(summary_path), job or {}))
     items = list(zip(paths, stems(paths), strict=True))
     todo = [path for path, _ in items if str(path.resolve()) not in done]
-    reader = read_ahead(todo, prefetch and scanner.budget is None)
+    batch = max(1, scanner.batch_size)
+    workers = min(MAX_WORKERS, os.cpu_count() or 1) if batch > 1 else 1
+    reader = read_ahead(todo, prefetch and scanner.budget is None, min(4, workers), 2 * batch)
     records, failed = [], 0
-    for path, stem in tqdm(items, desc="images", unit="image", disable=quiet):
-        start = time.perf_counter()
-        previous = done.get(str(path.resolve()))
-        if previous is not None:
-            record = {**previous, "image": str(path), "status": "skipped", "seconds": 0.0}
-        else:
-            record = _scan_one(scanner, path, stem, next(reader), quiet, work, start)
-        record["job"] = job or {}
-        if summary_path is not None:
-            append_record(summary_path, record)
-        if record["status"] == "error":
-            failed += 1
-            if errors is not None:
-                errors.append((str(path), record["error"]))
-        else:
-            records.append(record)
-        release_memory(collect=False)  # keeps RSS flat over long batches
+    bar = tqdm(total=len(items), desc="images", unit="image", disable=quiet)
+
+    def emit(chunk_records) -> None:
+        nonlocal failed
+        for record in chunk_records:
+            record = record.result() if isinstance(record, Future) else record
+            record["job"] = job or {}
+            if summary_path is not None:
+                append_record(summary_path, record)
+            if record["status"] == "error":
+                failed += 1
+                if errors is not None:
+                    errors.append((record["image"], record["error"]))
+            else:
+                records.append(record)
+            bar.update()
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="densify-work") as pool:
+        pending: deque = deque()  # the previous batch's work runs while this one is scanned
+        for chunk in _chunks(items, done, batch):
+            pending.append(_scan_chunk(scanner, chunk, reader, quiet, work, pool, batch > 1))
+            while len(pending) > 1:
+                emit(pending.popleft())
+                trim_heap(collect=False)  # keeps RSS flat over long batches
+        while pending:
+            emit(pending.popleft())
+    bar.close()
     return records, failed
 
 
-def _scan_one(scanner: Scanner, path: Path, stem: str, read: tuple, quiet: bool,
-              work: Callable[..., dict], start: float) -> dict:
-    rgb, error = read
-    try:
+def _chunks(items: list[tuple[Path, str]], done: dict, size: int) -> Iterator[list[tuple]]:
+    """``(path, stem, previous record or None)`` in input order, cut into runs of at most
+    ``size`` images to scan (an image done earlier ends the run it interrupts)."""
+    chunk, todo = [], 0
+    for path, stem in items:
+        previous = done.get(str(path.resolve()))
+        chunk.append((path, stem, previous))
+        todo += previous is None
+        if todo == size or previous is not None:
+            yield chunk
+            chunk, todo = [], 0
+    if chunk:
+        yield chunk
+
+
+def _scan_chunk(scanner: Scanner, chunk: list[tuple], reader: Iterator[tuple], quiet: bool,
+                work: Callable[..., dict], pool: ThreadPoolExecutor, parallel: bool
+                ) -> list[dict | Future]:
+    """The records of one run of images: skipped ones as they were, the others scanned in one
+    :meth:`Scanner.scan_batch` (one at a time if the batch fails, so that one image's problem
+    costs only that image), then their ``work``: done here, or with ``parallel`` submitted to
+    ``pool`` (the list then holds futures of those records)."""
+    start = time.perf_counter()
+    records: dict[int, dict] = {}
+    scan = []
+    for k, (path, stem, previous) in enumerate(chunk):
+        if previous is not None:
+            records[k] = {**previous, "image": str(path), "status": "skipped", "seconds": 0.0}
+            continue
+        rgb, error = next(reader)
         if error is not None:
-            raise error
-        result = scanner(rgb, progress=not quiet)
+            records[k] = _failure(path, error, start)
+        else:
+            scan.append((k, path, stem, rgb))
+    results = _scan_batch(scanner, [rgb for *_, rgb in scan], quiet) if scan else []
+    share = (time.perf_counter() - start) / max(1, len(scan))
+
+    def finish(item, result) -> dict:
+        k, path, stem, rgb = item
+        return _finish_one(path, stem, rgb, result, work, time.perf_counter() - share)
+
+    for item, result in zip(scan, results, strict=True):
+        records[item[0]] = pool.submit(finish, item, result) if parallel else finish(item, result)
+    return [records[k] for k in range(len(chunk))]
+
+
+def _scan_batch(scanner: Scanner, rgbs: list[np.ndarray], quiet: bool) -> list:
+    """Results (or the per-image error) of scanning ``rgbs`` together, else one by one."""
+    if len(rgbs) > 1:
+        try:
+            return scanner.scan_batch(rgbs, batch_size=len(rgbs), progress=False)
+        except PER_IMAGE_ERRORS as exc:
+            log.info("a batch of %d images failed (%s); scanning them one at a time", len(rgbs),
+                     error_message(exc, None))
+    results = []
+    for rgb in rgbs:
+        try:
+            results.append(scanner(rgb, progress=not quiet))
+        except PER_IMAGE_ERRORS as exc:
+            results.append(exc)
+    return results
+
+
+def _failure(path: Path, exc: BaseException, start: float) -> dict:
+    message = error_message(exc, path)
+    fail(message)
+    return error_record(path, message, round(time.perf_counter() - start, 4))
+
+
+def _finish_one(path: Path, stem: str, rgb: np.ndarray, result, work: Callable[..., dict],
+                start: float) -> dict:
+    """The record of one scanned image (``result``, or the error it raised) after ``work``."""
+    if isinstance(result, BaseException):
+        return _failure(path, result, start)
+    try:
+        result = dataclasses.replace(result, source=str(path))
         record = work(path, stem, rgb, result)
     except PER_IMAGE_ERRORS as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        message = message if str(path) in message else f"{path}: {message}"
-        fail(message)
-        return _error_record(path, message, round(time.perf_counter() - start, 4))
-    top = record.pop("top", None)
-    top = top_rows(result) if top is None else top
-    return {"image": str(path), "status": "ok", "error": None, "size": list(result.image_size),
-            "top": top, **record, "seconds": round(time.perf_counter() - start, 4)}
+        return _failure(path, exc, start)
+    return ok_record(path, result, round(time.perf_counter() - start, 4), **record)
 
 
 def write_all(outputs: dict[Path, Callable[[Path], object]]) -> list[str]:
@@ -269,7 +335,7 @@ def finish(failed: int, total: int) -> None:
         raise SystemExit(1)
 
 
-def header(scanner: Scanner, weights: str) -> str:
+def header(scanner: Scanner, weights: str | None = None) -> str:
     stride = scanner.output_stride
     asked = scanner.requested_stride
     fallback = f" (native; {asked} not reachable)" if asked and asked != stride else ""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from . import options
@@ -18,9 +16,10 @@ __all__ = ["bench"]
 @options.output_stride
 @click.option("--repeat", "-n", type=click.IntRange(min=1), default=3, show_default=True,
               help="Timed runs per method after one warm-up; the median is reported.")
+@options.device
 @options.precision
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True)
-@options.as_json
+@options.json_output()
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Time the crop-by-crop baseline.")
 @click.option("--baseline-windows", type=click.IntRange(min=1), default=None,
@@ -36,20 +35,19 @@ __all__ = ["bench"]
               help="Fold batch norms into convolutions (dense net and baseline alike).")
 @options.threads
 @options.head
-@click.option("--keep-memory", is_flag=True,
-              help="Keep freed activation memory for reuse, as the scanning commands do (glibc; "
-                   "densify.scan.malloc); the peak-memory figures then miss reused memory.")
-def bench(model, weights, size, output_stride, repeat, precision, channels_last, as_json,
+@options.keep_memory
+def bench(model, weights, size, output_stride, repeat, device, precision, channels_last, json_path,
           baseline, baseline_windows, batch_size, use_timm, max_memory, breakdown, fold_bn,
           threads, head, keep_memory) -> None:
     """Time the dense net against batched window crops and timm's test-time pooling."""
     from ..bench import format_report, run_bench
-    from ..scan.malloc import retain_freed_memory
+    from ..runtime import tuned
 
-    if keep_memory:
-        retain_freed_memory()
-    result = run_bench(model, size, output_stride, repeat, precision, channels_last,
-                       baseline=baseline, timm=use_timm, max_memory=max_memory,
-                       baseline_windows=baseline_windows, batch_size=batch_size,
-                       breakdown=breakdown, fold_bn=fold_bn, weights=weights, threads=threads, head=head)
-    click.echo(json.dumps(result, indent=2) if as_json else format_report(result))
+    with tuned(threads, keep_memory=keep_memory, rule=False):
+        result = run_bench(model, size, output_stride, repeat, precision, channels_last,
+                           baseline=baseline, timm=use_timm, max_memory=max_memory,
+                           baseline_windows=baseline_windows, batch_size=batch_size,
+                           breakdown=breakdown, fold_bn=fold_bn, weights=weights,
+                           threads=threads, head=head, device=device)
+    if not options.write_json_output(json_path, result) or json_path != "-":
+        click.echo(format_report(result))

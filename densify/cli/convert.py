@@ -23,6 +23,10 @@ def convert(model, weights, output_stride, input_size, head, output) -> None:
     """Convert a classifier to a dense net and save it (TorchScript or ONNX)."""
     if output.suffix not in (".pt", ".onnx"):
         raise click.BadParameter("must end in .pt (TorchScript) or .onnx", param_hint="--output")
+    if output.suffix == ".onnx":
+        from .._extras import require_extra
+
+        require_extra("onnx", "ONNX export")
     from ..convert.dense import convolutionize
     from ..convert.export import export
     from ..io.files import atomic_output

@@ -24,10 +24,8 @@ def _detect_one(scanner: Scanner, out: Path, opts: dict, path: Path, stem: str,
     from ..io.files import write_image
     from ._scanning import summary, write_all
 
-    det = result.detections(opts["threshold"], opts["iou"], opts["classes"],
-                            refine=not opts["window_boxes"], window_boxes=opts["window_boxes"],
-                            merge=opts["merge"],
-                            merge_threshold=opts["merge_threshold"])
+    det = result.detections(opts["threshold"], opts["iou"], opts["classes"], opts["boxes"],
+                            opts["merge"], opts["merge_threshold"])
     names = [result.categories[c] for c in det.labels.tolist()]
     vis = draw_boxes(rgb, det.boxes, names, det.scores)
     files = write_all({out / f"{stem}_detections.png": lambda p: write_image(p, vis)})
@@ -54,13 +52,12 @@ def _detect_lines(records: list[dict]) -> str:
 @options.merge
 @options.merge_threshold
 @click.option("--class", "classes", multiple=True, help="Only this class (repeatable).")
-@options.window_boxes
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="COCO results file [default: OUTDIR/detections.json].")
+@options.boxes
+@options.json_output("OUTDIR/detections.json")
 @options.ray_options
-def detect(inputs, model, weights, scales, flip, object_sizes, output_stride, device, precision,
-           output_dir, max_memory, threads, quiet, overwrite, prefetch, threshold, nms_iou, merge,
-           merge_threshold, classes, window_boxes, json_path, ray, **reading) -> None:
+@options.settings_options
+def detect(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, prefetch, threshold,
+           nms_iou, merge, merge_threshold, classes, boxes, json_path, ray) -> None:
     """Detect objects: boxes from every window above --threshold, merged by NMS (or --merge
     overfeat: OverFeat's greedy merge, whose scores are sums over the merged windows).
 
@@ -69,7 +66,7 @@ def detect(inputs, model, weights, scales, flip, object_sizes, output_stride, de
     yields boxes. A line per image goes to OUTDIR/summary.jsonl; a rerun skips the images done
     (--overwrite redoes them) and the COCO file holds every image's boxes.
     """
-    from ..io.files import ensure_output_dir, write_json
+    from ..io.files import ensure_output_dir
     from ._scanning import (
         current_job,
         default_threshold,
@@ -79,35 +76,35 @@ def detect(inputs, model, weights, scales, flip, object_sizes, output_stride, de
         header,
         make_scanner,
         resolve_class,
+        run_tuned,
     )
 
     out = ensure_output_dir(output_dir)
     if ray is not None:  # one row per image in OUTDIR/detect.parquet, no PNG/COCO file
         from ._ray import scan_on_ray
 
-        return scan_on_ray(ray, "detect", inputs, out, quiet, threads, model=model,
-                           weights=weights, scales=scales, flip=flip, object_sizes=object_sizes,
-                           output_stride=output_stride, device=device, precision=precision,
-                           max_memory=max_memory, threshold=threshold, iou=nms_iou,
-                           classes=list(classes) or None, detection_options={
-                               "refine": not window_boxes, "window_boxes": window_boxes,
-                               "merge": merge, "merge_threshold": merge_threshold})
-    json_path = json_path or out / "detections.json"
-    ensure_output_dir(json_path.parent)
-    scanner = make_scanner(model, weights, scales, output_stride, device, precision, object_sizes,
-                           max_memory, threads, flip, reading)
-    chosen = [resolve_class(scanner, c) for c in classes] or None
-    if chosen and scanner.background_class in chosen:
-        raise click.BadParameter("the background class never yields boxes", param_hint="--class")
-    opts = {"threshold": default_threshold(scanner, threshold), "iou": nms_iou, "classes": chosen,
-            "window_boxes": window_boxes, "merge": merge, "merge_threshold": merge_threshold}
-    paths, failed = expand(inputs)
-    work = functools.partial(_detect_one, scanner, out, opts)
-    records, bad = each_image(scanner, paths, quiet, work, None, out, overwrite, prefetch,
-                               current_job())
-    write_json(json_path, [d for r in records for d in r["detections"]])
-    click.echo(f"{model}: {header(scanner, weights)}")
-    if records:
-        click.echo(_detect_lines(records))
-    click.echo(f"wrote {json_path}")
+        return scan_on_ray(ray, "detect", inputs, out, quiet, model, settings,
+                           threshold=threshold, iou=nms_iou, classes=list(classes) or None,
+                           detection_options={"boxes": boxes, "merge": merge,
+                                              "merge_threshold": merge_threshold})
+    json_path = json_path or str(out / "detections.json")
+    with run_tuned(settings, keep_memory) as threads:
+        scanner = make_scanner(model, settings.replace(threads=threads))
+        chosen = [resolve_class(scanner, c) for c in classes] or None
+        if chosen and scanner.background_class in chosen:
+            raise click.BadParameter("the background class never yields boxes",
+                                     param_hint="--class")
+        opts = {"threshold": default_threshold(scanner, threshold), "iou": nms_iou,
+                "classes": chosen, "boxes": boxes, "merge": merge,
+                "merge_threshold": merge_threshold}
+        paths, failed = expand(inputs)
+        work = functools.partial(_detect_one, scanner, out, opts)
+        records, bad = each_image(scanner, paths, quiet, work, None, out, overwrite, prefetch,
+                                  current_job())
+    options.write_json_output(json_path, [d for r in records for d in r["detections"]])
+    if json_path != "-":
+        click.echo(f"{model.model}: {header(scanner)}")
+        if records:
+            click.echo(_detect_lines(records))
+        click.echo(f"wrote {json_path}")
     finish(failed + bad, len(paths) + failed)

@@ -58,10 +58,7 @@ def _read_json(path: Path, what: str):
 @options.nms_iou
 @options.merge
 @options.merge_threshold
-@options.window_boxes
-@click.option("--no-regress", is_flag=True,
-              help="Ignore the model's box regressor: boxes from the card's object box (or the "
-                   "windows), to measure what regression adds.")
+@options.boxes
 @click.option("--save-gt", type=_JSON_FILE, default=None,
               help="Write the scenes' COCO ground truth here.")
 @click.option("--save-detections", type=_JSON_FILE, default=None,
@@ -71,31 +68,34 @@ def _read_json(path: Path, what: str):
 @click.option("--detections", "det_path", type=_JSON_FILE, default=None,
               help="COCO results (e.g. from densify detect --json) to score against --gt.")
 @options.threads
-@options.as_json
+@options.keep_memory
+@options.json_output("print a summary")
 @options.quiet
-def evaluate(model, weights, scenes, seed, split, size, scales, flip, device, threshold, nms_iou,
-             merge, merge_threshold, window_boxes, no_regress, save_gt, save_detections, gt_path,
-             det_path, threads, as_json, quiet) -> None:
+@options.settings_options
+def evaluate(model, settings, scenes, seed, split, size, threshold, nms_iou, merge,
+             merge_threshold, boxes, save_gt, save_detections, gt_path,
+             det_path, keep_memory, json_path, quiet) -> None:
     """COCO AP, AP50, AP75 and AR (pycocotools) on generated held-out digit scenes, or of
     --detections against --gt."""
+    from .._extras import require_extra
+
     if (gt_path is None) != (det_path is None):
         raise click.UsageError("give both --gt and --detections, or neither (to scan scenes)")
+    require_extra("eval", "densify evaluate")  # before any scan
     if gt_path is not None:
         from ..digits.coco import coco_metrics
 
         report = coco_metrics(_read_json(gt_path, "ground truth"), _read_json(det_path,
                                                                              "detections"))
     else:
-        report = _scan_and_score(model, weights, scenes, seed, split, size, scales, flip, device,
-                                 threshold, nms_iou, merge, merge_threshold, window_boxes,
-                                 no_regress, quiet, threads)
+        report = _scan_and_score(model, settings, scenes, seed, split, size, threshold, nms_iou,
+                                 merge, merge_threshold, boxes, quiet, keep_memory)
         threshold = report["threshold"]
         _save(save_gt, report.pop("ground_truth"))
         _save(save_detections, report.pop("detections"))
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
+    if options.write_json_output(json_path, report) and json_path == "-":
         return
-    _print_report(report, scales, threshold)
+    _print_report(report, settings.scales, threshold)
 
 
 def _save(path: Path | None, data) -> None:
@@ -106,26 +106,20 @@ def _save(path: Path | None, data) -> None:
         write_json(path, data)
 
 
-def _scan_and_score(model, weights, scenes, seed, split, size, scales, flip, device, threshold,
-                    nms_iou, merge, merge_threshold, window_boxes, no_regress, quiet,
-                    threads=None) -> dict:
+def _scan_and_score(model, settings, scenes, seed, split, size, threshold, nms_iou, merge,
+                    merge_threshold, boxes, quiet, keep_memory=False) -> dict:
     from ..digits.evaluation import evaluate_scenes
-    from ..scan import malloc
-    from ..scan.scanner import Scanner
-    from ._scanning import default_threshold
+    from ._scanning import default_threshold, make_scanner, run_tuned
 
     if size is not None and min(size) < 28:
         raise click.BadParameter(f"{size[0]}x{size[1]} is smaller than a 28x28 window; give HxW "
                                  "of at least 28x28, e.g. 1200x1600", param_hint="--size")
-    if malloc.requested():
-        malloc.retain_freed_memory()
-    scanner = Scanner(model, scales, None, device, "fp32", weights, flip=flip,
-                      threads=threads)
-    if scanner.background_class is None:
-        raise click.ClickException(f"{model} has no background class; evaluate needs a digit "
-                                   "spotter such as lenet5-digits")
-    detect_options = {"merge": merge, "merge_threshold": merge_threshold,
-                      "refine": not window_boxes, "window_boxes": window_boxes or no_regress}
-    return evaluate_scenes(scanner, scenes, seed, split, size or (1200, 1600),
-                           default_threshold(scanner, threshold), nms_iou, progress=not quiet,
-                           detect_options=detect_options)
+    with run_tuned(settings, keep_memory) as threads:
+        scanner = make_scanner(model, settings.replace(threads=threads))
+        if scanner.background_class is None:
+            raise click.ClickException(f"{model.model} has no background class; evaluate needs "
+                                       "a digit spotter such as lenet5-digits")
+        detect_options = {"merge": merge, "merge_threshold": merge_threshold, "boxes": boxes}
+        return evaluate_scenes(scanner, scenes, seed, split, size or (1200, 1600),
+                               default_threshold(scanner, threshold), nms_iou,
+                               progress=not quiet, detect_options=detect_options)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +32,7 @@ def _heatmap_one(scanner: Scanner, out: Path, chosen: int | None, top_k: int, al
                  result: ScanResult) -> dict:
     from ..io.draw import draw_boxes, draw_caption, overlay_heatmap
     from ..io.files import write_image
+    from ..scan.records import top_rows
     from ..scan.resultfile import save_result
     from ._scanning import summary, write_all
 
@@ -49,14 +49,12 @@ def _heatmap_one(scanner: Scanner, out: Path, chosen: int | None, top_k: int, al
             result, p, classes if full_maps else (), top_k),
     }
     if sheet:
-        heading = f"{path.name}  {rgb.shape[1]}x{rgb.shape[0]} px"
+        heading = f"{path.name}  {rgb.shape[0]}x{rgb.shape[1]} px (HxW)"
         outputs[out / f"{stem}_sheet.png"] = lambda p: write_image(
             p, result.sheet(classes[:top_k], heading=heading, colormap=colormap))
     files = write_all(outputs)
-    rows = [{"index": t.index, "name": t.name, "score": t.score, "box": list(t.box),
-             "factor": t.factor} for t in top]
-    return {**summary(path, result, scanner), "status": "ok", "error": None, "class": best.name,
-            "top": rows, "files": files}
+    return {**summary(path, result, scanner), "class": best.name, "top": top_rows(result, top_k),
+            "files": files}
 
 
 def _heatmap_table(records: list[dict]) -> str:
@@ -77,21 +75,21 @@ def _heatmap_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _write_report(out: Path, scanner: Scanner, model: str, weights: str, precision: str,
-                  top_k: int, records: list[dict], errors: list[tuple[str, str]],
-                  seconds: float) -> Path:
+def _write_report(out: Path, scanner: Scanner, model: str, top_k: int, records: list[dict],
+                  errors: list[tuple[str, str]], seconds: float) -> Path:
     from ..io.report import write_report
-    failed = [{"image": path, "status": "error", "error": message, "size": None, "top": [],
-               "files": [], "seconds": None} for path, message in errors]
+    from ..scan.records import error_record
+
+    failed = [error_record(path, message, None) for path, message in errors]
     clf = scanner.classifier
-    source = ("random (maps are meaningless)" if clf.random else str(clf.weights)) if clf else weights
+    source = ("random (maps are meaningless)" if clf.random else str(clf.weights)) if clf else "?"
     stride = scanner.output_stride
     asked = scanner.requested_stride
     settings = {"command": "densify heatmap", "model": model, "weights": source,
-                "window": f"{scanner.geometry.window[1]}x{scanner.geometry.window[0]} px",
+                "window": f"{scanner.geometry.window[0]}x{scanner.geometry.window[1]} px (HxW)",
                 "output stride": f"{stride} px" + (f" (native; {asked} not reachable)"
                                                    if asked and asked != stride else ""),
-                "scales": _scales_text(scanner), "precision": precision,
+                "scales": _scales_text(scanner), "precision": scanner.precision,
                 "device": str(scanner.device), "classes listed": top_k}
     return write_report(out / "report.html", [*records, *failed], settings, seconds,
                         title=f"densify heatmap: {len(records) + len(failed)} input(s), {model}")
@@ -116,7 +114,7 @@ def _scales_text(scanner: Scanner) -> str:
 @click.option("--full-maps", is_flag=True,
               help="Also store the listed classes' maps at image resolution in the .npz (float16, "
                    "2 bytes per pixel and class; default: only the per-scale cell maps).")
-@options.as_json
+@options.json_output()
 @options.sheet
 @options.report
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
@@ -125,9 +123,9 @@ def _scales_text(scanner: Scanner) -> str:
 @click.option("--colormap", default="jet", show_default=True, callback=options.callback(
     _colormap), help="Any OpenCV colormap: jet, turbo, inferno, viridis, ...")
 @options.ray_options
-def heatmap(inputs, model, weights, scales, flip, object_sizes, output_stride, device, precision,
-            output_dir, max_memory, threads, quiet, overwrite, prefetch, class_, top_k, full_maps,
-            as_json, sheet, report, alpha, colormap, ray, **reading) -> None:
+@options.settings_options
+def heatmap(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, prefetch, class_,
+            top_k, full_maps, json_path, sheet, report, alpha, colormap, ray) -> None:
     """Class heat maps registered to each image: a PNG overlay and the scan's result file.
 
     Writes OUTDIR/<stem>_heatmap.png and OUTDIR/<stem>_heatmap.npz per image (the per-scale cell
@@ -147,6 +145,7 @@ def heatmap(inputs, model, weights, scales, flip, object_sizes, output_stride, d
         header,
         make_scanner,
         resolve_class,
+        run_tuned,
     )
 
     start = time.perf_counter()
@@ -154,29 +153,24 @@ def heatmap(inputs, model, weights, scales, flip, object_sizes, output_stride, d
     if ray is not None:  # one row per image in OUTDIR/heatmap.parquet, no PNG/NPZ
         from ._ray import scan_on_ray
 
-        return scan_on_ray(ray, "heatmap", inputs, out, quiet, threads, model=model,
-                           weights=weights, scales=scales, flip=flip, object_sizes=object_sizes,
-                           output_stride=output_stride, device=device, precision=precision,
-                           max_memory=max_memory, top_k=top_k)
-    scanner = make_scanner(model, weights, scales, output_stride, device, precision, object_sizes,
-                           max_memory, threads, flip, reading)
-    chosen = resolve_class(scanner, class_)
-    errors: list[tuple[str, str]] = []
-    paths, failed = expand(inputs, errors)
-    work = functools.partial(_heatmap_one, scanner, out, chosen, top_k, alpha, colormap,
-                             sheet or report, full_maps)
-    records, bad = each_image(scanner, paths, quiet, work, errors, out, overwrite, prefetch,
-                               current_job())
-    page = _write_report(out, scanner, model, weights, precision, top_k, records, errors,
+        return scan_on_ray(ray, "heatmap", inputs, out, quiet, model, settings, top_k=top_k)
+    with run_tuned(settings, keep_memory) as threads:
+        scanner = make_scanner(model, settings.replace(threads=threads))
+        chosen = resolve_class(scanner, class_)
+        errors: list[tuple[str, str]] = []
+        paths, failed = expand(inputs, errors)
+        work = functools.partial(_heatmap_one, scanner, out, chosen, top_k, alpha, colormap,
+                                 sheet or report, full_maps)
+        records, bad = each_image(scanner, paths, quiet, work, errors, out, overwrite, prefetch,
+                                  current_job())
+    page = _write_report(out, scanner, model.model, top_k, records, errors,
                          time.perf_counter() - start) if report else None
-    if as_json:
-        click.echo(json.dumps(records, indent=2, allow_nan=False))
-    else:
-        click.echo(f"{model}: {header(scanner, weights)}")
+    if not options.write_json_output(json_path, records) or json_path != "-":
+        click.echo(f"{model.model}: {header(scanner)}")
         if records:
             click.echo(_heatmap_table(records))
         if page:
             click.echo(f"report: {page}")
+        if json_path is not None:
+            click.echo(f"wrote {json_path}")
     finish(failed + bad, len(paths) + failed)
-
-

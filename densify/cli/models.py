@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from . import options
@@ -15,19 +13,19 @@ __all__ = ["models"]
 @click.argument("name", required=False)
 @click.option("--family", type=click.Choice(["torchvision", "seed", "timm", "project"]),
               default=None, help="Only this family.")
-@options.as_json
-def models(name: str | None, family: str | None, as_json: bool) -> None:
+@options.json_output()
+def models(name: str | None, family: str | None, json_path: str | None) -> None:
     """List the supported models (canonical input, output strides, parameters), or show NAME's
     card."""
     from ..models import catalogue
 
     if name is not None:
         card = catalogue.model_card(name)
-        click.echo(json.dumps(card, indent=2) if as_json else catalogue.format_card(card))
+        if not options.write_json_output(json_path, card) or json_path != "-":
+            click.echo(catalogue.format_card(card))
         return
     rows = [catalogue.model_card(n) for n in catalogue.model_names(family)]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
+    if options.write_json_output(json_path, rows) and json_path == "-":
         return
     click.echo(f"{'name':22s} {'family':11s} {'input':>11s} {'strides':>10s} {'params':>9s}")
     for r in rows:

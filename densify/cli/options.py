@@ -20,11 +20,12 @@ from ..errors import DensifyError
 
 __all__ = [
     "DEFAULT_MODEL", "callback", "model", "weights", "output_stride", "input_size", "scales",
-    "object_sizes", "device", "precision", "output_dir", "max_memory", "quiet", "as_json",
-    "threshold", "nms_iou", "merge", "merge_threshold", "window_boxes", "image_size", "threads",
+    "object_sizes", "device", "precision", "output_dir", "max_memory", "quiet", "json_output",
+    "threshold", "nms_iou", "merge", "merge_threshold", "boxes", "image_size", "threads",
+    "keep_memory", "batch_size",
     "sheet", "report", "flip", "overwrite", "prefetch", "mean", "std", "classes", "scores_output",
     "boxes_output", "box_format", "model_options", "scan_options", "head", "RayOptions",
-    "ray_options",
+    "ray_options", "settings_options", "write_json_output",
 ]
 
 #: The model every command uses when ``--model`` is not given: the project's digit spotter,
@@ -60,11 +61,10 @@ def _floats(value: str) -> tuple[float, ...]:
                          "0.485,0.456,0.406") from None
 
 
-def _classes(value: str) -> str:
+def _classes(value: str) -> tuple[str, ...]:
     from ..models.user import read_classes
 
-    read_classes(value)  # validates
-    return value
+    return tuple(read_classes(value))
 
 
 def _scales(value: str):
@@ -101,7 +101,7 @@ model = click.option(
 
 # Used by: verify, convert, heatmap, detect, evaluate, bench.
 weights = click.option(
-    "--weights", "-w", default="DEFAULT", show_default=True,
+    "--weights", "-w", default=None, show_default="DEFAULT (random for a model without any)",
     help="DEFAULT (torchvision/timm pretrained, or the project's shipped file), random, or a "
          "PATH to a state dict.")
 
@@ -139,7 +139,7 @@ object_sizes = click.option(
     help="Heights in pixels of the objects to find: N scales then map them onto the model's "
          "trained object size (default: the model card's).")
 
-# Used by: heatmap, detect, evaluate.
+# Used by: heatmap, detect, evaluate, bench.
 device = click.option(
     "--device", default="auto", show_default=True, callback=callback(_device),
     help="auto (CUDA if available), cpu, cuda, cuda:N.")
@@ -164,8 +164,50 @@ max_memory = click.option(
 # Used by: heatmap, detect, evaluate.
 quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 
-# Used by: models, heatmap, evaluate, bench.
-as_json = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def _json_target(value: str) -> str:
+    if value != "-" and value.startswith("-"):
+        raise ValueError(f"--json takes a FILE (or - for standard output), got {value!r}; e.g. "
+                         "--json out/results.json")
+    return value
+
+
+def json_output(default_help: str = "print a table instead"):
+    """``--json FILE`` (``-``: standard output), the same in every command."""
+    return click.option(
+        "--json", "json_path", default=None, metavar="FILE", callback=callback(_json_target),
+        help=f"Write the results as JSON to FILE, or to standard output with - (default: "
+             f"{default_help}).")
+
+
+def _finite(data):
+    """``data`` with NaN and infinities as None (JSON null): e.g. an AP that is undefined."""
+    import math
+
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
+
+
+def write_json_output(target: str | Path | None, data) -> bool:
+    """Write ``data`` to ``--json``'s target (``-``: standard output; undefined numbers as
+    null); False without one."""
+    import json
+
+    if target is None:
+        return False
+    data = _finite(data)
+    if str(target) == "-":
+        click.echo(json.dumps(data, indent=2, allow_nan=False))
+        return True
+    from ..io.files import ensure_output_dir, write_json
+
+    ensure_output_dir(Path(target).parent)
+    write_json(Path(target), data)
+    return True
 
 # Used by: detect, evaluate.
 threshold = click.option(
@@ -191,10 +233,32 @@ merge_threshold = click.option(
     help="--merge overfeat stops when the closest pair's match score (centre distance in box "
          "sides + 1 - IoU) exceeds this.")
 
-# Used by: detect, evaluate.
-window_boxes = click.option(
-    "--window-boxes", is_flag=True,
-    help="Whole windows as boxes: no regressed boxes, and no object box from the model card.")
+def boxes(fn: Callable) -> Callable:
+    """``--boxes`` (detect, evaluate): where each box comes from, passed on as ``boxes``; the
+    old ``--window-boxes`` (= window) and ``--no-regress`` (= object) still work, hidden."""
+
+    @functools.wraps(fn)
+    def command(*args, boxes: str, window_boxes: bool, no_regress: bool, **kwargs):
+        if window_boxes or no_regress:
+            if boxes != "auto" or (window_boxes and no_regress):
+                raise click.UsageError("give --boxes alone (--window-boxes and --no-regress are "
+                                       "its old spellings)")
+            boxes = "window" if window_boxes else "object"
+        return fn(*args, boxes=boxes, **kwargs)
+
+    stack = [
+        click.option("--boxes", type=click.Choice(["auto", "regressed", "object", "window"]),
+                     default="auto", show_default=True,
+                     help="Where boxes come from: the model's box regression, the model card's "
+                          "object box inside each window, the whole window, or auto (regressed "
+                          "when the model has a box output, else object when the card gives one, "
+                          "else window)."),
+        click.option("--window-boxes", is_flag=True, hidden=True),
+        click.option("--no-regress", is_flag=True, hidden=True),
+    ]
+    for option in reversed(stack):
+        command = option(command)
+    return command
 
 # Used by: evaluate, bench.
 image_size = click.option(
@@ -206,7 +270,21 @@ image_size = click.option(
 threads = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
     help="Intra-op CPU threads (scans default to the CPUs not busy with other processes' work, "
-         "at least 1; bench defaults to torch's; OMP_NUM_THREADS set wins).")
+         "at least 1; bench defaults to torch's; OMP_NUM_THREADS set wins; densify.runtime).")
+
+# Used by: heatmap, detect.
+batch_size = click.option(
+    "--batch-size", type=click.IntRange(min=1), default=None,
+    help="Images of one size per forward pass (default: 1 on the CPU and with --max-memory; on a "
+         "GPU as many 1080p images as half its free memory holds, at most 8). Outputs are the "
+         "same as one image at a time.")
+
+# Used by: heatmap, detect, evaluate, bench.
+keep_memory = click.option(
+    "--keep-memory", is_flag=True,
+    help="Keep freed activation memory for the next pass instead of returning it to the system "
+         "(glibc; densify.runtime): faster repeated passes, a higher resident size until exit. "
+         "Ignored with --max-memory.")
 
 # Used by: heatmap.
 sheet = click.option(
@@ -289,11 +367,47 @@ def scan_options(fn: Callable) -> Callable:
         click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_DIR...",
                        type=click.Path(path_type=Path)),
         model, weights, scales, flip, object_sizes, output_stride, device, precision, output_dir,
-        max_memory, threads, quiet, overwrite, prefetch, model_options,
+        max_memory, threads, batch_size, keep_memory, quiet, overwrite, prefetch, model_options,
     ]
     for option in reversed(stack):
         fn = option(fn)
     return fn
+
+
+#: click parameter -> ScanSettings field, for every option that is a scan setting.
+SETTING_OPTIONS = {"scales": "scales", "flip": "flip", "object_sizes": "object_sizes",
+                   "output_stride": "output_stride", "device": "device",
+                   "precision": "precision", "max_memory": "max_memory", "threads": "threads",
+                   "scores_output": "scores", "boxes_output": "boxes", "box_format": "box_format",
+                   "batch_size": "batch_size"}
+
+#: click parameter -> ModelChoice field.
+MODEL_OPTIONS = {"model": "model", "weights": "weights", "input_size": "input_size",
+                 "mean": "mean", "std": "std", "classes_file": "categories"}
+
+
+def settings_options(fn: Callable) -> Callable:
+    """Turn the parsed options into two values, built once here and passed on unchanged to the
+    scanner, ``evaluate`` and the Ray workers: ``model`` (a :class:`densify.models.user.
+    ModelChoice`) and ``settings`` (a :class:`densify.scan.settings.ScanSettings`). Without
+    ``--output-stride`` the stride is :func:`densify.cli._scanning.default_stride`; with
+    ``--threads`` absent it is chosen by the runtime's rule when the command runs. Apply it
+    above (after) the option decorators."""
+
+    @functools.wraps(fn)
+    def command(*args, **kwargs):
+        from ..models.user import ModelChoice
+        from ..scan.settings import ScanSettings
+        from ._scanning import default_stride
+
+        choice = ModelChoice(**{MODEL_OPTIONS[k]: kwargs.pop(k) for k in list(kwargs)
+                                if k in MODEL_OPTIONS})
+        values = {SETTING_OPTIONS[k]: kwargs.pop(k) for k in list(kwargs) if k in SETTING_OPTIONS}
+        if values.get("output_stride", 0) is None:
+            values["output_stride"] = default_stride(choice.model)
+        return fn(*args, model=choice, settings=ScanSettings(**values), **kwargs)
+
+    return command
 
 
 class RayOptions(NamedTuple):
@@ -312,6 +426,10 @@ def ray_options(fn: Callable) -> Callable:
     def command(*args, ray: bool, address, workers, gpus_per_worker, **kwargs):
         if not ray and (address or workers or gpus_per_worker):
             raise click.UsageError("--address, --workers and --gpus-per-worker need --ray")
+        if ray:  # before any work
+            from .._extras import require_extra
+
+            require_extra("ray", "--ray")
         return fn(*args, ray=RayOptions(address, workers, gpus_per_worker) if ray else None,
                   **kwargs)
 

@@ -20,10 +20,12 @@ Multi-output classifiers give a dense net with the same output structure
 (:mod:`densify.convert.outputs`), and every conversion is checked before it is returned
 (:func:`densify.convert.selfcheck.self_check`).
 
-Global pooling *inside* the trunk (squeeze-and-excitation gates in EfficientNet, MobileNetV3,
-RegNetY, SE-ResNet) is kept global: on a large input those gates see the whole image, so such a
-dense net equals the classifier exactly at the canonical input and in its head, but not window by
-window. ``DenseNet.global_context`` lists those layers and a warning is logged.
+Global context *inside* the trunk (:mod:`densify.convert.context`: squeeze-and-excitation gates
+in EfficientNet, MobileNetV3, RegNetY, SE-ResNet; ECA; ResNeSt/SK split attention; GroupNorm in
+BiT and PoolFormer) is kept global: on a large input it sees the whole image, so such a dense net
+equals the classifier exactly at the canonical input and in its head, but not window by window.
+``DenseNet.global_context`` lists those nodes, the receptive field is reported as global
+(``geometry.rf_size is None``) and a warning is logged.
 
 ``output_stride`` applies OverFeat's stride-1 final pooling: the last strided layer(s) get stride 1
 and every later sliding-window layer is dilated by the old stride (convolutions and max pools
@@ -34,12 +36,14 @@ reaches 8 and below.
 from __future__ import annotations
 
 import logging
+import traceback
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from ..errors import ConversionError, ParameterError
+from ..errors import ConversionError, DensifyError, ParameterError, UnforeseenError
+from .context import layer_of
 from .fast import UnsupportedHead, rewrite_head, rewrite_trunk_adaptive_pools
 from .fields import walk_fields
 from .general import build_general, original_head
@@ -70,8 +74,9 @@ class DenseNet(nn.Module):
         geometry: window, stride and receptive field (:class:`densify.convert.geometry.Geometry`).
         input_size: canonical ``(C, H, W)``.
         output_stride: pixels between cells.
-        global_context: names of layers that pool the whole input (SE gates); empty for nets whose
-            every cell is a pure function of its receptive field.
+        global_context: names of the graph nodes (in :attr:`net`) that take statistics of the
+            whole feature map (SE gates, GroupNorm, ...); empty for nets whose every cell is a pure
+            function of its receptive field.
         feature_node: name of the trunk's last feature map in :attr:`net`'s graph (and in the
             traced original), where the classifier head starts; used by :mod:`densify.convert.verify`.
         outputs: one :class:`densify.convert.outputs.OutputInfo` per output, in the order of the
@@ -202,43 +207,63 @@ def convolutionize(model: nn.Module, input_size=None, output_stride: int | None 
     """
     if head not in HEAD_PATHS:
         raise ParameterError(f"unknown head path {head!r}; use one of {', '.join(HEAD_PATHS)}")
-    size = canonical_size(model, input_size)
+    if not isinstance(model, nn.Module):
+        raise ConversionError(f"convolutionize takes a torch.nn.Module, not {type(model).__name__}")
+    try:
+        return _convolutionize(model, canonical_size(model, input_size), output_stride, verify,
+                               head)
+    except DensifyError:
+        raise
+    except Exception as exc:  # a bug or an unforeseen op: still one line, naming it
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        raise UnforeseenError(
+            f"converting {type(model).__name__} failed ({type(exc).__name__} in "
+            f"{where.name}: {str(exc).splitlines()[0] if str(exc) else ''}); if it is a CNN, "
+            "head='general' may convert it; otherwise please report it") from exc
+
+
+def _convolutionize(model: nn.Module, size, output_stride, verify: bool, head: str) -> DenseNet:
     gm, example = prepare(model, size)
     size = (example.shape[1],) + size[1:]
     activations = [activation_of(gm, n) for _, n in leaf_nodes(gm)]
-    gm, found, feature_node, path, original = _rewrite(model, size, gm, find_head(gm), head)
-    gm = _finish(gm, example)
+    gm, found, feature_node, path, original = _rewrite(model, size, gm, example, head)
     outputs = tuple(OutputInfo(o.key, o.channels, a, path)
                     for o, a in zip(describe_outputs(gm), activations, strict=True))
     if output_stride is not None:
         set_output_stride(gm, int(output_stride))
-    field = walk_fields(gm)[output_node(gm)]
+    context = tuple(n.name for n in found.context)
+    field = walk_fields(gm, context)[output_node(gm)]
     geometry = Geometry(window=size[1:], stride=field.stride, rf_size=field.size,
                         rf_offset=field.offset)
-    context = tuple(str(n.target) for n in found.context)
     if context:
-        log.warning("%d global-context layer(s) (e.g. %s) pool the whole input: dense output is "
-                    "exact at the canonical input, approximate window by window",
-                    len(context), context[0])
+        named = ", ".join(f"{what} in {layer_of(n)}" for n, what in list(found.context.items())[:3])
+        log.warning("%d global-context op(s) (%s%s) take statistics of the whole feature map: "
+                    "the dense output is exact at the canonical input, but each cell also depends "
+                    "on pixels outside its window (receptive field: global)", len(context), named,
+                    ", ..." if len(context) > 3 else "")
     dense = DenseNet(gm, geometry, size, context, feature_node, outputs).eval()
     if verify:
         self_check(model, dense, original)
     return dense
 
 
-def _rewrite(model, size, gm: fx.GraphModule, found: Head, head: str):
+def _rewrite(model, size, gm: fx.GraphModule, example: torch.Tensor, head: str):
     """Rewrite ``gm`` into a dense net: ``(graph module, head found, feature node name, path,
-    the classifier's own head from that node)``."""
+    the classifier's own head from that node)``. In automatic mode any failure of the fast path
+    (an op it does not know, a graph it built wrong) falls back to the general path."""
+    found = find_head(gm)
     if not found.starts:
-        return gm, found, None, "fast", None
+        return _finish(gm, example), found, None, "fast", None
     rewrite_trunk_adaptive_pools(gm, found)
     feature = feature_map(found, found.starts)
     original = original_head(gm, feature)  # before the rewrite edits gm
     if head != "general":
         try:
             rewrite_head(gm, found)
+            gm = _finish(gm, example)
+            describe_outputs(gm)  # (1, K, 1, 1) at the canonical input, or fall back
             return gm, found, feature.name, "fast", original
-        except UnsupportedHead as exc:
+        except (UnsupportedHead, ConversionError) as exc:
             if head == "fast":
                 raise ConversionError(f"the fast path cannot convert this head: {exc}; use "
                                       "head='auto' or 'general'") from None
@@ -247,7 +272,8 @@ def _rewrite(model, size, gm: fx.GraphModule, found: Head, head: str):
             gm, _ = prepare(model, size)  # the rewrite stopped half-way: start again
             found = find_head(gm)
             rewrite_trunk_adaptive_pools(gm, found)
-    return gm, found, build_general(gm, found), "general", original
+    name = build_general(gm, found)
+    return _finish(gm, example), found, name, "general", original
 
 
 def _warn_adaptive(gm: fx.GraphModule, found: Head) -> None:
@@ -294,16 +320,18 @@ def available_strides(model: nn.Module, input_size=None, limit: int | None = Non
 
 
 def canonical_size(model: nn.Module, input_size) -> tuple[int, int, int]:
-    """``(C, H, W)`` from ``input_size`` (``H``, ``(H, W)`` or ``(C, H, W)``; ``C = 0`` when not
-    given) or from timm's ``pretrained_cfg``."""
+    """``(C, H, W)`` from ``input_size`` (``H``, ``(H, W)`` or ``(C, H, W)``) or from timm's
+    ``pretrained_cfg``; ``C`` not given: timm's, else ``0`` (the first convolution's input
+    channels, wrong for a space-to-depth stem such as TResNet's)."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     if input_size is None:
-        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
         input_size = cfg.get("input_size")
     if input_size is None:
         raise ConversionError(
             f"cannot tell the canonical input size of {type(model).__name__}: pass input_size=(H, W),"
             " the size the classifier was trained at (e.g. 224)")
+    chans = int(cfg["input_size"][0]) if len(cfg.get("input_size") or ()) == 3 else 0
     if isinstance(input_size, int):
-        return (0, input_size, input_size)
+        return (chans, input_size, input_size)
     input_size = tuple(int(v) for v in input_size)
-    return input_size if len(input_size) == 3 else (0,) + input_size
+    return input_size if len(input_size) == 3 else (chans,) + input_size

@@ -19,7 +19,10 @@ def export(dense: DenseNet, path: str | Path, opset: int | None = None) -> Path:
     """Write ``dense`` to ``path``; the format follows the suffix (``.pt`` or ``.onnx``).
 
     The ONNX graph takes ``image`` ``(N, C, H, W)`` with symbolic N, H and W (H, W ≥ the window)
-    and returns ``logits`` ``(N, K, h, w)``. TorchScript keeps the same dynamic shapes.
+    and returns ``logits`` ``(N, K, h, w)`` (one tensor per output of a multi-output net).
+    TorchScript keeps the same dynamic shapes; a multi-output net (the shipped digit spotter:
+    scores and boxes) is saved as :meth:`DenseNet.subset` of all its outputs: one
+    ``(N, sum K_i, h, w)`` tensor, the outputs concatenated along channels in order.
     """
     path = Path(path)
     dense = dense.eval()
@@ -27,6 +30,8 @@ def export(dense: DenseNet, path: str | Path, opset: int | None = None) -> Path:
         if any(o.path == "general" for o in dense.outputs):
             raise ConversionError("TorchScript cannot compile a general-path head (the "
                                   "classifier's own head code run per window); export to .onnx")
+        if dense.multi_output:
+            dense = dense.subset(*(info.key for info in dense.outputs))
         torch.jit.save(torch.jit.script(dense), str(path))
         return path
     c, h, w = dense.input_size

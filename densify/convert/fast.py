@@ -37,11 +37,12 @@ from .graph import (
     bypass,
     device_of,
     dtype_of,
+    pair,
     replace_with_module,
     set_module,
     shape_of,
 )
-from .head import MATMULS, NCHW, Head
+from .head import GLOBAL, MATMULS, NCHW, Head
 from .layers import ChannelLayerNorm
 from .outputs import is_namedtuple_node
 
@@ -66,7 +67,8 @@ def rewrite_trunk_adaptive_pools(gm: fx.GraphModule, head: Head) -> None:
     """Adaptive pools of the trunk (:func:`find_head` left only uniform ones there): the identity
     at the canonical size, or an exact uniform pool."""
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or node not in head.axes or node in head.context:
+        if node.op != "call_module" or head.axes.get(node, GLOBAL) == GLOBAL or (
+                node in head.context):
             continue
         m = gm.get_submodule(node.target)
         if not isinstance(m, ADAPTIVE):
@@ -142,9 +144,11 @@ def _rewrite_vector_op(gm, node: fx.Node, layout: dict, lay: Layout) -> None:
     shape = shape_of(node)
     if node.op == "call_function" and node.target is torch.cat:
         return _rewrite_cat(node, layout)
+    if lay[1:3] == (1, 1) and _is_vector_reshape(node, lay):
+        layout[node.args[0]] = lay  # (N, C) <-> (N, C, 1, 1): the map stays (N, C, h, w)
+        return bypass(gm, node)
     if shape is not None and len(shape) == 4 and lay[1:3] == (1, 1):
-        layout[node] = lay  # e.g. LayerNorm2d on the pooled (N, C, 1, 1) map
-        return None
+        return _rewrite_pooled_map_op(gm, node, layout, lay)
     if node.op == "call_module":
         return _rewrite_vector_module(gm, node, layout, lay)
     if node.op == "call_function" and node.target in MATMULS:
@@ -152,9 +156,6 @@ def _rewrite_vector_op(gm, node: fx.Node, layout: dict, lay: Layout) -> None:
     if node.op == "call_function":
         return _rewrite_vector_function(node, layout, lay)
     if node.op == "call_method":
-        if node.target in RESHAPES and shape is not None and len(shape) == 2 and lay[1:3] == (1, 1):
-            layout[node.args[0]] = lay
-            return bypass(gm, node)
         if node.target in ("softmax", "log_softmax"):
             return _set_channel_dim(node, layout, lay)
         if node.target in POINTWISE_METHODS or node.target == "size":
@@ -162,16 +163,62 @@ def _rewrite_vector_op(gm, node: fx.Node, layout: dict, lay: Layout) -> None:
     raise UnsupportedHead(f"head op {node.format_node()}")
 
 
+def _is_vector_reshape(node: fx.Node, lay: Layout) -> bool:
+    """A flatten/view/reshape/squeeze/unsqueeze of per-cell vectors that keeps the batch first
+    and the ``lay.c`` features second, every other axis of size 1: ``(N, C)``, ``(N, C, 1, 1)``."""
+    shape = shape_of(node)
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    is_reshape = (node.op in ("call_method", "call_function") and name in RESHAPES | {
+        "unsqueeze"}) or (node.op == "call_module" and type(
+            node.graph.owning_module.get_submodule(node.target)) in (nn.Flatten, nn.Unflatten))
+    return is_reshape and shape is not None and len(shape) >= 2 and shape[1] == lay.c and all(
+        v == 1 for v in shape[2:])
+
+
+def _rewrite_pooled_map_op(gm, node: fx.Node, layout: dict, lay: Layout) -> None:
+    """An op on the pooled ``(N, C, 1, 1)`` map (MobileNetV3's ``conv_head``): exact on every
+    cell of the dense map if it is per cell: a ``1 × 1`` stride-1 unpadded convolution, a
+    per-channel or point-wise op (then the channel count follows its result)."""
+    c = shape_of(node)[1]
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        if isinstance(m, nn.Conv2d):
+            if not (pair(m.kernel_size) == (1, 1) and pair(m.stride) == (1, 1) and m.padding in (
+                    0, (0, 0), "valid", "same")):
+                raise UnsupportedHead(f"head layer {node.target} ({m}) on the pooled map")
+        elif not (isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.PReLU) + DROPS)
+                  or is_activation(m) or _channel_norm(m, lay.c)):
+            raise UnsupportedHead(f"head layer {node.target} ({type(m).__name__}) on the pooled "
+                                  "map")
+    elif not (node.target in POINTWISE_FUNCTIONS or node.target in POINTWISE_METHODS
+              or node.target in SOFTMAX_FUNCTIONS and _arg_dim(node) in (1, -3)
+              or node.target in ("softmax", "log_softmax") and _arg_dim(node) in (1, -3)):
+        raise UnsupportedHead(f"head op {node.format_node()} on the pooled map")
+    if any(shape_of(a) is not None and len(shape_of(a)) == 4 and shape_of(a)[2:] != (1, 1)
+           for a in node.all_input_nodes):
+        raise UnsupportedHead(f"head op {node.format_node()} mixes the pooled map with a map")
+    layout[node] = Layout(c, 1, 1)
+
+
+def _channel_norm(m: nn.Module, c: int) -> bool:
+    """A LayerNorm subclass over the ``c`` channels of an NCHW map (timm's ``LayerNorm2d``):
+    a plain ``nn.LayerNorm((c,))`` would normalise the last axis, of size 1 here."""
+    return isinstance(m, nn.LayerNorm) and type(m) is not nn.LayerNorm and tuple(
+        m.normalized_shape) == (c,) and c > 1
+
+
+def _arg_dim(node: fx.Node):
+    return node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+
+
 def _rewrite_vector_function(node: fx.Node, layout: dict, lay: Layout) -> None:
-    if node.target is torch.flatten and lay[1:3] == (1, 1):
-        layout[node.args[0]] = lay
-        return bypass(node.graph.owning_module, node)
     if node.target in SOFTMAX_FUNCTIONS:
         return _set_channel_dim(node, layout, lay)
     if node.target is torch.cat:
         return _rewrite_cat(node, layout)
-    if node.target in POINTWISE_FUNCTIONS or node.target is getattr:
-        return _pointwise(node, layout, lay)
+    if node.target in POINTWISE_FUNCTIONS or node.target is getattr or (
+            node.target is operator.getitem and shape_of(node) is None and node.args[1] in (0, 1)):
+        return _pointwise(node, layout, lay)  # getattr/getitem: ``x.shape[0]``, the batch
     raise UnsupportedHead(f"head op {node.format_node()}")
 
 
@@ -301,10 +348,10 @@ def _linear_to_conv(lin: nn.Linear, lay: Layout, name: str) -> nn.Conv2d:
     """``Linear(C·kh·kw → K)`` as ``Conv2d(C → K, (kh, kw))``: same weights, reshaped in the
     order the flatten read the window (``lay.order``), then laid out as ``(K, C, kh, kw)``."""
     c, kh, kw, order = lay
-    if lin.in_features != c * kh * kw:
-        raise ConversionError(
-            f"{name}: Linear expects {lin.in_features} features but the map before it flattens "
-            f"to {c}×{kh}×{kw} = {c * kh * kw}; pass the classifier's canonical input_size")
+    if lin.in_features != c * kh * kw:  # an op between pool and Linear the layout missed
+        raise UnsupportedHead(
+            f"{name}: Linear expects {lin.in_features} features but the fast path tracked "
+            f"{c}×{kh}×{kw} = {c * kh * kw} before it")
     conv = nn.Conv2d(c, lin.out_features, (kh, kw), bias=lin.bias is not None,
                      device=device_of(lin), dtype=dtype_of(lin))
     size = {1: c, 2: kh, 3: kw}

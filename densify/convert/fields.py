@@ -8,13 +8,14 @@ built from the output node's field.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch.fx as fx
 from torch import nn
 
 from ..errors import ConversionError
-from .graph import ADAPTIVE, SLIDING, global_pool_kind, is_map, pair
+from .graph import ADAPTIVE, SLIDING, global_pool_kind, is_map, pair, shape_of
 
 __all__ = ["Field", "compose", "merge", "window_params", "stride_of", "walk_fields"]
 
@@ -77,8 +78,12 @@ def stride_of(gm: fx.GraphModule, node: fx.Node) -> int:
     return pair(m.stride)[0] if isinstance(m, SLIDING) else 1
 
 
-def walk_fields(gm: fx.GraphModule) -> dict:
-    """:class:`Field` (stride, receptive field) of every node, from the layers' parameters."""
+def walk_fields(gm: fx.GraphModule, global_nodes: Collection[str] = ()) -> dict:
+    """:class:`Field` (stride, receptive field) of every node, from the layers' parameters.
+
+    ``global_nodes``: names of nodes whose every value depends on the whole input (global context,
+    :mod:`densify.convert.context`: a GroupNorm, a pooled gate); their fields, and those of every
+    node computed from them, have ``size=None``."""
     fields: dict[fx.Node, Field] = {}
     for node in gm.graph.nodes:
         if node.op == "placeholder":
@@ -86,6 +91,9 @@ def walk_fields(gm: fx.GraphModule) -> dict:
             continue
         ins = [fields[a] for a in node.all_input_nodes if a in fields]
         if not ins:
+            continue
+        if node.name in global_nodes or global_pool_kind(gm, node) is not None:
+            fields[node] = Field(ins[0].stride, None, ins[0].offset)
             continue
         if node.op == "call_module":
             m = gm.get_submodule(node.target)
@@ -95,10 +103,12 @@ def walk_fields(gm: fx.GraphModule) -> dict:
             if isinstance(m, ADAPTIVE):  # kept global: sees everything
                 fields[node] = Field(ins[0].stride, None, ins[0].offset)
                 continue
-        if global_pool_kind(gm, node) is not None:
-            fields[node] = Field(ins[0].stride, None, ins[0].offset)
-            continue
-        # Tensors of sizes (shape arithmetic) carry no spatial meaning: merge tensors only.
-        tensors = [fields[a] for a in node.all_input_nodes if a in fields and is_map(a)]
-        fields[node] = merge(tensors) if tensors else ins[0]
+        # Tensors of sizes (shape arithmetic) carry no spatial meaning: merge maps only; a
+        # per-image value computed from global context makes its result global.
+        tensors = [a for a in node.all_input_nodes if a in fields and shape_of(a) is not None]
+        maps = [fields[a] for a in tensors if is_map(a)]
+        field = merge(maps) if maps else ins[0]
+        if any(fields[a].size is None for a in tensors):
+            field = Field(field.stride, None, field.offset)
+        fields[node] = field
     return fields

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConversionError
-from .graph import output_node, pair, replace_with_module, shape_of, subgraph
+from .graph import descendants, output_node, pair, replace_with_module, shape_of, subgraph
 from .head import Head, feature_map
 from .layers import WindowLayer
 from .outputs import leaves, set_leaves
@@ -134,7 +134,21 @@ def original_head(gm: fx.GraphModule, start: fx.Node) -> fx.GraphModule:
     """The classifier's head from ``start`` (its only input) to its outputs."""
     try:
         return subgraph(gm, start.name, None)
-    except KeyError as exc:
-        raise ConversionError(f"the head reads trunk values other than {start.name} (e.g. "
-                              f"{exc.args[0]}); densify converts heads that read one feature map"
-                              ) from None
+    except KeyError:
+        other = _other_input(start)
+        raise ConversionError(
+            f"the head from {start.name} also reads {other}, computed before it; densify "
+            "converts classifiers whose head reads one feature map (a transformer's blocks read "
+            "its tokens and sizes: not a CNN)") from None
+
+
+def _other_input(start: fx.Node) -> str:
+    """The first value (not a constant) that a node after ``start`` reads and that is neither
+    ``start`` nor computed from it."""
+    below = descendants(start) | {start}
+    for node in start.graph.nodes:
+        if node in below and node is not start:
+            for a in node.all_input_nodes:
+                if a not in below and a.op != "get_attr":
+                    return a.name
+    return "another value"

@@ -92,10 +92,13 @@ def propagate_shapes(gm: fx.GraphModule, example: torch.Tensor) -> None:
             with torch.no_grad():
                 ShapeProp(gm).propagate(example)
         except RuntimeError as exc:
+            root = exc
+            while root.__cause__ is not None:  # ShapeProp wraps the model's own error
+                root = root.__cause__
             size = "x".join(str(v) for v in example.shape[1:])
-            raise ConversionError(f"the classifier fails on a {size} input ("
-                                  f"{str(exc).splitlines()[0]}); pass its canonical input_size"
-                                  ) from None
+            first = str(root).splitlines()[0] if str(root) else ""
+            raise ConversionError(f"the classifier fails on a {size} input ({type(root).__name__}"
+                                  f": {first}); pass its canonical input_size") from None
 
 
 def shape_of(node) -> tuple[int, ...] | None:

@@ -5,20 +5,21 @@ relative to its largest |value|) for :mod:`densify.convert.verify`. :func:`self_
 :func:`densify.convert.convolutionize` runs before it returns: check 1 (the classifier's outputs
 at the canonical input) and check 2 (on an input one stride larger each way: every cell vs the
 classifier's own head on that cell's window of the trunk's feature map), in the model's dtype with
-the :data:`TOLERANCE` table. A mismatch raises a one-line :class:`ConversionError` naming the
+the :data:`TOLERANCE` table. A mismatch raises a one-line :class:`SelfCheckError` naming the
 first output and cell that differ: a conversion is never returned wrong.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from ..errors import ConversionError
+from ..errors import SelfCheckError
 from .fields import walk_fields
 from .graph import SLIDING, pair, shape_of
 from .outputs import leaves
@@ -71,7 +72,11 @@ def batched(fn, x: torch.Tensor, chunk: int = 64) -> list[torch.Tensor]:
 
 def compare(name: str, expected, actual, note: str = "") -> Check:
     """Worst errors between classifier outputs and dense cells: each a ``(cells, K)`` tensor, or
-    a structure / list of them (one per output)."""
+    a structure / list of them (one per output).
+
+    A non-finite value on either side (NaN, inf) is a failure: both worst errors are then
+    ``inf`` (a NaN would compare as neither larger nor smaller than the tolerance, and Python's
+    ``max`` would drop it)."""
     exp, act = vectors(expected), vectors(actual)
     tol = TOLERANCE[act[0].dtype]
     if exp[0].numel() == 0:
@@ -80,7 +85,9 @@ def compare(name: str, expected, actual, note: str = "") -> Check:
     for e, a in zip(exp, act, strict=True):
         diff = (e.double() - a.double()).abs().max().item()
         scale = e.double().abs().max().item() or 1.0
-        worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, diff / scale)
+        rel = diff / scale if math.isfinite(diff) and math.isfinite(scale) else math.inf
+        diff = diff if math.isfinite(diff) else math.inf  # NaN would vanish in max()
+        worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, rel)
     return Check(name, worst_abs, worst_rel, tol, exp[0].shape[0], note)
 
 
@@ -125,7 +132,7 @@ def trunk_and_output(dense) -> fx.GraphModule:
 
 @torch.no_grad()
 def self_check(model: nn.Module, dense, head: fx.GraphModule | None) -> None:
-    """Checks 1 and 2 (module docstring); raises :class:`ConversionError` on a mismatch.
+    """Checks 1 and 2 (module docstring); raises :class:`SelfCheckError` on a mismatch.
 
     ``head`` is the classifier's own head from ``dense.feature_node`` (None: no head). A model on
     the meta device (a shape-only skeleton) has no values to compare: nothing is checked."""
@@ -161,7 +168,7 @@ def _raise_on_mismatch(where: str, expected: list, maps: list, dense) -> None:
         h, w = m.shape[-2:]
         a = m.permute(0, 2, 3, 1).reshape(-1, m.shape[1])
         if e.shape != a.shape:
-            raise ConversionError(f"self-check: output {info.key!r} has {tuple(a.shape)} cells x "
+            raise SelfCheckError(f"self-check: output {info.key!r} has {tuple(a.shape)} cells x "
                                   f"channels on {where}, the classifier {tuple(e.shape)}")
         tol = TOLERANCE.get(a.dtype, 1e-4)
         scale = e.double().abs().max().item() or 1.0
@@ -169,7 +176,7 @@ def _raise_on_mismatch(where: str, expected: list, maps: list, dense) -> None:
         bad = (~(err <= tol)).nonzero()
         if bad.numel():
             i, j = divmod(int(bad[0, 0]), w)
-            raise ConversionError(
+            raise SelfCheckError(
                 f"self-check failed: output {info.key!r} cell ({i}, {j}) on {where} differs from "
                 f"the classifier by {err[bad[0, 0]].item():.2e} (relative; tolerance {tol:.0e}) "
                 f"on the {info.path} path; this is a densify bug, please report it (head='general'"

@@ -38,7 +38,7 @@ from .selfcheck import (
 )
 
 __all__ = ["Check", "TOLERANCE", "check_canonical", "check_head", "check_output_stride",
-           "check_crops", "probe_geometry", "original_head", "dense_trunk"]
+           "check_crops", "probe_geometry", "geometry_holds", "original_head", "dense_trunk"]
 
 
 
@@ -152,8 +152,9 @@ def probe_geometry(dense: DenseNet, pixels: list[tuple[int, int]] | None = None,
     """Check 5: which cells change when one input pixel changes.
 
     For each probed pixel returns ``changed``, ``in_window`` (cells whose window holds the pixel)
-    and ``in_field`` (cells whose receptive field holds it), as bool masks ``(h, w)``. The geometry
-    is right when ``in_window ⊆ changed ⊆ in_field``.
+    and ``in_field`` (cells whose receptive field holds it), as bool masks ``(h, w)``, and
+    ``finite`` (every output of the unbumped and bumped inputs is finite). The geometry is right
+    when ``in_window ⊆ changed ⊆ in_field`` and every output is finite: :func:`geometry_holds`.
 
     The default pixels stay ``S`` pixels off the bottom edge: floor arithmetic can leave up to
     ``S - 1`` trailing input rows unread by any layer when the canonical size has slack (NiN's
@@ -165,6 +166,7 @@ def probe_geometry(dense: DenseNet, pixels: list[tuple[int, int]] | None = None,
     x = random_input(dense, chans, height, width, seed)
     base = torch.cat(vectors(dense(x)), 1)
     h, w = base.shape[-2:]
+    finite = bool(torch.isfinite(base).all())
     if pixels is None:
         pixels = [(height // 2, width // 2), (g.stride[0] + 1, width - g.stride[1] - 2),
                   (height - g.stride[0], 0), (wh - 2, ww // 3)]
@@ -172,12 +174,23 @@ def probe_geometry(dense: DenseNet, pixels: list[tuple[int, int]] | None = None,
     for y, xx in pixels:
         # Rectifiers and max pools can hide one bump; bumps of both signs and sizes rarely all hide.
         changed = torch.zeros(h, w, dtype=torch.bool, device=base.device)
+        seen_finite = finite
         for bump in (10.0, -10.0, 100.0, -100.0):
             bumped = x.clone()
             bumped[:, :, y, xx] += bump
-            changed |= (torch.cat(vectors(dense(bumped)), 1) - base).abs().amax(dim=1)[0] > 0
+            out = torch.cat(vectors(dense(bumped)), 1)
+            seen_finite &= bool(torch.isfinite(out).all())
+            changed |= (out - base).abs().amax(dim=1)[0] > 0
         field = (g.cells_containing(y, xx, h, w, receptive_field=True) if g.rf_size is not None
                  else torch.ones(h, w, dtype=torch.bool))
         results.append({"pixel": (y, xx), "changed": changed, "in_field": field,
-                        "in_window": g.cells_containing(y, xx, h, w)})
+                        "in_window": g.cells_containing(y, xx, h, w), "finite": seen_finite})
     return results
+
+
+def geometry_holds(probes: list[dict]) -> bool:
+    """Check 5's verdict on :func:`probe_geometry`'s results: every output finite, at least one
+    probed pixel inside some window, and ``in_window ⊆ changed ⊆ in_field`` for every pixel."""
+    return bool(probes) and any(bool(p["in_window"].any()) for p in probes) and all(
+        p["finite"] and not (p["in_window"] & ~p["changed"]).any()
+        and not (p["changed"] & ~p["in_field"].to(p["changed"].device)).any() for p in probes)

@@ -19,17 +19,17 @@ import io
 import math
 from collections.abc import Sequence
 
+from .._extras import require_extra
 from ..errors import ParameterError
 
 __all__ = ["coco_metrics"]
 
 
 def _cocoeval():
-    try:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-    except ImportError as exc:
-        raise ImportError("COCO evaluation needs pycocotools: pip install 'densify[eval]'") from exc
+    require_extra("eval", "COCO evaluation")
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
     return COCO, COCOeval
 
 

@@ -164,7 +164,7 @@ def _card(record: Mapping, out_dir: Path, number: int) -> str:
 def _meta(record: Mapping) -> str:
     bits = []
     if record.get("size"):
-        bits.append(f"{record['size'][1]}x{record['size'][0]} px")
+        bits.append(f"{record['size'][0]}x{record['size'][1]} px (HxW)")
     factors = record.get("factors") or []
     if factors:
         bits.append(f"{len(factors)} scale(s) {min(factors):.3g}-{max(factors):.3g}")

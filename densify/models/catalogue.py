@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ModelError
+from .card import ModelCard
 
 if TYPE_CHECKING:
     from torch import nn
@@ -64,7 +65,9 @@ class ModelSpec:
             (``"ResNet50_Weights.DEFAULT"``), a file name in ``weights/``, or ``None``.
         categories_from: ``"imagenet"`` (torchvision's bundled list), ``"card"`` (the project
             weights file), or ``None`` (class indices are the names).
-        extra: family-specific facts (e.g. ``background_class`` for project detectors).
+        card: the project's typed card (class names, background class, object and box facts,
+            threshold, outputs) for project models; None for the others, whose card
+            (:meth:`default_card`) holds just the input and normalization.
         params: parameter count (from the facts table; ``None`` if not tabulated).
         strides: output strides :func:`densify.convolutionize` reaches, largest first (from the
             facts table; empty if not tabulated).
@@ -79,9 +82,14 @@ class ModelSpec:
     std: tuple[float, ...] = IMAGENET_STD
     weights: str | None = None
     categories_from: str | None = "imagenet"
-    extra: dict = field(default_factory=dict, compare=False)
+    card: ModelCard | None = field(default=None, compare=False)
     params: int | None = None
     strides: tuple[int, ...] = ()
+
+    def default_card(self) -> ModelCard:
+        """The model's card: the project card, else the input size and normalization."""
+        base = self.card or ModelCard(self.input_size, self.mean, self.std)
+        return base.replace(input_size=self.input_size, mean=self.mean, std=self.std)
 
 
 # Transformers mix every position with every other: no per-window classifier exists to convolutionize.
@@ -195,12 +203,6 @@ def timm_facts() -> dict[str, dict]:
     return facts
 
 
-#: Card keys the scanner uses: class names, the background class, the object's height and box
-#: aspect inside the window, and the object sizes (px in an image) the model is meant to find.
-_CARD_EXTRA = ("categories", "background_class", "object_height", "box_aspect",
-               "object_sizes", "threshold", "outputs", "box_format")
-
-
 def _project_specs() -> dict[str, ModelSpec]:
     """Models trained by this project; metadata lives next to the weights (``weights/*.json``)."""
     specs = {}
@@ -212,7 +214,7 @@ def _project_specs() -> dict[str, ModelSpec]:
             functools.partial(_build_project, card["arch"], in_chans),
             tuple(card["input_size"]), len(card["categories"]),
             tuple(card["mean"]), tuple(card["std"]), weights=card["file"], categories_from="card",
-            extra={k: card[k] for k in _CARD_EXTRA if k in card},
+            card=ModelCard.from_dict(card),
         )
     return specs
 
@@ -242,9 +244,13 @@ def model_names(family: str | None = None) -> list[str]:
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The spec for ``name``; a one-line ``ValueError`` naming close matches otherwise."""
+    """The spec for ``name`` (any case: ``VGG19`` is ``vgg19``); a one-line ``ValueError``
+    naming close matches otherwise."""
     if name in MODELS:
         return MODELS[name]
+    folded = {n.lower(): n for n in MODELS}
+    if str(name).lower() in folded:
+        return MODELS[folded[str(name).lower()]]
     if name in REFUSED:
         raise ModelError(REFUSED[name])
     close = difflib.get_close_matches(name, list(MODELS), n=4, cutoff=0.5)
@@ -283,7 +289,7 @@ def model_card(name: str) -> dict:
     card = {"name": spec.name, "family": spec.family, "input_size": list(spec.input_size),
             "num_classes": spec.num_classes, "mean": list(spec.mean), "std": list(spec.std),
             "weights": spec.weights, "params": spec.params, "strides": list(spec.strides)}
-    card.update({k: v for k, v in spec.extra.items() if k != "categories"})
+    card.update({k: v for k, v in spec.default_card().facts().items() if k not in card})
     return card
 
 

@@ -2,6 +2,8 @@
 
 ``load_classifier(name, weights)`` accepts:
 
+- ``None`` (the default, as on the command line): the model's trained weights when it has any
+  (shipped with densify, torchvision's, timm's), else random ones;
 - ``"random"``: explicit random initialisation (results are meaningless; said in a warning);
 - ``"DEFAULT"`` (or a torchvision weights name such as ``"IMAGENET1K_V1"``): torchvision's weights
   API and its hub cache (``~/.cache/torch/hub/checkpoints``), timm's pretrained weights, or the
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
+from .card import ModelCard
 from .catalogue import WEIGHTS_DIR, ModelSpec, build_model, get_spec
 
 __all__ = ["WeightsError", "Classifier", "load_classifier", "load_state_dict_file", "categories_for"]
@@ -35,10 +38,12 @@ class Classifier:
 
     Attributes:
         model: the ``nn.Module`` in eval mode.
-        spec: its catalogue entry (canonical input, normalization).
+        spec: its catalogue entry (how it is built).
         categories: class names, index-aligned with the logits.
         weights: where the weights came from (for reports).
         random: True when the weights are random.
+        card: how to read it (:class:`densify.models.card.ModelCard`: input, normalization,
+            classes, detection facts); default: the spec's card with ``categories``.
     """
 
     model: nn.Module
@@ -46,6 +51,11 @@ class Classifier:
     categories: list[str]
     weights: str
     random: bool
+    card: ModelCard | None = None
+
+    def __post_init__(self):
+        if self.card is None:
+            self.card = self.spec.default_card().replace(categories=tuple(self.categories))
 
 
 def categories_for(spec: ModelSpec) -> list[str]:
@@ -55,21 +65,25 @@ def categories_for(spec: ModelSpec) -> list[str]:
 
         return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
     if spec.categories_from == "card":
-        return list(spec.extra["categories"])
+        return list(spec.card.categories)
     return [str(i) for i in range(spec.num_classes)]
 
 
-def load_classifier(name: str, weights: str | Path = "random") -> Classifier:
-    """Build catalogue model ``name`` with ``weights`` (see the module docstring)."""
+def load_classifier(name: str, weights: str | Path | None = None) -> Classifier:
+    """Build catalogue model ``name`` with ``weights`` (see the module docstring): by default
+    its trained weights, as the command line does; ``"random"`` only when asked (or when the
+    model has no trained weights, which is logged)."""
     spec = get_spec(name)
     categories = categories_for(spec)
+    if weights is None:
+        weights = "DEFAULT" if spec.weights else "random"
     text = str(weights)
     if text == "random":
-        log.warning("%s: random weights, results are meaningless (pass --weights DEFAULT or PATH)",
-                    name)
-        return Classifier(build_model(name), spec, categories, "random", True)
+        log.warning("%s: random weights, results are meaningless (give trained weights: DEFAULT "
+                    "or a PATH)", spec.name)
+        return Classifier(build_model(spec.name), spec, categories, "random", True)
     if Path(text).suffix in (".pt", ".pth", ".bin", ".ckpt") or Path(text).exists():
-        model = build_model(name)
+        model = build_model(spec.name)
         load_state_dict_file(model, text)
         return Classifier(model, spec, categories, text, False)
     return Classifier(_pretrained(spec, text), spec, categories, f"{spec.weights or text}", False)

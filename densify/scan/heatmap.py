@@ -35,8 +35,7 @@ from ..errors import ParameterError
 from .maps import ScaleMap
 
 __all__ = ["centre_weights", "axis_weights", "scale_heatmap", "nearest_cells", "heatmaps",
-           "sampled_maps",
-           "image_scores", "peak"]
+           "sampled_maps", "image_scores", "peak"]
 
 
 def centre_weights(pixels: int, cells: int, scale: float, pad: int, offset: int, window: int,
@@ -63,12 +62,13 @@ def centre_weights(pixels: int, cells: int, scale: float, pad: int, offset: int,
 
 def axis_weights(m: ScaleMap, size_hw: Sequence[int] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bilinear weights ``(h, cells_y)`` and ``(w, cells_x)`` of one scale's cells for a grid of
-    ``size_hw = (h, w)`` pixels covering the whole image (default: the image's own pixels).
+    """``(wy (h, cells_y), wx (w, cells_x))``: :func:`centre_weights` of one scale along each
+    axis for a grid of ``size_hw = (h, w)`` pixels covering the whole image (default: the image's
+    own pixels); ``wx`` is mirrored for a flipped scale (painting in the mirrored frame, then
+    mirroring the map back, is the same as painting with mirrored column weights).
 
-    Pixel ``x`` of the grid sits at original ``(x + 0.5)·W / w``: the one place that maps a grid of
-    any size onto a scale's cells (heat maps, contact-sheet panels, notebook previews). The
-    weights are those of the scanned frame; a flipped scale's grid is mirrored by the caller.
+    Pixel ``x`` of the grid sits at original ``(x + 0.5)·W / w``: the one place that registers a
+    grid of any size to a scale's cells (heat maps, contact-sheet panels, notebook previews).
     """
     g, (h, w) = m.geometry, m.cells
     height, width = m.level.image_size
@@ -79,18 +79,17 @@ def axis_weights(m: ScaleMap, size_hw: Sequence[int] | None = None
                         g.stride[0])
     wx = centre_weights(size_hw[1], w, fx * (width / size_hw[1]), left, g.offset[1], g.window[1],
                         g.stride[1])
-    return wy, wx
+    return wy, wx.flip(0) if m.flipped else wx
 
 
 def scale_heatmap(m: ScaleMap, classes: Sequence[int], size_hw: Sequence[int] | None = None
                   ) -> torch.Tensor:
     """``(k, h, w)`` maps of ``classes`` from one scale, painted by the centre rule on a grid of
-    ``size_hw`` pixels (default: the image's; :func:`axis_weights`); a flipped scale is painted
-    in its mirrored frame, then mirrored back."""
+    ``size_hw`` pixels (default: the image's; :func:`axis_weights`), a flipped scale registered
+    back onto the image."""
     wy, wx = axis_weights(m, size_hw)
-    probs = m.probs[list(classes)].float().to(wy.device)
-    painted = torch.einsum("yi,kij,xj->kyx", wy, probs, wx)
-    return painted.flip(-1) if m.flipped else painted
+    probs = m.probs[list(classes)].float()
+    return torch.matmul(wy, torch.matmul(probs, wx.T))
 
 
 def nearest_cells(m: ScaleMap, classes: Sequence[int], size_hw: Sequence[int]) -> torch.Tensor:
@@ -99,26 +98,35 @@ def nearest_cells(m: ScaleMap, classes: Sequence[int], size_hw: Sequence[int]) -
     :func:`scale_heatmap`."""
     wy, wx = axis_weights(m, size_hw)
     probs = m.probs[list(classes)].float()
-    nearest = probs[:, wy.argmax(1)][:, :, wx.argmax(1)]
-    return nearest.flip(-1) if m.flipped else nearest
+    return probs[:, wy.argmax(1)][:, :, wx.argmax(1)]
 
 
 def heatmaps(maps: Sequence[ScaleMap], classes: Sequence[int], image_size: Sequence[int]
              ) -> torch.Tensor:
-    """``(k, H, W)`` float32: the mean over scales of :func:`scale_heatmap`."""
+    """``(k, H, W)`` float32: the mean over scales of :func:`scale_heatmap`, at ``image_size``
+    (the image's own size, or any grid covering the whole image: a panel, a preview).
+
+    Computed as one product: each scale's columns are painted first (``probs · wxᵀ``, ``(k, h,
+    W)``), the scales are stacked along the cell rows, and one ``(H, Σh) · (Σh, W)`` product
+    paints and sums every scale at once: no image-sized map per scale.
+    """
     if not maps:
         raise ParameterError("no scales to aggregate; scan with at least one scale")
-    out = torch.zeros(len(classes), int(image_size[0]), int(image_size[1]))
+    size_hw = (int(image_size[0]), int(image_size[1]))
+    rows, cols = [], []
     for m in maps:
-        out += scale_heatmap(m, classes)
-    return out / len(maps)
+        wy, wx = axis_weights(m, size_hw)
+        rows.append(wy)
+        cols.append(torch.matmul(m.probs[list(classes)].float(), wx.T))
+    out = torch.matmul(torch.cat(rows, dim=1) / len(maps), torch.cat(cols, dim=1))
+    return out.contiguous()
 
 
 def sampled_maps(maps: Sequence[ScaleMap], classes: Sequence[int], size_hw: Sequence[int]
                  ) -> torch.Tensor:
     """``(k, S + 1, h, w)`` float32 on a ``size_hw`` grid covering the whole image: per class,
-    each scale's raw cells (:func:`nearest_cells`), then the aggregate (the mean over scales of
-    :func:`scale_heatmap`, i.e. :func:`heatmaps` sampled at the grid's pixels).
+    each scale's raw cells (:func:`nearest_cells`), then the aggregate (:func:`heatmaps` at the
+    grid's pixels).
 
     Maps are sampled at the grid's pixel centres, never computed at full resolution and shrunk:
     a contact sheet of a 12-megapixel photo costs panels, not 12-megapixel maps.
@@ -126,11 +134,10 @@ def sampled_maps(maps: Sequence[ScaleMap], classes: Sequence[int], size_hw: Sequ
     if not maps:
         raise ParameterError("no scales to draw; scan with at least one scale")
     size_hw = (int(size_hw[0]), int(size_hw[1]))
-    out = torch.zeros(len(classes), len(maps) + 1, *size_hw)
+    out = torch.empty(len(classes), len(maps) + 1, *size_hw)
     for s, m in enumerate(maps):
         out[:, s] = nearest_cells(m, classes, size_hw)
-        out[:, -1] += scale_heatmap(m, classes, size_hw)
-    out[:, -1] /= len(maps)
+    out[:, -1] = heatmaps(maps, classes, size_hw)
     return out
 
 

@@ -13,18 +13,15 @@ The minimum budget is the fixed cost plus the smallest tile (a window-sized inpu
 headroom): a smaller one is refused at start-up in one line that states the minimum. On CUDA the
 same accounting uses the device's allocated memory instead of RSS.
 
-glibc keeps freed blocks of up to 32 MB in the heap by default (its mmap threshold grows with
-the blocks it has seen), so a process that ran large layers keeps their memory resident; with a
-budget the scanner sets the threshold to 1 MiB (``mallopt``, as ``MALLOC_MMAP_THRESHOLD_=1048576``
-would) so that freed activations go back to the system.
+The library changes no allocator setting: the command line, when given a budget, has glibc
+return freed blocks of 1 MiB and more at once (:func:`densify.runtime.limit_heap_slack`), so that
+the resident size follows what the scan holds.
 
 Convention: sizes in bytes; inputs ``(1, C, H, W)`` float32 in ``channels_last`` layout.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import logging
 import re
@@ -41,12 +38,10 @@ from ..io.image import to_tensor
 from .pyramid import Level
 from .tiling import HEADROOM, TilingError, estimate_bytes
 
-__all__ = ["rss_bytes", "peak_rss_bytes", "release_memory", "limit_heap_slack", "MemoryBudget",
+__all__ = ["rss_bytes", "peak_rss_bytes", "MemoryBudget",
            "level_input"]
 
 log = logging.getLogger(__name__)
-
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
 def _status_bytes(field: str) -> int:
@@ -67,33 +62,6 @@ def rss_bytes() -> int:
 def peak_rss_bytes() -> int:
     """The process's peak resident memory so far (``VmHWM``; what ``time -v`` reports)."""
     return _status_bytes("VmHWM")
-
-
-def _libc():
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-
-
-def release_memory(collect: bool = True) -> None:
-    """Hand freed heap memory back to the system (glibc ``malloc_trim``), after collecting
-    garbage if ``collect``. Between the images of a batch this keeps the resident size flat:
-    without it, blocks freed by scans of varied sizes stay in the heap and RSS creeps up."""
-    if collect:
-        gc.collect()
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-
-
-def limit_heap_slack(threshold: int = 1 << 20) -> None:
-    """Serve blocks of ``threshold`` bytes and more by ``mmap`` (glibc), so that freed ones
-    leave the process at once instead of staying in the heap (module docstring)."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "mallopt"):
-        libc.mallopt(_M_MMAP_THRESHOLD, int(threshold))
 
 
 def _used_bytes(device: torch.device) -> int:
@@ -118,8 +86,7 @@ class MemoryBudget:
     def measure(cls, dense: DenseNet, total: int, dtype: torch.dtype, device: torch.device
                 ) -> MemoryBudget:
         """Measure the fixed cost now; :class:`TilingError` if ``total`` is below the minimum."""
-        limit_heap_slack()
-        release_memory()
+        gc.collect()
         h, w = dense.input_size[1:]
         budget = cls(int(total), _used_bytes(device), estimate_bytes(dense, h, w, dtype))
         if budget.total < budget.minimum:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +35,13 @@ from .maps import Region, ScaleMap
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ScanResult", "ClassScore", "class_index", "THUMBNAIL_SIDE"]
+__all__ = ["ScanResult", "ClassScore", "class_index", "THUMBNAIL_SIDE", "BOX_SOURCES"]
 
 THUMBNAIL_SIDE = 1024
 """Longer side, in pixels, of the copy of the image a scan keeps for display."""
+
+#: Where detection boxes come from (:meth:`ScanResult.detections`).
+BOX_SOURCES = ("auto", "regressed", "object", "window")
 
 
 class ClassScore(NamedTuple):
@@ -77,6 +81,17 @@ class ScanResult:
     object_box: Region | None = None
     source: str | None = None
     thumbnail: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        """One line: the image, classes, scales and best class (never the maps' values)."""
+        flips = sum(m.flipped for m in self.maps)
+        scales = [m.factor for m in self.maps if not m.flipped]
+        span = f"{min(scales):.3g}-{max(scales):.3g}" if scales else "-"
+        top = self.top_classes(1) if self.maps else []
+        best = f", top {top[0].name!r} {top[0].score:.3f}" if top else ""
+        return (f"ScanResult({self.image_size[0]}x{self.image_size[1]} px (HxW), "
+                f"{len(self.categories)} classes, {len(scales)} scale(s) {span}"
+                f"{' with flips' if flips else ''}{best}, source={self.source!r})")
 
     @property
     def factors(self) -> tuple[float, ...]:
@@ -128,19 +143,51 @@ class ScanResult:
         return ClassScore(cls, self.categories[cls], score, box, self.maps[scale].factor)
 
     def detections(self, threshold: float = 0.5, iou: float = 0.3,
-                   classes: Sequence[int | str] | None = None, refine: bool = True,
-                   window_boxes: bool = False, merge: str = "nms",
-                   merge_threshold: float | None = None) -> _detect.Detections:
+                   classes: Sequence[int | str] | None = None, boxes: str = "auto",
+                   merge: str = "nms", merge_threshold: float | None = None, *,
+                   refine: bool | None = None, window_boxes: bool | None = None
+                   ) -> _detect.Detections:
         """Boxes of cells with probability >= ``threshold``, merged by NMS or, with
-        ``merge="overfeat"``, OverFeat's greedy merge (:func:`densify.scan.detect.detect`). The boxes
-        are the regressed ones when the scan has a box-regression output, unless
-        ``window_boxes``; otherwise the windows, or with ``refine`` the :attr:`object_box` inside
-        them when known."""
+        ``merge="overfeat"``, OverFeat's greedy merge (:func:`densify.scan.detect.detect`).
+
+        ``boxes`` says where a cell's box comes from (:data:`BOX_SOURCES`): ``"regressed"`` (the
+        scan's box-regression output), ``"object"`` (the model card's :attr:`object_box` inside
+        the window), ``"window"`` (the whole window), or ``"auto"``: regressed when the scan has
+        a regression output, else the object box when known, else the window. ``refine`` and
+        ``window_boxes`` are deprecated spellings of ``boxes``.
+        """
+        region, regress = self._box_source(boxes, refine, window_boxes)
         idx = None if classes is None else [self.class_index(c) for c in classes]
         extra = {} if merge_threshold is None else {"merge_threshold": merge_threshold}
-        return _detect.detect(self.maps, threshold, iou, idx, self.background_class,
-                              self.object_box if refine else None, regress=not window_boxes,
-                              merge=merge, **extra)
+        return _detect.detect(self.maps, threshold, iou, idx, self.background_class, region,
+                              regress=regress, merge=merge, **extra)
+
+    @property
+    def regressed(self) -> bool:
+        """Whether the scan has a box-regression output."""
+        return any(m.regression is not None for m in self.maps)
+
+    def _box_source(self, boxes: str, refine: bool | None, window_boxes: bool | None):
+        """``(region, regress)`` of :func:`densify.scan.detect.detect` for ``boxes``."""
+        if refine is not None or window_boxes is not None:
+            warnings.warn("detections(refine=..., window_boxes=...) is deprecated; use boxes="
+                          "'auto', 'regressed', 'object' or 'window'", DeprecationWarning,
+                          stacklevel=3)
+            if window_boxes:
+                boxes = "window"
+            elif refine is False:
+                boxes = "regressed" if self.regressed else "window"
+        if boxes not in BOX_SOURCES:
+            raise ParameterError(f"unknown boxes {boxes!r}; use one of {', '.join(BOX_SOURCES)}")
+        if boxes == "auto":
+            return (None, True) if self.regressed else (self.object_box, False)
+        if boxes == "regressed" and not self.regressed:
+            raise ParameterError("this scan has no box-regression output; use boxes 'object' or "
+                                 "'window' (or scan with a boxes output)")
+        if boxes == "object" and self.object_box is None:
+            raise ParameterError("the model card gives no object box (object_height); use boxes "
+                                 "'window', or give the scanner object_box=(x1, y1, x2, y2)")
+        return (self.object_box if boxes == "object" else None), boxes == "regressed"
 
     # What to draw: the image, maps sampled at the drawing's pixels (densify.scan.heatmap),
     # titles and labels; densify.io.display and densify.io.sheet draw them from arrays.
@@ -171,7 +218,7 @@ class ScanResult:
         """Two-line titles per panel: scale factor and cell grid; the class's best probability
         there (the aggregate: the image-level score, the mean over scales of those)."""
         scores = self.scores()
-        return [[f"x{m.factor:.3g}  {m.cells[1]}x{m.cells[0]} cells\n"
+        return [[f"x{m.factor:.3g}  {m.cells[0]}x{m.cells[1]} cells\n"
                  f"best {float(m.probs[cls].max()):.3f}" for m in self.maps]
                 + [f"mean of {len(self.maps)} scales\nscore {float(scores[cls]):.3f}"]
                 for cls in classes]
@@ -212,7 +259,7 @@ class ScanResult:
         labels = [f"{self.categories[c]}\nscore {float(scores[c]):.3f}" for c in idx]
         if heading is None:
             name = Path(self.source).name if self.source else "image"
-            heading = f"{name}  {self.image_size[1]}x{self.image_size[0]} px"
+            heading = f"{name}  {self.image_size[0]}x{self.image_size[1]} px (HxW)"
         return contact_sheet(rgb, self.panel_maps(idx, size), self.panel_titles(idx), labels,
                              heading, colormap)
 

@@ -1,15 +1,16 @@
 """Run a dense net over an image pyramid: one conversion, every scale, probabilities per cell.
 
-    scanner = Scanner("resnet50", scales=6, weights="DEFAULT")   # converts once
+    scanner = Scanner("resnet50", scales=6)    # converts once, with the trained weights
     result = scanner("photo.jpg")                                 # ScanResult
     result.top_classes(5); result.heatmap("tabby"); result.detections(threshold=0.6)
 
-What happens per image (see :mod:`densify.pyramid` for the scales, rounding and padding):
-the image is resized with OpenCV on the host, normalized, padded with zeros (the mean colour),
-moved to the device in ``channels_last`` layout and run under ``torch.inference_mode`` (and
-``torch.autocast`` for ``bf16``/``fp16``); the softmax runs in float32 on the device and every
-scale's map stays there until the last scale is done, then all maps move to the CPU together (no
-host round trip between scales). Progress over scales is a tqdm bar when ``progress=True``.
+What happens per image (:mod:`densify.scan.pyramid` for the scales, rounding and padding,
+:mod:`densify.scan.engine` for the pieces): on a GPU the ``uint8`` image is uploaded once and
+every level is built there (:mod:`densify.scan.preprocess`); on the CPU OpenCV builds them. Each
+level runs in ``channels_last`` layout under ``torch.inference_mode`` (and autocast for
+``bf16``/``fp16``), on CUDA with cuDNN autotuning and, for shapes seen before, as a CUDA graph
+(:mod:`densify.scan.graphs`); maps stay on the device until the last level, then come back in
+one copy. :meth:`Scanner.scan_batch` runs images of one size together.
 
 Convention:
     Images are RGB ``uint8`` ``(H, W, 3)`` (paths and tensors are converted by :func:`as_rgb`);
@@ -34,142 +35,158 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..convert.dense import DenseNet, convolutionize
-from ..convert.fold import fold_batchnorm
 from ..convert.outputs import select_key
-from ..errors import ConversionError, ParameterError
-from ..io.image import read_array, read_image, thumbnail
-from ..models.catalogue import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
-from ..models.weights import Classifier, load_classifier
-from .detect import object_region
+from ..errors import ParameterError
+from ..io.image import thumbnail
+from ..models.card import ModelCard
+from ..models.catalogue import IMAGENET_MEAN, IMAGENET_STD
+from ..models.weights import Classifier
+from .engine import LevelSource, autotune, same_size_groups, softmax_rows, to_host, to_probabilities
+from .graphs import GraphCache
 from .maps import BOX_FORMATS, ScaleMap
-from .memory import MemoryBudget, level_input
-from .pyramid import Level, levels, object_range, parse_scales
+from .memory import MemoryBudget
+from .prepare import (
+    as_rgb,
+    card_object_box,
+    card_outputs,
+    card_scale_range,
+    classifier_for,
+    dense_for,
+    resolve_device,
+)
+from .pyramid import Level, levels, parse_scales
 from .result import THUMBNAIL_SIDE, ScanResult
-from .threads import resolve_threads, thread_limit
+from .settings import ScanSettings
+from .threads import check_threads, thread_limit
 from .tiling import HEADROOM, estimate_bytes, format_bytes, forward_tiled, parse_bytes
 
-__all__ = ["PRECISIONS", "Scanner", "resolve_device", "as_rgb", "to_probabilities"]
+__all__ = ["PRECISIONS", "PREPROCESS", "Scanner", "resolve_device", "as_rgb", "to_probabilities"]
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
+#: Where pyramid levels are built: ``"auto"`` (on the device unless it is the CPU), ``"device"``
+#: (torch ops on the scanner's device, :mod:`densify.scan.preprocess`) or ``"host"`` (OpenCV).
+PREPROCESS = ("auto", "device", "host")
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` (CUDA if available, else CPU), or a torch device name; checked."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ParameterError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ParameterError(f"device {device!r} requested but CUDA is not available; use --device "
-                         "cpu (or auto)")
-    return dev
-
-
-def as_rgb(image: str | Path | np.ndarray | torch.Tensor) -> tuple[np.ndarray, str | None]:
-    """``(RGB uint8 (H, W, 3), source path or None)`` from a path, an array or a tensor.
-
-    Tensors are ``(3, H, W)`` or ``(1, 3, H, W)`` RGB (or 1-channel gray), float in [0, 1] or
-    uint8. Raises :class:`densify.image.ImageError` for anything else.
-    """
-    if isinstance(image, (str, Path)):
-        return read_image(image), str(image)
-    if isinstance(image, torch.Tensor):
-        t = image.detach().cpu()
-        t = t[0] if t.ndim == 4 and t.shape[0] == 1 else t
-        if t.ndim == 3 and t.shape[0] in (1, 3):
-            t = t.permute(1, 2, 0)
-        image = t.numpy()
-    return read_array(image), None
+#: The largest batch chosen automatically on a GPU (:attr:`Scanner.batch_size`).
+MAX_AUTO_BATCH = 8
 
 
 class Scanner:
     """A classifier converted once and ready to scan images at several scales.
 
+    Built from a model and one :class:`densify.scan.settings.ScanSettings` (the how), then
+    called per image (the what). Keywords override single settings:
+    ``Scanner("lenet5-digits", scales=6, flip=True)``.
+
     Args:
-        model: a catalogue name (``densify models``), a :class:`densify.weights.Classifier`, a
-            :class:`densify.convert.DenseNet`, or any convertible ``nn.Module`` classifier (then
-            pass ``input_size`` and, unless ImageNet statistics fit, ``mean``/``std``).
-        scales: default scales: a count or explicit factors (:func:`densify.pyramid.levels`).
-        output_stride: pixels between cells; None keeps the native stride.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; softmax stays float32).
-        weights: for catalogue names: ``"random"``, ``"DEFAULT"`` or a file path.
+        model: a catalogue name (``densify models``; any case), ``package.module:factory``, a
+            :class:`densify.models.user.ModelChoice` (the command line's, with its overrides), a
+            :class:`densify.models.weights.Classifier`, a :class:`densify.convert.DenseNet`, or any
+            convertible ``nn.Module`` classifier (then pass ``input_size`` and, unless ImageNet
+            statistics fit, ``mean``/``std``); loaded by :func:`densify.models.user.load_model`.
+        settings: the scan settings (default ``ScanSettings()``); see its attributes.
+        weights: for catalogue names: None (the model's trained weights when it has any, as on
+            the command line; else random), ``"DEFAULT"``, ``"random"`` or a file path.
         input_size, mean, std, categories, background_class: override (or, for plain modules,
-            supply) the catalogue's values; ``categories`` default to ``"0"``, ``"1"``, ...
-        object_box: ``(x1, y1, x2, y2)`` of the object inside the window, for tighter boxes;
-            ``"auto"`` reads it from the model card (``object_height``, ``box_aspect``).
-        max_memory: bound on the whole process's peak resident memory during a scan (bytes,
-            or a string such as ``"3GB"``; :mod:`densify.scan.memory`): what the process holds
-            once the model is converted is measured here, and a scale that does not fit in the
-            rest is computed in stride-aligned, overlapping tiles that give the same cells
-            (:func:`densify.scan.tiling.forward_tiled`). A budget below the fixed cost plus the
-            smallest tile raises :class:`densify.scan.tiling.TilingError` stating the minimum.
-        object_sizes: ``(min, max)`` heights in image pixels of the objects to find; with
-            ``scales=N`` the pyramid then spans the factors that map them onto the trained
-            object height (:func:`densify.pyramid.object_range`). Default: the card's
-            ``object_sizes``, if any; otherwise the whole-image range.
-        flip: also scan every scale on the horizontally mirrored image (OverFeat's flips):
-            twice the maps, each mirrored one registered back onto the image
-            (:class:`densify.scan.maps.ScaleMap`), and image scores averaged over all of them.
-        progress: show a tqdm bar over scales.
-        scores: for multi-output models, the output holding the class scores (index or key;
-            default: the model card's ``outputs["scores"]``, else the only output). It is
-            softmaxed only if it is not already a probability (``DenseNet.outputs[i].activation``:
-            softmax and sigmoid are kept, log-softmax is exponentiated).
-        boxes: an optional box-regression output (index or key) with 4 (class-agnostic) or
-            ``4·K`` (class-major) channels; its boxes then replace the windows in detections.
-            Default (when neither ``scores`` nor ``boxes`` is given): the card's
-            ``outputs["boxes"]`` (the shipped digit spotter has one), else none.
-        box_format: ``"offsets"`` or ``"deltas"`` (:meth:`densify.scan.maps.ScaleMap.regressed_boxes`);
-            default: the card's ``box_format``, else ``"offsets"``.
-        threads: intra-op CPU threads for each scan; None: the CPUs this process may use minus
-            the cores other processes keep busy at the start of the scan, at least 1
-            (:mod:`densify.scan.threads`; ``OMP_NUM_THREADS`` in the environment wins).
-        fold_bn: fold batch norms into the convolutions before them
-            (:func:`densify.convert.fold.fold_batchnorm`; a given DenseNet is copied, not changed).
+            supply) the model card's values; ``categories`` default to ``"0"``, ``"1"``, ...
+        **overrides: fields of :class:`ScanSettings` (``scales``, ``output_stride``, ``device``,
+            ``precision``, ``flip``, ``object_sizes``, ``max_memory``, ``threads``, ``fold_bn``,
+            ``progress``, ``scores``, ``boxes``, ``box_format``, ``object_box``, ``preprocess``,
+            ``autotune``, ``cuda_graphs``, ``batch_size``).
+
+    Notes on settings: ``max_memory`` bounds the whole process's peak resident memory during a
+    scan (:mod:`densify.scan.memory`): what the process holds once the model is converted is
+    measured here, and a scale that does not fit in the rest is computed in stride-aligned,
+    overlapping tiles that give the same cells; a budget below the fixed cost plus the smallest
+    tile raises :class:`densify.scan.tiling.TilingError` stating the minimum. ``threads`` None
+    leaves torch's thread count alone (a library call changes nothing process-wide; the command
+    line chooses a count with :mod:`densify.runtime`); a count is set for each call and restored
+    after it. ``scores``/``boxes``: for multi-output models (default: the card's outputs);
+    regressed boxes then replace the windows in detections.
+
+    Examples:
+        >>> import torch, densify
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 4), torch.nn.Flatten())
+        >>> scan = densify.Scanner(net, input_size=(1, 4, 4), mean=(0.5,), std=(0.5,),
+        ...                        scales=[1.0], output_stride=None, device="cpu")
+        >>> scan.settings.scales, scan.output_stride, scan.categories
+        ((1.0,), 1, ('0', '1'))
     """
 
-    def __init__(self, model: str | Classifier | nn.Module, scales: int | str | Sequence[float] = 6,
-                 output_stride: int | None = 16, device: str | torch.device | None = "auto",
-                 precision: str = "fp32", weights: str | Path = "random", *,
-                 input_size: Sequence[int] | None = None, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, categories: Sequence[str] | None = None,
-                 background_class: int | None = None, object_box="auto", object_sizes=None,
-                 max_memory: int | str | None = None, flip: bool = False, progress: bool = False,
-                 scores=None, boxes=None, box_format: str | None = None,
-                 threads: int | None = None, fold_bn: bool = True):
-        if precision not in PRECISIONS:
-            raise ParameterError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-        self.scales = parse_scales(scales)
-        self.device = resolve_device(device)
-        self.precision = precision
+    def __init__(self, model: str | Classifier | nn.Module, settings: ScanSettings | None = None,
+                 *, weights: str | Path | None = None, input_size: Sequence[int] | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 categories: Sequence[str] | None = None, background_class: int | None = None,
+                 **overrides):
+        if settings is not None and not isinstance(settings, ScanSettings):
+            raise TypeError(f"Scanner's second argument is a ScanSettings, not "
+                            f"{type(settings).__name__}; pass scales=... as a keyword")
+        s = (settings or ScanSettings()).replace(**overrides)
+        if s.precision not in PRECISIONS:
+            raise ParameterError(f"unknown precision {s.precision!r}; use one of "
+                                 f"{', '.join(PRECISIONS)}")
+        self.scales = parse_scales(s.scales)
+        self.settings = s.replace(scales=self.scales)
+        self.device = resolve_device(s.device)
+        self.precision = s.precision
         self._check_autocast()
-        self.progress = progress
-        self.flip = bool(flip)
-        self.classifier = load_classifier(model, weights) if isinstance(model, str) else (
-            model if isinstance(model, Classifier) else None)
-        spec = self.classifier.spec if self.classifier else None
+        self.progress = s.progress
+        self.flip = bool(s.flip)
+        self.threads = None if s.threads is None else check_threads(s.threads)
+        self.classifier = classifier_for(model, weights, input_size, mean, std, categories)
+        #: the model card (:class:`densify.models.card.ModelCard`) with the overrides; None for
+        #: a plain module or DenseNet
+        self.card = self.classifier.card.replace(background_class=background_class) if (
+            self.classifier) else None
+        card = self.card
         net = self.classifier.model if self.classifier else model
-        size = input_size if input_size is not None else (spec.input_size if spec else None)
-        self.dense = _convert(net, size, output_stride, fold_bn).to(self.device).eval()
+        size = card.input_size if card else input_size
+        self.dense = dense_for(net, size, s.output_stride, s.fold_bn).to(self.device).eval()
         self.dense = self.dense.to(memory_format=torch.channels_last)
-        self._select_outputs(*_card_outputs(spec, scores, boxes, box_format))
-        self.requested_stride = output_stride
-        self._set_preprocessing(spec, mean, std)
-        self._set_classes(spec, categories, background_class, object_box)
-        self.scale_range = card_scale_range(spec, object_sizes)
+        self._select_outputs(*card_outputs(card, s.scores, s.boxes, s.box_format))
+        self.requested_stride = s.output_stride
+        self._set_preprocessing(card, mean, std)
+        self._set_classes(card, categories, background_class, s.object_box)
+        self.scale_range = card_scale_range(card, s.object_sizes)
         if self.classifier is not None:  # the scanner keeps one copy of the weights: the dense one
             self.classifier = dataclasses.replace(self.classifier, model=None)
         del net
-        self.max_memory = None if max_memory is None else parse_bytes(max_memory)
-        self.budget = None if max_memory is None else MemoryBudget.measure(
-            self.scan_net, self.max_memory, PRECISIONS[precision] or self.dtype, self.device)
-        self.threads = None if threads is None else resolve_threads(threads)
+        self.max_memory = None if s.max_memory is None else parse_bytes(s.max_memory)
+        self.budget = None if s.max_memory is None else MemoryBudget.measure(
+            self.scan_net, self.max_memory, PRECISIONS[s.precision] or self.dtype, self.device)
+        if s.preprocess not in PREPROCESS:
+            raise ParameterError(f"unknown preprocess {s.preprocess!r}; use one of "
+                                 f"{', '.join(PREPROCESS)}")
+        self.preprocess = s.preprocess
+        self.autotune = bool(s.autotune)
+        self._graphs = (GraphCache(self.scan_net) if s.cuda_graphs and self.device.type == "cuda"
+                        else None)
+        self.batch_size = self._batch_size(s.batch_size)
+
+    @property
+    def default_threshold(self) -> float:
+        """The model card's recommended detection threshold, else 0.5."""
+        threshold = self.card.threshold if self.card else None
+        return 0.5 if threshold is None else float(threshold)
+
+    def _batch_size(self, batch_size: int | None) -> int:
+        """``batch_size`` checked, or the default: 1 on the CPU (a batch there only adds
+        memory) and with a memory budget; on a GPU as many 1080p images as half the device's free
+        memory holds in one pass of the largest level (:func:`densify.scan.tiling.estimate_bytes`),
+        at most :data:`MAX_AUTO_BATCH`."""
+        if batch_size is not None:
+            if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+                raise ParameterError(f"batch size must be a positive integer, got {batch_size!r}")
+            return batch_size
+        if self.device.type != "cuda" or self.budget is not None:
+            return 1
+        free, _ = torch.cuda.mem_get_info(self.device)
+        dtype = PRECISIONS[self.precision] or self.dtype
+        per_image = max(1, estimate_bytes(self.scan_net, 1088, 1920, dtype))
+        return max(1, min(MAX_AUTO_BATCH, int(0.5 * free // per_image)))
 
     @property
     def geometry(self):
@@ -189,8 +206,8 @@ class Scanner:
         param = next(self.dense.parameters(), None)
         return torch.float32 if param is None else param.dtype
 
-    def _set_preprocessing(self, spec: ModelSpec | None, mean, std) -> None:
-        default = (spec.mean, spec.std) if spec else (None, None)
+    def _set_preprocessing(self, card: ModelCard | None, mean, std) -> None:
+        default = (card.mean, card.std) if card else (None, None)
         if self.in_chans == 3:
             default = (default[0] or IMAGENET_MEAN, default[1] or IMAGENET_STD)
         self.mean = tuple(mean) if mean is not None else default[0]
@@ -215,20 +232,19 @@ class Scanner:
         keys = [self.scores_output.key] + ([] if reg is None else [reg.key])
         self.scan_net = self.dense.subset(*keys)
 
-    def _set_classes(self, spec, categories, background_class, object_box) -> None:
+    def _set_classes(self, card: ModelCard | None, categories, background_class,
+                     object_box) -> None:
         num = self.scores_output.channels
         if categories is None:  # a user's model without a class list: indices
-            categories = (self.classifier.categories if self.classifier and
-                          self.classifier.categories else range(num))
+            categories = card.categories if card and card.categories else range(num)
         self.categories = tuple(str(c) for c in categories)
         if len(self.categories) != num:
             raise ParameterError(f"{len(self.categories)} categories given for a model with {num} "
                              "outputs; pass one name per class")
-        extra = spec.extra if spec else {}
         self.background_class = (background_class if background_class is not None
-                                 else extra.get("background_class"))
+                                  else card.background_class if card else None)
         if object_box == "auto":
-            object_box = _card_object_box(spec, self.geometry.window)
+            object_box = card_object_box(card, self.geometry.window)
         self.object_box = None if object_box is None else tuple(float(v) for v in object_box)
 
     def _check_autocast(self) -> None:
@@ -241,7 +257,8 @@ class Scanner:
         dtype = PRECISIONS[self.precision]
         if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
+        # Graph capture records the weights' casts: autocast must not reuse cached ones.
+        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=self._graphs is None)
 
     def levels(self, image_hw: Sequence[int], scales: int | str | Sequence[float] | None = None
                ) -> list[Level]:
@@ -259,24 +276,73 @@ class Scanner:
         ``flip`` each scale's map is followed by its mirrored one.
         """
         rgb, source = as_rgb(image)
-        pyramid = self.levels(rgb.shape[:2], scales)
+        return self._scan_group([rgb], [source], scales, progress)[0]
+
+    def scan_batch(self, images: Sequence[str | Path | np.ndarray | torch.Tensor],
+                   batch_size: int | None = None,
+                   scales: int | str | Sequence[float] | None = None,
+                   progress: bool | None = None) -> list[ScanResult]:
+        """Scan several images; the results equal scanning each on its own, in input order.
+
+        Images of one size share their pyramid and go through the net together, up to
+        ``batch_size`` (default :attr:`batch_size`) per forward pass (one pass per level); other
+        sizes form their own groups.
+        With a memory budget (``max_memory``) images are scanned one at a time, since the budget
+        is planned for one image.
+        """
+        batch_size = self.batch_size if batch_size is None else self._batch_size(batch_size)
+        decoded = [as_rgb(image) for image in images]
+        step = 1 if self.budget is not None else batch_size
+        results: list = [None] * len(decoded)
+        for group in same_size_groups([rgb.shape for rgb, _ in decoded], step):
+            scanned = self._scan_group([decoded[i][0] for i in group],
+                                       [decoded[i][1] for i in group], scales, progress)
+            for i, result in zip(group, scanned, strict=True):
+                results[i] = result
+        return results
+
+    @property
+    def preprocess_on_device(self) -> bool:
+        """Whether pyramid levels are built on the device with torch ops
+        (:mod:`densify.scan.preprocess`) rather than on the host with OpenCV."""
+        return self.preprocess == "device" or (self.preprocess == "auto" and
+                                               self.device.type != "cpu")
+
+    def _scan_group(self, rgbs: Sequence[np.ndarray], sources: Sequence[str | None], scales,
+                    progress: bool | None) -> list[ScanResult]:
+        """Scan images of one size together: one forward pass per level for all of them, the
+        maps kept on the device until the last level, then one copy back."""
+        shape = rgbs[0].shape[:2]
+        pyramid = self.levels(shape, scales)
         views = [(level, flipped) for level in pyramid
                  for flipped in ((False, True) if self.flip else (False,))]
-        mirror = np.ascontiguousarray(rgb[:, ::-1]) if self.flip else None
-        images = rgb.nbytes + (0 if mirror is None else mirror.nbytes)
+        images = sum(rgb.nbytes for rgb in rgbs) * (2 if self.flip else 1)
         self._check_budget(images, [level for level, _ in views])
         show = self.progress if progress is None else progress
+        source = LevelSource(rgbs, self.device if self.preprocess_on_device else None, self.flip)
         outs = []
-        with torch.inference_mode(), self._autocast(), thread_limit(self.threads):
+        threads = (thread_limit(self.threads) if self.device.type == "cpu"
+                   else contextlib.nullcontext())  # the thread rule is for CPU scans only
+        with torch.inference_mode(), self._autocast(), threads, autotune(self.device,
+                                                                          self.autotune):
             for level, flipped in tqdm(views, desc="scales", unit="scale", leave=False,
                                        disable=not show):
                 held = images + sum(p.nbytes + (0 if r is None else r.nbytes) for p, r in outs)
-                outs.append(self._scan_level(mirror if flipped else rgb, level, held))
-        maps = tuple(ScaleMap(level, self.geometry, p.cpu(), None if r is None else r.cpu(),
-                              self.box_format, flipped)
-                     for (level, flipped), (p, r) in zip(views, outs, strict=True))
-        return ScanResult(tuple(rgb.shape[:2]), self.categories, maps, self.background_class,
-                          self.object_box, source, thumbnail(rgb, THUMBNAIL_SIDE).copy())
+                x = source.level(level, flipped, self.mean, self.std, self.in_chans)
+                x = x.to(self.device, self.dtype, non_blocking=True)
+                outs.append(self._scan_level(x, level, held))
+                del x
+        del source
+        thumbs = [thumbnail(rgb, THUMBNAIL_SIDE).copy() for rgb in rgbs]  # while the GPU works
+        host = to_host(outs)
+        results = []
+        for n, thumb in enumerate(thumbs):
+            maps = tuple(ScaleMap(level, self.geometry, p[n], None if r is None else r[n],
+                                  self.box_format, flipped)
+                         for (level, flipped), (p, r) in zip(views, host, strict=True))
+            results.append(ScanResult(tuple(shape), self.categories, maps, self.background_class,
+                                      self.object_box, sources[n], thumb))
+        return results
 
     @property
     def _out_channels(self) -> int:
@@ -301,7 +367,7 @@ class Scanner:
         while the scan holds ``held`` bytes besides ``x`` (:mod:`densify.scan.memory`)."""
         net = self.scan_net
         if self.budget is None:
-            return net(x)
+            return self._graphs(x) if self._graphs is not None else net(x)
         dtype = PRECISIONS[self.precision] or x.dtype
         room = self.budget.room(held, x.nbytes, f"a {x.shape[-2]}x{x.shape[-1]} scale")
         need = estimate_bytes(net, x.shape[-2], x.shape[-1], dtype)
@@ -311,113 +377,23 @@ class Scanner:
                  format_bytes(need), format_bytes(room - x.nbytes))
         return forward_tiled(net, x, room - x.nbytes)
 
-    def _scan_level(self, rgb: np.ndarray, level: Level, held: int = 0
+    def _scan_level(self, x: torch.Tensor, level: Level, held: int = 0
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(K, h, w)`` float32 probabilities on the device for one level, and the raw
-        ``(4 or 4K, h, w)`` float32 box regression (None without a boxes output); ``held``:
-        bytes the scan holds besides this level (images, earlier maps), for the memory budget."""
-        x = level_input(rgb, level, self.mean, self.std, self.in_chans)
-        x = x.to(self.device, self.dtype, non_blocking=True)
-        x = x.contiguous(memory_format=torch.channels_last)
+        """``(N, K, h, w)`` float32 probabilities on the device for one level of ``N`` images,
+        and the raw ``(N, 4 or 4K, h, w)`` float32 box regression (None without a boxes output);
+        ``x``: the level's input; ``held``: bytes the scan holds besides this level (images,
+        earlier maps), for the memory budget."""
         h, w = self.geometry.output_size(*level.input_size)
-        logits = self._forward(x, held + 4 * len(self.categories) * h * w)
-        del x
+        logits = self._forward(x, held + 4 * x.shape[0] * self._out_channels * h * w)
         if logits.shape[-2] < h or logits.shape[-1] < w:
             raise RuntimeError(f"the dense net gave {tuple(logits.shape[-2:])} cells on a "
                                f"{level.input_size} input, its geometry says {(h, w)}")
         # Padded nets add cells whose window lies past the input's end: keep the geometry's.
-        out = logits[0, :, :h, :w].float()
+        out = logits[:, :, :h, :w].float()
         num = self.scores_output.channels
-        regression = out[num:] if self.boxes_output is not None else None
+        regression = out[:, num:] if self.boxes_output is not None else None
         activation = self.scores_output.activation
-        scores = _softmax_rows(out[:num]) if activation is None else to_probabilities(
-            out[:num], activation)
+        scores = out[:, :num]
+        scores = (softmax_rows(scores) if activation is None
+                  else to_probabilities(scores, activation, dim=1))
         return scores, regression
-
-
-def to_probabilities(scores: torch.Tensor, activation: str | None) -> torch.Tensor:
-    """``(K, h, w)`` class probabilities from an output ending in ``activation``: raw scores are
-    softmaxed over classes, log-probabilities exponentiated, probabilities kept (never a second
-    softmax)."""
-    if activation is None:
-        return scores.softmax(dim=0)
-    if activation == "log_softmax":
-        return scores.exp()
-    return scores
-
-
-def _softmax_rows(logits: torch.Tensor, rows: int = 64) -> torch.Tensor:
-    """``logits.softmax(dim=0)`` of a ``(K, h, w)`` map, in place, a band of rows at a time
-    (a 1000-class map of a large scale is hundreds of MB: no second copy)."""
-    for r in range(0, logits.shape[1], rows):
-        logits[:, r:r + rows] = logits[:, r:r + rows].softmax(dim=0)
-    return logits if logits.is_contiguous() else logits.contiguous()
-
-
-def _convert(model: nn.Module, input_size, output_stride: int | None, fold_bn: bool) -> DenseNet:
-    if isinstance(model, DenseNet):
-        if output_stride not in (None, model.output_stride):
-            log.info("scanning a DenseNet at its own stride %d (asked for %s)",
-                     model.output_stride, output_stride)
-        return fold_batchnorm(model) if fold_bn and _has_batchnorm(model) else model
-    dense = _convert_model(model, input_size, output_stride)
-    return fold_batchnorm(dense, inplace=True) if fold_bn else dense
-
-
-def _has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) for m in model.modules())
-
-
-def _convert_model(model: nn.Module, input_size, output_stride: int | None) -> DenseNet:
-    if output_stride is None:
-        return convolutionize(model, input_size)
-    try:
-        return convolutionize(model, input_size, output_stride)
-    except ConversionError as exc:
-        dense = convolutionize(model, input_size)  # raises if the model itself is the problem
-        log.info("output stride %d is not reachable (%s); scanning at the native stride %d",
-                 output_stride, exc, dense.output_stride)
-        return dense
-
-
-def _card_outputs(spec: ModelSpec | None, scores, boxes, box_format: str | None):
-    """``(scores, boxes, box_format)``: the given ones, else the model card's (``"outputs":
-    {"scores": key, "boxes": key}``, ``"box_format"``), else the only output, no boxes and
-    ``"offsets"``."""
-    card = spec.extra.get("outputs", {}) if spec else {}
-    if scores is None and boxes is None:
-        scores, boxes = card.get("scores"), card.get("boxes")
-    fmt = box_format or (spec.extra.get("box_format") if spec else None) or "offsets"
-    return scores, boxes, fmt
-
-
-def _card_object_box(spec: ModelSpec | None, window: Sequence[int]):
-    """The object's box in the window from the model card (``object_height``
-    and ``box_aspect``), or None."""
-    if spec is None:
-        return None
-    height = _object_height(spec)
-    if height is None:
-        return None
-    return object_region(window, height, float(spec.extra.get("box_aspect", 1.0)))
-
-
-def _object_height(spec: ModelSpec | None) -> float | None:
-    """The object's height inside the window, from the model card, or None."""
-    if spec is None:
-        return None
-    height = spec.extra.get("object_height")
-    return None if height is None else float(height)
-
-
-def card_scale_range(spec: ModelSpec | None, object_sizes=None) -> tuple[float, float] | None:
-    """The factor range for ``scales=N`` from object sizes (given, or the card's), or None."""
-    height = _object_height(spec)
-    sizes = object_sizes if object_sizes is not None else (spec.extra.get("object_sizes")
-                                                           if spec else None)
-    if sizes is None:
-        return None
-    if height is None:
-        raise ParameterError("object sizes need a model whose card gives object_height; pass "
-                         "explicit --scales factors instead")
-    return object_range(height, sizes)

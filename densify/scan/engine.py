@@ -1,0 +1,114 @@
+"""How a group of same-size images goes through a dense net, level by level.
+
+The pieces :class:`densify.scan.scanner.Scanner` runs for every level: the level's input for the
+whole group (:class:`LevelSource`: built on the device from one upload of the ``uint8`` images,
+or on the host with OpenCV), the class probabilities from the net's output
+(:func:`to_probabilities`, :func:`softmax_rows`), and, once the last level is done, one copy of
+every map back to the host (:func:`to_host`); images are grouped by size
+(:func:`same_size_groups`) and cuDNN autotunes the repeating shapes for the scan only
+(:func:`autotune`).
+
+Shape:
+    a group's maps are ``(N, K, h, w)`` float32 per level (``N`` images, ``K`` classes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .memory import level_input
+from .preprocess import level_batch, upload
+from .pyramid import Level
+
+__all__ = ["to_probabilities", "softmax_rows", "LevelSource", "to_host", "same_size_groups",
+           "autotune"]
+
+
+def to_probabilities(scores: torch.Tensor, activation: str | None, dim: int = 0) -> torch.Tensor:
+    """Class probabilities from an output ending in ``activation`` (classes along ``dim``: 0
+    for one ``(K, h, w)`` map): raw scores are softmaxed over classes, log-probabilities
+    exponentiated, probabilities kept (never a second softmax)."""
+    if activation is None:
+        return scores.softmax(dim=dim)
+    if activation == "log_softmax":
+        return scores.exp()
+    return scores
+
+
+def softmax_rows(logits: torch.Tensor, rows: int = 64) -> torch.Tensor:
+    """``logits.softmax(dim=1)`` of ``(N, K, h, w)`` maps: on the CPU in place, a band of rows
+    at a time (a 1000-class map of a large scale is hundreds of MB: no second copy); elsewhere
+    in one kernel."""
+    if logits.device.type != "cpu":
+        return logits.softmax(dim=1)
+    for r in range(0, logits.shape[2], rows):
+        logits[:, :, r:r + rows] = logits[:, :, r:r + rows].softmax(dim=1)
+    return logits if logits.is_contiguous() else logits.contiguous()
+
+
+class LevelSource:
+    """Each level's input for a group of same-size images: on ``device`` from one upload of the
+    ``uint8`` images (:func:`densify.scan.preprocess.level_batch`), or with ``device=None`` on
+    the host with OpenCV (:func:`densify.scan.memory.level_input`)."""
+
+    def __init__(self, rgbs: Sequence[np.ndarray], device: torch.device | None, flip: bool):
+        self.rgbs, self.device = rgbs, device
+        if device is not None:
+            self.images = upload(rgbs, device)
+            self.mirror = self.images.flip(2) if flip else None
+        else:
+            self.mirror = [np.ascontiguousarray(rgb[:, ::-1]) for rgb in rgbs] if flip else None
+
+    def level(self, level: Level, flipped: bool, mean, std, in_chans: int) -> torch.Tensor:
+        """``(N, C, H', W')`` float32, ``channels_last``."""
+        if self.device is not None:
+            return level_batch(self.mirror if flipped else self.images, level, mean, std, in_chans)
+        xs = [level_input(rgb, level, mean, std, in_chans)
+              for rgb in (self.mirror if flipped else self.rgbs)]
+        return xs[0] if len(xs) == 1 else torch.cat(xs).contiguous(
+            memory_format=torch.channels_last)
+
+
+def to_host(pairs: Sequence[tuple[torch.Tensor, torch.Tensor | None]]
+             ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """``(probs, regression)`` per level on the CPU; from another device in one copy (one
+    synchronisation for every level and image of a group, none per level)."""
+    tensors = [t for pair in pairs for t in pair if t is not None]
+    if not tensors or tensors[0].device.type == "cpu":
+        return list(pairs)
+    flat = torch.cat([t.reshape(-1) for t in tensors]).cpu()
+    parts = iter(p.view(t.shape) for p, t in zip(flat.split([t.numel() for t in tensors]),
+                                                  tensors, strict=True))
+    return [(next(parts), None if r is None else next(parts)) for _, r in pairs]
+
+
+def same_size_groups(shapes: Sequence[Sequence[int]], size: int) -> list[list[int]]:
+    """Indices of images grouped by shape (groups in first-seen order), each group cut into
+    chunks of at most ``size``.
+
+    Examples:
+        >>> same_size_groups([(2, 3), (4, 5), (2, 3), (2, 3)], 2)
+        [[0, 2], [3], [1]]
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, shape in enumerate(shapes):
+        groups.setdefault(tuple(shape), []).append(i)
+    return [idx[k:k + size] for idx in groups.values() for k in range(0, len(idx), size)]
+
+
+@contextlib.contextmanager
+def autotune(device: torch.device, enabled: bool):
+    """cuDNN autotuning (``benchmark``) for this scan on CUDA: the pyramid's shapes repeat from
+    image to image, so the fastest kernel for each is found once; the caller's flags are
+    restored afterwards."""
+    if device.type != "cuda" or not enabled:
+        yield
+        return
+    backend = torch.backends.cudnn
+    with backend.flags(enabled=backend.enabled, benchmark=True,
+                       deterministic=backend.deterministic, allow_tf32=backend.allow_tf32):
+        yield

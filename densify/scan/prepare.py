@@ -1,0 +1,132 @@
+"""What a scanner is built from: the device, the input image, the classifier and its card, and
+the dense net it runs (functions :class:`densify.scan.scanner.Scanner` calls once, at
+construction, or once per image).
+
+- :func:`resolve_device` and :func:`as_rgb` check what the caller passes;
+- :func:`classifier_for` loads any model form (:func:`densify.models.user.load_model`), and
+  :func:`dense_for` converts it at the requested output stride (the native one, logged, when
+  that stride cannot be reached) with batch norms folded;
+- :func:`card_outputs`, :func:`card_object_box` and :func:`card_scale_range` read the model
+  card's facts, given values first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..convert.dense import DenseNet, convolutionize
+from ..convert.fold import fold_batchnorm
+from ..errors import ConversionError, ParameterError
+from ..io.image import read_array, read_image
+from ..models.card import ModelCard
+from ..models.user import ModelChoice, load_model
+from ..models.weights import Classifier
+from .detect import object_region
+from .pyramid import object_range
+
+__all__ = ["resolve_device", "as_rgb", "classifier_for", "dense_for", "card_outputs",
+           "card_object_box", "card_scale_range"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (CUDA if available, else CPU), or a torch device name; checked."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ParameterError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError(f"device {device!r} requested but CUDA is not available; use --device "
+                         "cpu (or auto)")
+    return dev
+
+
+def as_rgb(image: str | Path | np.ndarray | torch.Tensor) -> tuple[np.ndarray, str | None]:
+    """``(RGB uint8 (H, W, 3), source path or None)`` from a path, an array or a tensor.
+
+    Tensors are ``(3, H, W)`` or ``(1, 3, H, W)`` RGB (or 1-channel gray), float in [0, 1] or
+    uint8. Raises :class:`densify.image.ImageError` for anything else.
+    """
+    if isinstance(image, (str, Path)):
+        return read_image(image), str(image)
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        t = t[0] if t.ndim == 4 and t.shape[0] == 1 else t
+        if t.ndim == 3 and t.shape[0] in (1, 3):
+            t = t.permute(1, 2, 0)
+        image = t.numpy()
+    return read_array(image), None
+
+
+def classifier_for(model, weights, input_size, mean, std, categories) -> Classifier | None:
+    """The model as a :class:`Classifier` (:func:`densify.models.user.load_model`); None for a
+    DenseNet or a plain module, which the scanner converts as given."""
+    if isinstance(model, ModelChoice):
+        model = model.load()
+    if isinstance(model, (str, Classifier)):
+        return load_model(model, weights, input_size=input_size, mean=mean, std=std,
+                          categories=categories)
+    return None
+
+
+def dense_for(model: nn.Module, input_size, output_stride: int | None, fold_bn: bool) -> DenseNet:
+    if isinstance(model, DenseNet):
+        if output_stride not in (None, model.output_stride):
+            log.info("scanning a DenseNet at its own stride %d (asked for %s)",
+                     model.output_stride, output_stride)
+        return fold_batchnorm(model) if fold_bn and _has_batchnorm(model) else model
+    dense = _convert_model(model, input_size, output_stride)
+    return fold_batchnorm(dense, inplace=True) if fold_bn else dense
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) for m in model.modules())
+
+
+def _convert_model(model: nn.Module, input_size, output_stride: int | None) -> DenseNet:
+    if output_stride is None:
+        return convolutionize(model, input_size)
+    try:
+        return convolutionize(model, input_size, output_stride)
+    except ConversionError as exc:
+        dense = convolutionize(model, input_size)  # raises if the model itself is the problem
+        log.info("output stride %d is not reachable (%s); scanning at the native stride %d",
+                 output_stride, exc, dense.output_stride)
+        return dense
+
+
+def card_outputs(card: ModelCard | None, scores, boxes, box_format: str | None):
+    """``(scores, boxes, box_format)``: the given ones, else the model card's, else the only
+    output, no boxes and ``"offsets"``."""
+    if scores is None and boxes is None and card is not None:
+        scores, boxes = card.scores_output, card.boxes_output
+    fmt = box_format or (card.box_format if card else None) or "offsets"
+    return scores, boxes, fmt
+
+
+def card_object_box(card: ModelCard | None, window: Sequence[int]):
+    """The object's box in the window from the model card (``object_height`` and
+    ``box_aspect``), or None."""
+    if card is None or card.object_height is None:
+        return None
+    return object_region(window, card.object_height, card.box_aspect)
+
+
+def card_scale_range(card: ModelCard | None, object_sizes=None) -> tuple[float, float] | None:
+    """The factor range for ``scales=N`` from object sizes (given, or the card's), or None."""
+    sizes = object_sizes if object_sizes is not None else (card.object_sizes if card else None)
+    if sizes is None:
+        return None
+    if card is None or card.object_height is None:
+        raise ParameterError("object sizes need a model whose card gives object_height; pass "
+                         "explicit --scales factors instead")
+    return object_range(card.object_height, sizes)

@@ -1,0 +1,178 @@
+"""Scanning many images: batches equal one-at-a-time scans, the device-resident pyramid equals
+the host one within its tolerance, CUDA graphs are captured by policy, and a scan leaves the
+process's torch settings as the caller set them. Everything here runs on the CPU: the device
+path is the same torch code (``preprocess="device"``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from densify.scan.engine import autotune
+from densify.scan.graphs import GraphCache
+from densify.scan.scanner import Scanner
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENE = ROOT / "demos" / "digits_scene.png"
+
+
+@pytest.fixture(scope="module")
+def scene() -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(SCENE)), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def crops(scene) -> list[np.ndarray]:
+    """Five crops of the demo scene, three of one size and two of another, interleaved."""
+    return [scene[:300, :400].copy(), scene[300:520, 100:460].copy(), scene[400:700, 500:900].copy(),
+            scene[600:820, 700:1060].copy(), scene[800:1100, 200:600].copy()]
+
+
+@pytest.fixture(scope="module")
+def digits() -> Scanner:
+    return Scanner("lenet5-digits", scales=3, weights="DEFAULT", device="cpu", flip=True)
+
+
+def _worst(a, b) -> float:
+    worst = 0.0
+    for r1, r2 in zip(a, b, strict=True):
+        assert r1.image_size == r2.image_size and len(r1.maps) == len(r2.maps)
+        for m1, m2 in zip(r1.maps, r2.maps, strict=True):
+            assert m1.level == m2.level and m1.flipped == m2.flipped
+            worst = max(worst, float((m1.probs - m2.probs).abs().max()))
+            if m1.regression is not None:
+                worst = max(worst, float((m1.regression - m2.regression).abs().max()))
+    return worst
+
+
+@pytest.mark.parametrize("preprocess", ["host", "device"])
+def test_a_batch_equals_one_image_at_a_time(digits, crops, preprocess):
+    """Mixed sizes, flips and a box-regression output: every map, in input order.
+    Mutations caught: results returned in group order instead of input order; a batch's maps
+    cut from the wrong image (``p[0]`` for every image)."""
+    digits.preprocess = preprocess
+    try:
+        one = [digits(c) for c in crops]
+        many = digits.scan_batch(crops, batch_size=2)
+    finally:
+        digits.preprocess = "auto"
+    assert _worst(one, many) <= 1e-6
+    assert [r.top_classes(1)[0].name for r in one] == [r.top_classes(1)[0].name for r in many]
+
+
+def test_the_device_pyramid_gives_the_host_maps_within_tolerance(digits, crops):
+    """Inputs that differ by one grey level in under 1 % of the pixels (tests/test_preprocess.py)
+    move the trained digit model's probabilities by little and its detections not at all."""
+    host = [digits(c) for c in crops[:2]]
+    digits.preprocess = "device"
+    try:
+        device = [digits(c) for c in crops[:2]]
+    finally:
+        digits.preprocess = "auto"
+    assert _worst(host, device) < 0.05
+    for a, b in zip(host, device, strict=True):
+        da, db = a.detections(threshold=0.9), b.detections(threshold=0.9)
+        assert len(da.boxes) == len(db.boxes)
+        assert torch.allclose(da.boxes, db.boxes, atol=1.0)
+
+
+def test_batches_come_from_one_size_at_a_time(digits, crops, monkeypatch):
+    seen = []
+    original = Scanner._scan_group
+
+    def spy(self, rgbs, *args):
+        seen.append([r.shape for r in rgbs])
+        return original(self, rgbs, *args)
+
+    monkeypatch.setattr(Scanner, "_scan_group", spy)
+    digits.scan_batch(crops, batch_size=2, scales=[1.0])
+    assert [len(g) for g in seen] == [2, 1, 2]
+    assert all(len({s for s in g}) == 1 for g in seen)
+
+
+def test_batch_size_is_checked(digits, crops):
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(Exception, match="batch size"):
+            digits.scan_batch(crops, batch_size=bad)
+
+
+def test_the_default_batch_is_one_image_on_the_cpu(digits):
+    assert digits.batch_size == 1
+    assert digits.preprocess_on_device is False
+
+
+def test_a_scan_leaves_torch_settings_as_the_caller_set_them(digits, crops):
+    """Mutation caught: setting cudnn.benchmark (or the thread count) without restoring it."""
+    threads = torch.get_num_threads()
+    for benchmark in (False, True):
+        torch.backends.cudnn.benchmark = benchmark
+        try:
+            digits(crops[0])
+            digits.scan_batch(crops[:2])
+            assert torch.backends.cudnn.benchmark is benchmark
+            assert torch.get_num_threads() == threads
+        finally:
+            torch.backends.cudnn.benchmark = False
+
+
+def test_autotuning_is_on_inside_a_cuda_scan_only():
+    cudnn = torch.backends.cudnn
+    for caller in (False, True):
+        cudnn.benchmark = caller
+        try:
+            with autotune(torch.device("cuda"), True):
+                assert cudnn.benchmark is True
+            assert cudnn.benchmark is caller
+            with autotune(torch.device("cpu"), True):
+                assert cudnn.benchmark is caller
+        finally:
+            cudnn.benchmark = False
+
+
+def _fake_capture(log):
+    def capture(fn, x, pool):
+        log.append(tuple(x.shape))
+        return lambda y: fn(y) + 0  # a "replay": the same function, a new tensor
+    return capture
+
+
+def test_a_shape_is_captured_the_second_time_it_is_seen():
+    """Mutations caught: capturing on first sight; never replaying a captured graph."""
+    captured: list = []
+    calls: list = []
+    cache = GraphCache(lambda x: calls.append(tuple(x.shape)) or x * 2,
+                       capture_fn=_fake_capture(captured))
+    x = torch.ones(1, 3, 4, 4)
+    assert torch.equal(cache(x), x * 2) and captured == []
+    assert torch.equal(cache(x), x * 2) and captured == [(1, 3, 4, 4)]
+    cache(x)
+    assert captured == [(1, 3, 4, 4)] and len(cache.graphs) == 1
+    assert cache(x.contiguous(memory_format=torch.channels_last)) is not None
+    assert len(cache.graphs) == 1  # another layout is another key, not yet captured
+
+
+def test_the_least_recently_used_graph_is_dropped():
+    captured: list = []
+    cache = GraphCache(lambda x: x, capacity=2, capture_fn=_fake_capture(captured))
+    a, b, c = torch.zeros(1, 1), torch.zeros(1, 2), torch.zeros(1, 3)
+    for x in (a, a, b, b, a, c, c):
+        cache(x)
+    assert [k[0] for k in cache.graphs] == [(1, 1), (1, 3)]
+
+
+def test_a_failed_capture_runs_eagerly_and_is_not_retried():
+    tries: list = []
+
+    def broken(fn, x, pool):
+        tries.append(1)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    cache = GraphCache(lambda x: x + 1, capture_fn=broken)
+    x = torch.zeros(2)
+    for _ in range(4):
+        assert torch.equal(cache(x), x + 1)
+    assert len(tries) == 1 and not cache.graphs
