@@ -19,10 +19,8 @@ The public names below load on first use, so ``import densify`` (and ``densify -
 import torch.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING
+from importlib import import_module as _import_module
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from .errors import (
     ConversionError,
@@ -67,17 +65,18 @@ __all__ = [  # the names of _LAZY, then the errors
 
 def __getattr__(name: str):
     if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        value = getattr(_import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'densify' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    """The public names only (``dir(densify)``, tab completion)."""
+    return sorted(__all__) + ["__version__"]
 
 
-if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+if _TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from .convert.dense import DenseNet, available_strides, convolutionize
     from .convert.geometry import Geometry
     from .convert.outputs import OutputInfo

@@ -66,9 +66,8 @@ def require_ray():
     """Import and return ``ray`` (with ``ray.data``), or raise one line naming the extra."""
     require_extra("ray", "scanning on Ray")
     try:
-        import ray.data  # noqa: F401
-
         import ray
+        import ray.data  # noqa: F401
     except ImportError as exc:
         raise MissingExtraError(f"Ray Data is not installed ({exc}); {RAY_HINT}") from None
     return ray

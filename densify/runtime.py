@@ -11,7 +11,7 @@ minus the cores other processes keep busy right now, at least 1 (:func:`default_
 the environment wins (torch's count is kept). Why not torch's default (one thread per physical
 core): every parallel region of a convolution waits for its slowest OpenMP thread; when another
 process holds a core, the thread scheduled on it runs only in that process's time slices and the
-whole layer waits (README, "Efficiency": ResNet-18 0.70 s with 2 threads against 0.10 s with 1
+whole layer waits (docs/performance.md: ResNet-18 0.70 s with 2 threads against 0.10 s with 1
 while a busy loop held one of 2 cores).
 
 Allocator (glibc): with a memory budget, blocks of 1 MiB and more are served by ``mmap`` so that

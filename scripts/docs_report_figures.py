@@ -1,4 +1,4 @@
-"""Make the README's contact sheet and report screenshot from a real ``densify heatmap`` run.
+"""Make the manual's contact sheet and report screenshot from a real ``densify heatmap`` run.
 
     python scripts/docs_report_figures.py            # writes docs/digits_scene_sheet.png, docs/report.png
 

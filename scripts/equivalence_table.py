@@ -1,4 +1,4 @@
-"""The README's equivalence table, rendered from what the test suite measured.
+"""The manual's model table (``docs/models.md``), rendered from what the test suite measured.
 
     DENSIFY_RECORD=results/equivalence.json python -m pytest tests/test_convert.py -q
     python scripts/equivalence_table.py --from-record results/equivalence.json   # markdown

@@ -9,7 +9,8 @@ Layers, lowest first (a module may import its own layer's package and any lower 
     cli, and the wings digits, bench,    3  (applications of the library; the core never
     distributed, runtime                     imports them)
 
-Also: no import cycles between modules (imports that run at import time), no ``_private`` name imported from
+Also: no import cycles between modules (imports that run at import time), no two modules that
+import each other in any way (lazily or under ``TYPE_CHECKING`` too), no ``_private`` name imported from
 another densify module (shared internals live in private *modules*), and importing the package or
 its CLI does not import torch.
 """
@@ -118,6 +119,15 @@ def test_no_import_cycles():
     for m in graph:
         if m not in state:
             visit(m, [])
+
+
+def test_no_two_modules_import_each_other():
+    """Not even one way lazily or under ``TYPE_CHECKING``: a tie between two files runs one way
+    (the drawing code takes arrays and never imports the result that calls it)."""
+    graph = {m: {t for t, _, _ in _imports(p) if t in MODULES and t != m}
+             for m, p in MODULES.items()}
+    both = sorted((a, b) for a in graph for b in graph[a] if a < b and a in graph[b])
+    assert not both, f"modules importing each other: {both}"
 
 
 def test_package_and_cli_do_not_import_torch():

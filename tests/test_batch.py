@@ -117,7 +117,7 @@ def test_overwrite_redoes_finished_images_and_detect_keeps_skipped_boxes(tmp_pat
 
 
 def test_heatmap_then_detect_in_one_directory_each_do_their_own_job(tmp_path):
-    """The README's main job: heatmap, then detect, into the same OUTDIR. Detect must not take
+    """The README's first command: heatmap, then detect, into the same OUTDIR. Detect must not take
     heatmap's records as its own (they carry no boxes), and other --scales redo the image."""
     from click.testing import CliRunner
 

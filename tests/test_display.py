@@ -14,7 +14,6 @@ import torch
 from densify.io.draw import colormap_lut
 from densify.io.image import read_image, thumbnail
 from densify.io.sheet import MIN_COLUMN, PANEL, SheetLayout, blend, contact_sheet, sheet_layout
-from densify.scan import display
 from densify.scan.result import THUMBNAIL_SIDE
 from densify.scan.scanner import Scanner
 
@@ -53,14 +52,14 @@ def test_repr_png_is_the_image_with_the_top_class_map_and_a_caption(scene_result
     result, rgb = scene_result
     shown = _decode_png(result._repr_png_())
     assert shown.shape == rgb.shape  # 300x400 fits the preview: drawn at full size
-    plain = display.preview(result, with_caption=False)
+    plain = result.preview(with_caption=False)
     # The caption is drawn (top-left rows differ), the rest is the same picture.
     assert np.abs(shown[:20].astype(int) - plain[:20]).max() > 100
     np.testing.assert_array_equal(shown[60:], plain[60:])
     # Under the boxes: the image in grey with the top class's aggregate map blended in.
     top = result.top_classes(3)[0]
-    heat = display.panel_maps(result, [top.index], rgb.shape[:2])[0, -1]
-    np.testing.assert_array_equal(display.preview(result, with_caption=False, max_boxes=0),
+    heat = result.panel_maps([top.index], rgb.shape[:2])[0, -1]
+    np.testing.assert_array_equal(result.preview(with_caption=False, max_boxes=0),
                                   blend(rgb, heat))
     # The detections are drawn: the best box's edge carries its label colour.
     found = result.detections(0.5)
@@ -89,10 +88,10 @@ def test_a_result_keeps_a_thumbnail_and_falls_back_to_its_source(digits, tmp_pat
     path = tmp_path / "scene.png"
     cv2.imwrite(str(path), big[..., ::-1])
     reread = dataclasses.replace(result, thumbnail=None, source=str(path))
-    np.testing.assert_array_equal(display.display_image(reread, 500), thumbnail(big, 500))
+    np.testing.assert_array_equal(reread.display_image(500), thumbnail(big, 500))
     lost = dataclasses.replace(result, thumbnail=None, source=str(tmp_path / "gone.png"))
-    assert (display.display_image(lost, 500) == 128).all()  # grey canvas, same aspect
-    assert display.display_image(lost, 500).shape == (375, 500, 3)
+    assert (lost.display_image(500) == 128).all()  # grey canvas, same aspect
+    assert lost.display_image(500).shape == (375, 500, 3)
 
 
 def test_sheet_geometry_for_six_scales_and_five_classes_on_a_4000x3000_image(big_result):
@@ -110,7 +109,7 @@ def test_sheet_geometry_for_six_scales_and_five_classes_on_a_4000x3000_image(big
     # Each panel holds its map blended over the grey image (no overlap, nothing else drawn on it).
     classes = [t.index for t in result.top_classes(5)]
     rgb = cv2.resize(result.thumbnail, (240, 180), interpolation=cv2.INTER_AREA)
-    maps = display.panel_maps(result, classes, (180, 240))
+    maps = result.panel_maps(classes, (180, 240))
     for r, c in [(0, 0), (2, 3), (4, 6)]:
         x, y, w, h = layout.panel_box(r, c)
         np.testing.assert_array_equal(sheet[y:y + h, x:x + w], blend(rgb, maps[r, c]))
@@ -123,7 +122,7 @@ def test_sheet_geometry_for_six_scales_and_five_classes_on_a_4000x3000_image(big
 def test_panel_titles_name_scale_cells_and_best_probability(big_result):
     result, _ = big_result
     cls = result.top_classes(1)[0].index
-    (row,) = display.panel_titles(result, [cls])
+    (row,) = result.panel_titles([cls])
     assert len(row) == 7
     for title, m in zip(row, result.maps, strict=False):
         h, w = m.cells
@@ -136,7 +135,7 @@ def test_raw_panels_put_each_peak_cell_at_its_window_centre(big_result):
     result, _ = big_result
     cls = result.top_classes(1)[0].index
     height, width = result.image_size
-    maps = display.panel_maps(result, [cls], (180, 240))[0]
+    maps = result.panel_maps([cls], (180, 240))[0]
     for s, m in enumerate(result.maps):
         cell = int(m.probs[cls].flatten().argmax())
         x1, y1, x2, y2 = m.boxes(clip=False)[cell].tolist()
@@ -149,7 +148,7 @@ def test_aggregate_panel_is_the_heatmap_when_the_panel_is_image_sized(digits):
     rgb = np.ascontiguousarray(read_image(SCENE)[100:280, 560:800])  # 180x240: panel = image
     result = digits(rgb)
     classes = [t.index for t in result.top_classes(3)]
-    maps = display.panel_maps(result, classes, result.image_size)
+    maps = result.panel_maps(classes, result.image_size)
     np.testing.assert_allclose(maps[:, -1], result.heatmaps(classes).numpy(), atol=1e-5)
 
 
@@ -193,3 +192,34 @@ class _Collect(HTMLParser):
 
     def attrs(self, tag: str, name: str) -> list[str]:
         return [a[name] for t, a in self.found if t == tag and name in a]
+
+
+def test_flipped_scales_are_mirrored_in_the_panels_as_in_the_heatmaps(digits):
+    """A flipped scale's cells look at the mirrored image: panels mirror them back, as
+    :func:`densify.scan.heatmap.scale_heatmap` does (one geometry for both)."""
+    rgb = np.ascontiguousarray(read_image(SCENE)[100:280, 560:800])
+    result = digits(rgb)
+    mirrored = dataclasses.replace(
+        result, maps=tuple(dataclasses.replace(m, flipped=True) for m in result.maps))
+    classes = [t.index for t in result.top_classes(2)]
+    np.testing.assert_array_equal(mirrored.panel_maps(classes, (90, 120)),
+                                  result.panel_maps(classes, (90, 120))[..., ::-1])
+    np.testing.assert_allclose(mirrored.panel_maps(classes, result.image_size)[:, -1],
+                               mirrored.heatmaps(classes).numpy(), atol=1e-5)
+
+
+def test_display_draws_from_arrays_alone():
+    """No scan needed: an image, a map, boxes and labels in, an image out."""
+    from densify.io import display
+
+    rgb = np.full((60, 80, 3), 200, np.uint8)
+    heat = np.zeros((60, 80), np.float32)
+    heat[20:40, 30:50] = 1.0
+    plain = display.preview(rgb, heat)
+    np.testing.assert_array_equal(plain, blend(rgb, heat))
+    boxed = display.preview(rgb, heat, np.array([[10.0, 10.0, 40.0, 50.0]]), ["7"], [0.9])
+    assert boxed.shape == rgb.shape and (boxed != plain).any()
+    assert _decode_png(display.png_bytes(boxed)).shape == rgb.shape
+    parser = _Collect()
+    parser.feed(display.html_figure(boxed, "a <b>.png", "80x60 px", [("7", 0.9, 1.0)]))
+    assert "a <b>.png" in parser.text and parser.tags.count("tr") == 2

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from densify.digits import synth
+from densify.digits import glyphs, scenes, synth, windows
+from densify.digits import textures as texture_module
 
 SMALL_SCENE = {"size": (240, 320), "heights": (24.0, 60.0), "n_digits": 6}
 
@@ -39,7 +40,7 @@ def test_make_batch_label_mix():
 
 
 def test_positive_windows_hold_a_centred_digit_of_trained_height(monkeypatch):
-    monkeypatch.setattr(synth, "_P_NEIGHBOURS", 0.0)  # the labelled digit alone
+    monkeypatch.setattr(windows, "_P_NEIGHBOURS", 0.0)  # the labelled digit alone
     _, labels, masks = synth.make_batch(120, seed=1, p_background=0.0, return_masks=True)
     for mask in masks.numpy():
         dx, dy, height = _ink_box(mask)
@@ -56,17 +57,17 @@ def _assert_background(placements):
 @pytest.mark.parametrize("split", ["train", "eval"])
 def test_layouts_follow_the_labelling_contract(split):
     rng = np.random.default_rng(7)
-    bank = synth._glyph_bank(split)
+    bank = glyphs.glyph_bank(split)
     for _ in range(400):
         mask = np.zeros((28, 28), np.float32)
-        placed = synth._positive_layout(rng, mask, synth._glyph_sampler(rng, bank), 4)
+        placed = windows.positive_layout(rng, mask, windows.glyph_sampler(rng, bank), 4)
         digit, height, cx, cy, _ = placed[0]
         assert digit == 4 and max(abs(cx - 14), abs(cy - 14)) <= synth.POSITIVE_SHIFT
         assert synth.POSITIVE_HEIGHTS[0] <= height <= synth.POSITIVE_HEIGHTS[1]
-        _assert_background(synth._negative_layout(rng, mask, synth._glyph_sampler(rng, bank)))
+        _assert_background(windows.negative_layout(rng, mask, windows.glyph_sampler(rng, bank)))
         # The near misses and gaps sit closest to the boundary: check many of each.
-        _assert_background(synth._gap_layout(rng, mask, synth._glyph_sampler(rng, bank)))
-        _assert_background(synth._shifted_layout(rng, mask, synth._glyph_sampler(rng, bank),
+        _assert_background(windows.gap_layout(rng, mask, windows.glyph_sampler(rng, bank)))
+        _assert_background(windows.shifted_layout(rng, mask, windows.glyph_sampler(rng, bank),
                                                  1, near_miss=True))
 
 
@@ -89,7 +90,7 @@ def test_eval_fonts_are_held_out_of_training():
 
 def test_eval_split_draws_only_held_out_fonts_and_textures(monkeypatch):
     families, photos, textures = set(), set(), set()
-    render, levels, texture = synth.render_glyph, synth._gray_levels, synth.texture
+    render, levels, texture = glyphs.render_glyph, texture_module.gray_levels, texture_module.texture
 
     def spy_render(digit, style, height):
         families.add(style.family)
@@ -103,16 +104,18 @@ def test_eval_split_draws_only_held_out_fonts_and_textures(monkeypatch):
         textures.add(name)
         return texture(name, shape, rng)
 
-    monkeypatch.setattr(synth, "render_glyph", spy_render)
-    monkeypatch.setattr(synth, "_gray_levels", spy_levels)
-    monkeypatch.setattr(synth, "texture", spy_texture)
-    monkeypatch.setattr(synth, "_noise_sheets", lambda: pytest.fail("value_noise is train-only"))
-    synth._glyph_bank.cache_clear()
+    for module in (glyphs, scenes):  # every module that renders glyphs or draws textures
+        monkeypatch.setattr(module, "render_glyph", spy_render)
+    for module in (texture_module, scenes):
+        monkeypatch.setattr(module, "texture", spy_texture)
+    monkeypatch.setattr(texture_module, "gray_levels", spy_levels)
+    monkeypatch.setattr(texture_module, "_noise_sheets", lambda: pytest.fail("value_noise is train-only"))
+    glyphs.glyph_bank.cache_clear()
     try:
         synth.make_batch(150, seed=2, split="eval")
         synth.make_scene(2, split="eval", **SMALL_SCENE)
     finally:
-        synth._glyph_bank.cache_clear()
+        glyphs.glyph_bank.cache_clear()
     assert families == set(synth.EVAL_FONT_FAMILIES)
     assert photos and photos <= set(synth.EVAL_TEXTURES)
     assert textures <= set(synth.EVAL_TEXTURES) | {"flat", "gradient"}

@@ -159,7 +159,7 @@ def test_verify_crops_gap_is_informational_only_while_finite(monkeypatch):
 
 
 def test_tolerance_table_is_pinned():
-    """The dtype → tolerance table (relative to the largest |logit|) the README states, and each
+    """The dtype → tolerance table (relative to the largest |logit|) the manual states, and each
     entry decides a pass: an error of half the tolerance passes, twice the tolerance fails.
     Mutation caught: any entry loosened or tightened (e.g. float64 1e-9 → 1e-6)."""
     assert TOLERANCE == {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 5e-2,

@@ -9,7 +9,7 @@ written atomically (:mod:`densify.io.files`). A bug (any other exception) stops 
 
 Batches resume: each image's record goes to ``OUTDIR/summary.jsonl`` (:mod:`densify.io.records`)
 once its files are written, and a rerun of the same job (the command and every option that shapes
-its output, :func:`job`) skips the images whose latest ``ok`` record's files all exist
+its output, :func:`current_job`) skips the images whose latest ``ok`` record's files all exist
 (``--overwrite`` redoes them), recording them as ``"skipped"``. While one image is
 scanned, a background thread decodes the next (``--no-prefetch`` turns that off; it is off with
 ``--max-memory``, whose budget does not count a second image).

@@ -32,7 +32,6 @@ def _heatmap_one(scanner: Scanner, out: Path, chosen: int | None, top_k: int, al
                  result: ScanResult) -> dict:
     from ..io.draw import draw_boxes, draw_caption, overlay_heatmap
     from ..io.files import write_image
-    from ..scan.display import sheet as draw_sheet
     from ..scan.records import top_rows
     from ..scan.resultfile import save_result
     from ._scanning import summary, write_all
@@ -52,7 +51,7 @@ def _heatmap_one(scanner: Scanner, out: Path, chosen: int | None, top_k: int, al
     if sheet:
         heading = f"{path.name}  {rgb.shape[0]}x{rgb.shape[1]} px (HxW)"
         outputs[out / f"{stem}_sheet.png"] = lambda p: write_image(
-            p, draw_sheet(result, classes[:top_k], heading=heading, colormap=colormap))
+            p, result.sheet(classes[:top_k], heading=heading, colormap=colormap))
     files = write_all(outputs)
     return {**summary(path, result, scanner), "class": best.name, "top": top_rows(result, top_k),
             "files": files}
@@ -118,7 +117,9 @@ def _scales_text(scanner: Scanner) -> str:
 @options.json_output()
 @options.sheet
 @options.report
-@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Opacity of the heat map over the image in the PNG overlay (0: the image "
+                   "alone, 1: the colour-mapped map alone).")
 @click.option("--colormap", default="jet", show_default=True, callback=options.callback(
     _colormap), help="Any OpenCV colormap: jet, turbo, inferno, viridis, ...")
 @options.ray_options
@@ -132,8 +133,8 @@ def heatmap(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, 
     OUTDIR/report.html with --report) and a line per image to OUTDIR/summary.jsonl; a rerun
     skips the images done (--overwrite redoes them). A window's
     probability sits at the window's centre, interpolated between centres and averaged over
-    scales (densify.heatmap). Scores are OverFeat's: the best window per scale, averaged over
-    scales.
+    scales (the manual's "The scanner and OverFeat" page). Scores are OverFeat's: the best
+    window per scale, averaged over scales.
     """
     from ..io.files import ensure_output_dir
     from ._scanning import (

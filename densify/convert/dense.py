@@ -29,7 +29,7 @@ equals the classifier exactly at the canonical input and in its head, but not wi
 
 ``output_stride`` applies OverFeat's stride-1 final pooling: the last strided layer(s) get stride 1
 and every later sliding-window layer is dilated by the old stride (convolutions and max pools
-natively, average pools through :class:`densify.layers.DilatedAvgPool2d`). Repeating the step
+natively, average pools through :class:`densify.convert.layers.DilatedAvgPool2d`). Repeating the step
 reaches 8 and below.
 """
 
@@ -71,14 +71,14 @@ class DenseNet(nn.Module):
 
     Attributes:
         net: the rewritten ``torch.fx.GraphModule``.
-        geometry: window, stride and receptive field (:class:`densify.geometry.Geometry`).
+        geometry: window, stride and receptive field (:class:`densify.convert.geometry.Geometry`).
         input_size: canonical ``(C, H, W)``.
         output_stride: pixels between cells.
         global_context: names of the graph nodes (in :attr:`net`) that take statistics of the
             whole feature map (SE gates, GroupNorm, ...); empty for nets whose every cell is a pure
             function of its receptive field.
         feature_node: name of the trunk's last feature map in :attr:`net`'s graph (and in the
-            traced original), where the classifier head starts; used by :mod:`densify.verify`.
+            traced original), where the classifier head starts; used by :mod:`densify.convert.verify`.
         outputs: one :class:`densify.convert.outputs.OutputInfo` per output, in the order of the
             classifier's output structure (one for a single-output classifier).
 

@@ -3,7 +3,7 @@
 In eval mode a batch norm is a per-channel affine map, so ``bn(conv(x))`` equals a convolution
 with weights ``w * g / sqrt(var + eps)`` and bias ``(b - mean) * g / sqrt(var + eps) + beta``
 (``torch.nn.utils.fusion.fuse_conv_bn_eval``). Folding saves one read and one write of every
-normalized activation: ResNets scan faster (README, "Efficiency"), VGG has nothing to fold.
+normalized activation: ResNets scan faster (docs/performance.md), VGG has nothing to fold.
 
 Only a norm whose input is a convolution used by nothing else is folded (the convolution's raw
 output must not be needed elsewhere), and only the exact types ``BatchNorm1d/2d/3d`` after the

@@ -5,7 +5,7 @@ activations stay leaf modules, so their attributes can be edited), annotated wit
 canonical input by :func:`propagate_shapes` (fake tensors: no memory, no arithmetic), and edited
 with :func:`replace_with_module`, :func:`bypass` and :func:`set_module`. The predicates
 (:func:`global_pool_kind`, :func:`is_flatten`, ...) classify nodes for :mod:`densify.convert.head`.
-:func:`prepared_trace` and :func:`subgraph` give :mod:`densify.convert.verify` the same graph the
+:func:`prepare` and :func:`subgraph` give :mod:`densify.convert.verify` the same graph the
 converter started from, and any part of it.
 """
 

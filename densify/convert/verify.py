@@ -11,9 +11,9 @@ largest logit, the tolerance for the dtype, and how many values/cells were compa
    stride-``S`` net on the image shifted by ``S/2`` (all four phases), on every cell whose receptive
    field stays inside the image (zero padding at a moved border changes the others).
 4. :func:`check_crops`: every cell equals the classifier on the crop at ``(i·S, j·S)``. Exact for
-   unpadded networks; for padded ones this *measures* the gap (see the README).
+   unpadded networks; for padded ones this *measures* the gap (the manual: Conversion and exactness).
 5. :func:`probe_geometry`: perturb single pixels and compare the cells that change with the
-   windows and receptive fields reported by :class:`densify.geometry.Geometry`.
+   windows and receptive fields reported by :class:`densify.convert.geometry.Geometry`.
 """
 
 from __future__ import annotations

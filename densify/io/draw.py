@@ -51,7 +51,7 @@ def overlay_heatmap(rgb: np.ndarray, heat: np.ndarray | torch.Tensor, alpha: flo
 
     Shape:
         ``rgb`` ``(H, W, 3)`` uint8; ``heat`` ``(H, W)`` float, the SAME size as the image (resize
-        it first with :func:`densify.image.resize`).
+        it first with :func:`densify.io.image.resize`).
 
     Blending: ``v = clip((heat - vmin) / (vmax - vmin), 0, 1)`` is looked up in the colormap
     (256 levels, NaN as ``vmin``) and ``out = (1 - alpha) * rgb + alpha * colour``, rounded.
@@ -61,7 +61,7 @@ def overlay_heatmap(rgb: np.ndarray, heat: np.ndarray | torch.Tensor, alpha: flo
     heat = _as_numpy(heat)
     if heat.shape != image.shape[:2]:
         raise ParameterError(f"heat map is {_hw(heat.shape)} but the image is {_hw(image.shape)} "
-                         f"(H x W); resize it with densify.image.resize(heat, "
+                         f"(H x W); resize it with densify.io.image.resize(heat, "
                          f"{image.shape[:2]}) first")
     if not 0.0 <= alpha <= 1.0:
         raise ParameterError(f"alpha must lie in [0, 1], got {alpha}")

@@ -114,7 +114,7 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
 
 
 def write_image(path: str | Path, rgb: np.ndarray, params: Sequence[int] = ()) -> Path:
-    """Write RGB ``uint8`` ``(H, W, 3)`` (anything :func:`~densify.image.read_array` accepts).
+    """Write RGB ``uint8`` ``(H, W, 3)`` (anything :func:`~densify.io.image.read_array` accepts).
 
     The format follows ``path``'s suffix (``.png``, ``.jpg``, ``.bmp``, ``.tif``, ``.webp``);
     ``params`` go to ``cv2.imencode`` (e.g. ``(cv2.IMWRITE_JPEG_QUALITY, 95)``).

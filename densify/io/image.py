@@ -19,30 +19,26 @@ What :func:`read_image` does with valid but unusual files (nothing here is refus
 What it refuses, with a one-line :class:`ImageError`: a missing file, a directory, an empty file,
 a file that is not an image, a truncated JPEG (no end-of-image marker) or PNG (no ``IEND``
 chunk), and a header that claims more than ``max_pixels`` pixels. The size is checked BEFORE
-decoding: PNG and JPEG headers are parsed here; other formats by Pillow's lazy ``Image.open``,
-which also applies its own limit (``2 * PIL.Image.MAX_IMAGE_PIXELS``, about 1.8e8). Files Pillow
-cannot identify (e.g. float TIFF) are handed to OpenCV, whose own cap (2**30 pixels,
-``CV_IO_MAX_IMAGE_PIXELS``) applies during decoding; ``max_pixels`` is checked after it.
+decoding, from the header (:mod:`densify.io.headers`: PNG and JPEG are walked there, other
+formats read by Pillow's lazy ``Image.open``, which also applies its own limit,
+``2 * PIL.Image.MAX_IMAGE_PIXELS``, about 1.8e8). Files Pillow cannot identify (e.g. float TIFF)
+are handed to OpenCV, whose own cap (2**30 pixels, ``CV_IO_MAX_IMAGE_PIXELS``) applies during
+decoding; ``max_pixels`` is checked after it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
-import re
-import struct
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageError
+from .headers import read_header
 
 __all__ = [
     "ImageError", "DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "SAMPLE_IMAGES",
@@ -56,20 +52,6 @@ DEFAULT_MAX_PIXELS = 250_000_000
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SAMPLE_IMAGES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina")
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_JPEG_SIGNATURE = b"\xff\xd8\xff"
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7]")  # any marker but stuffing and restarts
-_ORIENTATION_TAG = 0x0112
-_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
-
-
-@dataclass(frozen=True)
-class _Header:
-    format: str | None  # None: Pillow cannot identify it (OpenCV may still decode it)
-    size_wh: tuple[int, int] | None  # None when the header does not say
-    complete: bool
-    orientation: int = 1
 
 
 def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -87,7 +69,7 @@ def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
     """
     path = Path(path)
     data = _read_bytes(path)
-    header = _read_header(path, data)
+    header = read_header(path, data)
     if not header.complete:
         end = "end-of-image marker" if header.format == "JPEG" else "IEND chunk"
         raise ImageError(f"{path}: truncated {header.format} (file ends before the {end}); "
@@ -239,82 +221,6 @@ def _read_bytes(path: Path) -> bytes:
     if not data:
         raise ImageError(f"{path}: empty file (0 bytes); re-export or re-download it")
     return data
-
-
-def _read_header(path: Path, data: bytes) -> _Header:
-    """Format, size, completeness and EXIF orientation, without decoding any pixels."""
-    if data.startswith(_PNG_SIGNATURE):
-        return _png_header(data)
-    if data.startswith(_JPEG_SIGNATURE):
-        return _jpeg_header(data)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow warns about large or odd files; we decide
-            with Image.open(io.BytesIO(data)) as im:
-                orientation = _valid_orientation(im.getexif().get(_ORIENTATION_TAG))
-                return _Header(str(im.format), im.size, True, orientation)
-    except Image.DecompressionBombError as exc:
-        claimed = _BOMB_PIXELS.search(str(exc))
-        pixels = f"{int(claimed.group(1)):.3g}" if claimed else "too many"
-        raise ImageError(f"{path}: header claims {pixels} pixels, over Pillow's limit "
-                         f"(decompression bomb?); downscale it, or raise "
-                         "PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error):
-        log.debug("%s: Pillow cannot read the header; leaving it to OpenCV", path)
-        return _Header(None, None, True)
-
-
-def _png_header(data: bytes) -> _Header:
-    """Walk the chunks by their lengths (no decompression) up to ``IEND``."""
-    size = struct.unpack(">II", data[16:24])[::-1] if data[12:16] == b"IHDR" else None
-    orientation, pos = 1, 8
-    while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        if kind == b"IEND":
-            return _Header("PNG", size, True, orientation)
-        if kind == b"eXIf":
-            orientation = _exif_orientation(data[pos + 8:pos + 8 + length])
-        pos += 12 + length
-    return _Header("PNG", size, False, orientation)
-
-
-def _jpeg_header(data: bytes) -> _Header:
-    """Walk the marker segments (skipping entropy-coded scans) up to the EOI marker ``FF D9``."""
-    size, orientation, pos = None, 1, 2
-    while (pos := data.find(b"\xff", pos)) >= 0 and pos + 1 < len(data):  # skips junk as libjpeg
-        marker = data[pos + 1]
-        if marker == 0xD9:
-            return _Header("JPEG", size, True, orientation)
-        if marker in (0x00, 0xFF) or 0xD0 <= marker <= 0xD8 or marker == 0x01:
-            pos += 1 if marker in (0x00, 0xFF) else 2  # fill bytes and standalone markers
-            continue
-        length = int.from_bytes(data[pos + 2:pos + 4], "big")
-        if pos + 2 + length > len(data):
-            break
-        if marker in _SOF_MARKERS and length >= 7:
-            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
-            size = (width, height) if height else None  # height 0: given later by a DNL marker
-        elif marker == 0xE1 and data.startswith(b"Exif\0\0", pos + 4) and orientation == 1:
-            orientation = _exif_orientation(data[pos + 4:pos + 2 + length])
-        pos += 2 + length
-        if marker == 0xDA:  # start of scan: entropy-coded data runs to the next real marker
-            found = _SCAN_END.search(data, pos)
-            pos = found.start() if found else len(data)
-    return _Header("JPEG", size, False, orientation)
-
-
-def _exif_orientation(raw: bytes) -> int:
-    exif = Image.Exif()
-    try:
-        exif.load(raw)
-        return _valid_orientation(exif.get(_ORIENTATION_TAG))
-    except Exception:  # broken EXIF is common and never a reason to refuse a photo
-        log.debug("ignoring unreadable EXIF block", exc_info=True)
-        return 1
-
-
-def _valid_orientation(value: object) -> int:
-    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _check_size(path: Path, size_wh: Sequence[int] | None, max_pixels: int | None) -> None:

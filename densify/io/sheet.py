@@ -4,8 +4,8 @@ A sheet has one row per class and one column per map (for a scan: each scale, th
 aggregate); every panel is the same thumbnail of the image, in grey, with that map's colour
 (fixed probability scale 0..1, the colour bar's) blended over it with opacity ``0.15 + 0.75 p``:
 where a class is absent the photo shows through, where it fires the colour is nearly solid
-(:func:`blend`). :mod:`densify.scan.display` fills a sheet from a scan; this module knows
-nothing of scans.
+(:func:`blend`). :meth:`densify.scan.result.ScanResult.sheet` fills a sheet from a scan; this
+module knows nothing of scans.
 
 Size rule (:func:`panel_size`, :func:`sheet_layout`):
     A panel's longer side is ``panel`` pixels (default :data:`PANEL` = 240), whatever the image's

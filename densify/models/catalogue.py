@@ -2,14 +2,14 @@
 
 A spec says how to build the classifier (random weights), its canonical input ``(C, H, W)``, the
 normalization it was trained with and where its class names come from. Weight files are resolved
-in :mod:`densify.weights`; conversion happens in :mod:`densify.convert`.
+in :mod:`densify.models.weights`; conversion happens in :mod:`densify.convert`.
 
 Families:
 
 - ``torchvision``: every CNN classifier in ``torchvision.models``. Canonical size, mean/std and the
   ImageNet categories come from the weights metadata that ships inside torchvision (no download).
 - ``seed``: LeNet-5, ZFNet, Network in Network and OverFeat's fast and accurate networks
-  (:mod:`densify.archs`).
+  (:mod:`densify.models.archs`).
 - ``timm``: SE-ResNet-50, pre-activation ResNet-50 (resnetv2) and Inception-v4, with the ``timm``
   extra installed.
 - ``project``: models trained by this project; weights and card ship inside the package

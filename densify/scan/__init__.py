@@ -4,7 +4,8 @@ Data flow: :mod:`.pyramid` (scales, rounding, padding) → :mod:`.scanner` (:cla
 dense net per scale, tiled by :mod:`.tiling` under a memory budget) → :mod:`.maps`
 (:class:`ScaleMap`: one scale's cell probabilities and their registration to the image) →
 :mod:`.heatmap` / :mod:`.detect` (aggregation) → :mod:`.result` (:class:`ScanResult`), which
-:mod:`.display` draws (notebook preview, contact sheet, matplotlib figure).
+decides what to draw and hands arrays to :mod:`densify.io.display` and :mod:`densify.io.sheet`
+(notebook preview, contact sheet, matplotlib figure).
 """
 
 from .detect import Detections

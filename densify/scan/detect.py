@@ -3,7 +3,7 @@
 Rule:
     every cell, at every scale, whose probability of a class is at least ``threshold`` proposes
     one box for that class: its window mapped back to the original image
-    (:meth:`densify.result.ScaleMap.boxes`), with the probability as score. The proposals of all
+    (:meth:`densify.scan.maps.ScaleMap.boxes`), with the probability as score. The proposals of all
     scales are merged per class by greedy non-maximum suppression
     (``torchvision.ops.batched_nms``, IoU above ``iou`` suppressed), or, with
     ``merge="overfeat"``, by OverFeat's greedy merge (:mod:`densify.scan.merge`: overlapping

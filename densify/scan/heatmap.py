@@ -34,7 +34,8 @@ import torch
 from ..errors import ParameterError
 from .maps import ScaleMap
 
-__all__ = ["centre_weights", "scale_heatmap", "heatmaps", "image_scores", "peak"]
+__all__ = ["centre_weights", "axis_weights", "scale_heatmap", "nearest_cells", "heatmaps",
+           "sampled_maps", "image_scores", "peak"]
 
 
 def centre_weights(pixels: int, cells: int, scale: float, pad: int, offset: int, window: int,
@@ -59,30 +60,51 @@ def centre_weights(pixels: int, cells: int, scale: float, pad: int, offset: int,
     return weights
 
 
-def _axis_weights(m: ScaleMap) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(wy (H, h), wx (W, w))``: :func:`centre_weights` of one scale along each axis, ``wx``
-    mirrored for a flipped scale (painting in the mirrored frame, then mirroring the map back,
-    is the same as painting with mirrored column weights)."""
+def axis_weights(m: ScaleMap, size_hw: Sequence[int] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(wy (h, cells_y), wx (w, cells_x))``: :func:`centre_weights` of one scale along each
+    axis for a grid of ``size_hw = (h, w)`` pixels covering the whole image (default: the image's
+    own pixels); ``wx`` is mirrored for a flipped scale (painting in the mirrored frame, then
+    mirroring the map back, is the same as painting with mirrored column weights).
+
+    Pixel ``x`` of the grid sits at original ``(x + 0.5)·W / w``: the one place that registers a
+    grid of any size to a scale's cells (heat maps, contact-sheet panels, notebook previews).
+    """
     g, (h, w) = m.geometry, m.cells
     height, width = m.level.image_size
+    size_hw = (height, width) if size_hw is None else (int(size_hw[0]), int(size_hw[1]))
     top, _, left, _ = m.padding
     fy, fx = m.level.scale
-    wy = centre_weights(height, h, fy, top, g.offset[0], g.window[0], g.stride[0])
-    wx = centre_weights(width, w, fx, left, g.offset[1], g.window[1], g.stride[1])
+    wy = centre_weights(size_hw[0], h, fy * (height / size_hw[0]), top, g.offset[0], g.window[0],
+                        g.stride[0])
+    wx = centre_weights(size_hw[1], w, fx * (width / size_hw[1]), left, g.offset[1], g.window[1],
+                        g.stride[1])
     return wy, wx.flip(0) if m.flipped else wx
 
 
-def scale_heatmap(m: ScaleMap, classes: Sequence[int]) -> torch.Tensor:
-    """``(k, H, W)`` maps of ``classes`` from one scale, painted by the centre rule (a flipped
-    scale painted in its mirrored frame, then mirrored back)."""
-    wy, wx = _axis_weights(m)
+def scale_heatmap(m: ScaleMap, classes: Sequence[int], size_hw: Sequence[int] | None = None
+                  ) -> torch.Tensor:
+    """``(k, h, w)`` maps of ``classes`` from one scale, painted by the centre rule on a grid of
+    ``size_hw`` pixels (default: the image's; :func:`axis_weights`), a flipped scale registered
+    back onto the image."""
+    wy, wx = axis_weights(m, size_hw)
     probs = m.probs[list(classes)].float()
     return torch.matmul(wy, torch.matmul(probs, wx.T))
 
 
+def nearest_cells(m: ScaleMap, classes: Sequence[int], size_hw: Sequence[int]) -> torch.Tensor:
+    """``(k, h, w)``: each pixel of a ``size_hw`` grid takes the cell whose window centre is
+    nearest (the raw cells, so the cell grid stays visible), registered like
+    :func:`scale_heatmap`."""
+    wy, wx = axis_weights(m, size_hw)
+    probs = m.probs[list(classes)].float()
+    return probs[:, wy.argmax(1)][:, :, wx.argmax(1)]
+
+
 def heatmaps(maps: Sequence[ScaleMap], classes: Sequence[int], image_size: Sequence[int]
              ) -> torch.Tensor:
-    """``(k, H, W)`` float32: the mean over scales of :func:`scale_heatmap`.
+    """``(k, H, W)`` float32: the mean over scales of :func:`scale_heatmap`, at ``image_size``
+    (the image's own size, or any grid covering the whole image: a panel, a preview).
 
     Computed as one product: each scale's columns are painted first (``probs · wxᵀ``, ``(k, h,
     W)``), the scales are stacked along the cell rows, and one ``(H, Σh) · (Σh, W)`` product
@@ -90,17 +112,33 @@ def heatmaps(maps: Sequence[ScaleMap], classes: Sequence[int], image_size: Seque
     """
     if not maps:
         raise ParameterError("no scales to aggregate; scan with at least one scale")
+    size_hw = (int(image_size[0]), int(image_size[1]))
     rows, cols = [], []
     for m in maps:
-        wy, wx = _axis_weights(m)
+        wy, wx = axis_weights(m, size_hw)
         rows.append(wy)
         cols.append(torch.matmul(m.probs[list(classes)].float(), wx.T))
-    height, width = int(image_size[0]), int(image_size[1])
-    if rows[0].shape[0] != height or cols[0].shape[-1] != width:
-        raise ParameterError(f"maps of a {rows[0].shape[0]}x{cols[0].shape[-1]} image cannot be "
-                             f"painted at {height}x{width}")
     out = torch.matmul(torch.cat(rows, dim=1) / len(maps), torch.cat(cols, dim=1))
     return out.contiguous()
+
+
+def sampled_maps(maps: Sequence[ScaleMap], classes: Sequence[int], size_hw: Sequence[int]
+                 ) -> torch.Tensor:
+    """``(k, S + 1, h, w)`` float32 on a ``size_hw`` grid covering the whole image: per class,
+    each scale's raw cells (:func:`nearest_cells`), then the aggregate (:func:`heatmaps` at the
+    grid's pixels).
+
+    Maps are sampled at the grid's pixel centres, never computed at full resolution and shrunk:
+    a contact sheet of a 12-megapixel photo costs panels, not 12-megapixel maps.
+    """
+    if not maps:
+        raise ParameterError("no scales to draw; scan with at least one scale")
+    size_hw = (int(size_hw[0]), int(size_hw[1]))
+    out = torch.empty(len(classes), len(maps) + 1, *size_hw)
+    for s, m in enumerate(maps):
+        out[:, s] = nearest_cells(m, classes, size_hw)
+    out[:, -1] = heatmaps(maps, classes, size_hw)
+    return out
 
 
 def image_scores(maps: Sequence[ScaleMap]) -> torch.Tensor:

@@ -38,7 +38,7 @@ class ScaleMap:
     """One scale of a scan.
 
     Attributes:
-        level: factor, resized size, padding (:class:`densify.pyramid.Level`).
+        level: factor, resized size, padding (:class:`densify.scan.pyramid.Level`).
         geometry: window, stride and offset of the dense net, in pixels of the padded input.
         probs: ``(K, h, w)`` float32 softmax per cell.
         regression: ``(4, h, w)`` (class-agnostic) or ``(4·K, h, w)`` (class-major: channels
@@ -76,7 +76,7 @@ class ScaleMap:
         """``Tensor[h*w, 4]`` (x1, y1, x2, y2) in original image pixels, row-major over cells.
 
         ``region`` ``(x1, y1, x2, y2)`` in window pixels selects a part of each window (the
-        object's extent, :func:`densify.detect.object_region`); ``None`` gives the whole window.
+        object's extent, :func:`densify.scan.detect.object_region`); ``None`` gives the whole window.
         ``clip`` clips to the image (windows reach into the padding). Boxes of a flipped scale
         are registered back onto the original image (module docstring).
         """

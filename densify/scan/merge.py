@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 MERGE_THRESHOLD = 1.0
 """Default ``t``: pairs scoring above it are not merged (module docstring). Chosen on held-out
 digit scenes (seeds 91000-91009, not the reported 90000-90019) among 0.4-1.2: 1.0 gave the best
-AP and AP50 (README)."""
+AP and AP50 (the manual: Detection and the digit spotter)."""
 
 MAX_MERGE = 3000
 """Candidates per class entering the merge (the best-scoring ones)."""

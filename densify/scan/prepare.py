@@ -54,7 +54,7 @@ def as_rgb(image: str | Path | np.ndarray | torch.Tensor) -> tuple[np.ndarray, s
     """``(RGB uint8 (H, W, 3), source path or None)`` from a path, an array or a tensor.
 
     Tensors are ``(3, H, W)`` or ``(1, 3, H, W)`` RGB (or 1-channel gray), float in [0, 1] or
-    uint8. Raises :class:`densify.image.ImageError` for anything else.
+    uint8. Raises :class:`densify.errors.ImageError` for anything else.
     """
     if isinstance(image, (str, Path)):
         return read_image(image), str(image)

@@ -42,7 +42,7 @@ Table 5): :data:`OVERFEAT_SIZES`.
 
 Rounding (tested): the resized size is ``floor(H·f + 0.5)`` per axis (half rounds up, unlike
 Python's ``round``), at least 1 pixel, and OpenCV resizes to exactly that
-(:func:`densify.image.resize`).
+(:func:`densify.io.image.resize`).
 Boxes are mapped back with the *realized* factors ``size / (H, W)``, not the requested one.
 
 Padding (never cropping): after resizing, the input is padded with the normalization mean (zero

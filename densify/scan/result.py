@@ -5,37 +5,43 @@ Convention:
     ``(i, j)`` is the classifier's answer for the window of :attr:`ScaleMap.geometry` at that
     cell, and :meth:`ScaleMap.boxes` maps every window back to ``(x1, y1, x2, y2)`` pixels of the
     ORIGINAL image: ``x = (x_input - pad_left) / fx`` with the realized factor ``fx = w' / W``
-    (see :mod:`densify.pyramid` for the rounding and the padding).
+    (see :mod:`densify.scan.pyramid` for the rounding and the padding).
 
-The aggregation rules live beside the data they read: :mod:`densify.heatmap` (maps at image
-resolution, image-level scores) and :mod:`densify.detect` (boxes, NMS, COCO JSON). The methods of
+The aggregation rules live beside the data they read: :mod:`densify.scan.heatmap` (maps at image
+resolution, image-level scores) and :mod:`densify.scan.detect` (boxes, NMS, COCO JSON). The methods of
 :class:`ScanResult` call them.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from ..errors import ParameterError
+from ..errors import DensifyError, ParameterError
+from ..io import display as _display
+from ..io.image import read_image, resize, thumbnail
+from ..io.sheet import PANEL, contact_sheet, panel_size
 from . import detect as _detect
-from . import display as _display
 from . import heatmap as _heatmap
 from .maps import Region, ScaleMap
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ScanResult", "ClassScore", "class_index", "THUMBNAIL_SIDE", "BOX_SOURCES"]
 
 THUMBNAIL_SIDE = 1024
+"""Longer side, in pixels, of the copy of the image a scan keeps for display."""
 
 #: Where detection boxes come from (:meth:`ScanResult.detections`).
 BOX_SOURCES = ("auto", "regressed", "object", "window")
-"""Longer side, in pixels, of the copy of the image a scan keeps for display."""
 
 
 class ClassScore(NamedTuple):
@@ -62,7 +68,7 @@ class ScanResult:
         source: the file the image came from, if any.
         thumbnail: RGB ``uint8`` copy of the image, longer side at most :data:`THUMBNAIL_SIDE`,
             for display only (notebook preview, :meth:`sheet`, :meth:`show`); None: re-read
-            ``source`` when needed (:mod:`densify.scan.display`).
+            ``source`` when needed (:meth:`display_image`).
 
     In Jupyter a result shows itself: the image with the top class's map and the detections, the
     top classes as a caption (``_repr_html_``, ``_repr_png_``).
@@ -93,7 +99,7 @@ class ScanResult:
 
     @property
     def padded_to_window(self) -> bool:
-        """Some scale was smaller than the window and was padded (see :mod:`densify.pyramid`)."""
+        """Some scale was smaller than the window and was padded (see :mod:`densify.scan.pyramid`)."""
         return any(m.level.padded_to_window for m in self.maps)
 
     @property
@@ -105,7 +111,7 @@ class ScanResult:
         return class_index(self.categories, query)
 
     def heatmaps(self, classes: Sequence[int | str]) -> torch.Tensor:
-        """``(k, H, W)`` float32 maps at image resolution (:func:`densify.heatmap.heatmaps`)."""
+        """``(k, H, W)`` float32 maps at image resolution (:func:`densify.scan.heatmap.heatmaps`)."""
         idx = [self.class_index(c) for c in classes]
         return _heatmap.heatmaps(self.maps, idx, self.image_size)
 
@@ -114,7 +120,7 @@ class ScanResult:
         return self.heatmaps([cls])[0].numpy()
 
     def scores(self) -> torch.Tensor:
-        """``Tensor[K]`` image-level scores (OverFeat, :func:`densify.heatmap.image_scores`)."""
+        """``Tensor[K]`` image-level scores (OverFeat, :func:`densify.scan.heatmap.image_scores`)."""
         return _heatmap.image_scores(self.maps)
 
     def top_classes(self, k: int = 5, background: bool = False) -> list[ClassScore]:
@@ -142,7 +148,7 @@ class ScanResult:
                    refine: bool | None = None, window_boxes: bool | None = None
                    ) -> _detect.Detections:
         """Boxes of cells with probability >= ``threshold``, merged by NMS or, with
-        ``merge="overfeat"``, OverFeat's greedy merge (:func:`densify.detect.detect`).
+        ``merge="overfeat"``, OverFeat's greedy merge (:func:`densify.scan.detect.detect`).
 
         ``boxes`` says where a cell's box comes from (:data:`BOX_SOURCES`): ``"regressed"`` (the
         scan's box-regression output), ``"object"`` (the model card's :attr:`object_box` inside
@@ -183,22 +189,107 @@ class ScanResult:
                                  "'window', or give the scanner object_box=(x1, y1, x2, y2)")
         return (self.object_box if boxes == "object" else None), boxes == "regressed"
 
-    def sheet(self, classes: Sequence[int | str] | None = None, k: int = 5, panel: int = 240
-              ) -> np.ndarray:
-        """Contact sheet, RGB ``uint8``: rows ``classes`` (default: top ``k``), columns each
-        scale's raw map and the aggregate (:func:`densify.scan.display.sheet`)."""
-        return _display.sheet(self, classes, k, panel)
+    # What to draw: the image, maps sampled at the drawing's pixels (densify.scan.heatmap),
+    # titles and labels; densify.io.display and densify.io.sheet draw them from arrays.
 
-    def show(self, classes: Sequence[int | str] | None = None, scales: Sequence[int] | None = None):
-        """A matplotlib figure of ``classes`` (default: top 3) at scale indices ``scales``
-        (default: all) and their aggregate; needs the ``viz`` extra (matplotlib)."""
-        return _display.figure(self, classes, scales)
+    def display_image(self, max_side: int) -> np.ndarray:
+        """The scanned image for drawing, longer side at most ``max_side``: the
+        :attr:`thumbnail`, else :attr:`source` re-read if that file still exists, else a grey
+        canvas of the image's aspect. RGB ``uint8``."""
+        rgb = self.thumbnail
+        if rgb is None and self.source and Path(self.source).is_file():
+            try:
+                rgb = read_image(self.source)
+            except DensifyError as exc:
+                log.warning("cannot re-read %s for display: %s", self.source, exc)
+        if rgb is None:
+            height, width = self.image_size
+            factor = min(1.0, max_side / max(height, width))
+            return np.full((max(1, round(height * factor)), max(1, round(width * factor)), 3),
+                           128, np.uint8)
+        return thumbnail(rgb, max_side)
+
+    def panel_maps(self, classes: Sequence[int], size_hw: Sequence[int]) -> np.ndarray:
+        """``(k, S + 1, h, w)`` float32 on a ``size_hw`` grid over the whole image: per class,
+        each scale's raw cells, then the aggregate (:func:`densify.scan.heatmap.sampled_maps`)."""
+        return _heatmap.sampled_maps(self.maps, list(classes), size_hw).numpy()
+
+    def panel_titles(self, classes: Sequence[int]) -> list[list[str]]:
+        """Two-line titles per panel: scale factor and cell grid; the class's best probability
+        there (the aggregate: the image-level score, the mean over scales of those)."""
+        scores = self.scores()
+        return [[f"x{m.factor:.3g}  {m.cells[0]}x{m.cells[1]} cells\n"
+                 f"best {float(m.probs[cls].max()):.3f}" for m in self.maps]
+                + [f"mean of {len(self.maps)} scales\nscore {float(scores[cls]):.3f}"]
+                for cls in classes]
+
+    def caption(self, k: int = 3) -> str:
+        """``"tabby 0.912, tiger cat 0.051, ..."``: the top ``k`` classes with their scores."""
+        return ", ".join(f"{t.name} {t.score:.3f}" for t in self.top_classes(k)) or "no classes"
+
+    def preview(self, max_side: int = _display.PREVIEW_SIDE, threshold: float = 0.5,
+                max_boxes: int = 20, with_caption: bool = True, colormap: str = "jet"
+                ) -> np.ndarray:
+        """The notebook picture, RGB ``uint8``: the image (grey) with the top class's aggregate
+        map, the ``max_boxes`` best detections at ``threshold`` and (``with_caption``) the top
+        classes written on it (:func:`densify.io.display.preview`)."""
+        rgb = self.display_image(max_side)
+        top = self.top_classes(1)
+        heat = self.panel_maps([top[0].index], rgb.shape[:2])[0, -1] if top else None
+        found = self.detections(threshold)
+        keep = found.scores.argsort(descending=True)[:max_boxes]
+        fy, fx = rgb.shape[0] / self.image_size[0], rgb.shape[1] / self.image_size[1]
+        return _display.preview(
+            rgb, heat, found.boxes[keep] * torch.tensor([fx, fy, fx, fy]),
+            [self.categories[int(c)] for c in found.labels[keep]], found.scores[keep],
+            self.caption() if with_caption else None, colormap)
+
+    def sheet(self, classes: Sequence[int | str] | None = None, k: int = 5, panel: int = PANEL,
+              colormap: str = "jet", heading: str | None = None) -> np.ndarray:
+        """Contact sheet, RGB ``uint8`` (:func:`densify.io.sheet.contact_sheet`): rows
+        ``classes`` (default: the top ``k``), columns each scale's raw cells and the aggregate,
+        each panel ``panel`` px on its longer side."""
+        idx = ([t.index for t in self.top_classes(k)] if classes is None
+               else [self.class_index(c) for c in classes])
+        if not idx:
+            raise ParameterError("no class to draw a contact sheet of; pass classes=[...]")
+        size = panel_size(self.image_size, panel)
+        rgb = resize(self.display_image(max(size)), size)
+        scores = self.scores()
+        labels = [f"{self.categories[c]}\nscore {float(scores[c]):.3f}" for c in idx]
+        if heading is None:
+            name = Path(self.source).name if self.source else "image"
+            heading = f"{name}  {self.image_size[0]}x{self.image_size[1]} px (HxW)"
+        return contact_sheet(rgb, self.panel_maps(idx, size), self.panel_titles(idx), labels,
+                             heading, colormap)
+
+    def show(self, classes: Sequence[int | str] | None = None, scales: Sequence[int] | None = None,
+             colormap: str = "jet", alpha: float = 0.6):
+        """A matplotlib figure (:func:`densify.io.display.figure`; the ``viz`` extra): rows
+        ``classes`` (default: top 3), columns the scales at indices ``scales`` (default: all)
+        and the aggregate, the same panels as :meth:`sheet`."""
+        idx = ([t.index for t in self.top_classes(3)] if classes is None
+               else [self.class_index(c) for c in classes])
+        cols = list(range(len(self.maps))) if scales is None else [int(s) for s in scales]
+        if not idx or any(not 0 <= s < len(self.maps) for s in cols):
+            raise ParameterError(f"show: need at least one class and scale indices in 0.."
+                                 f"{len(self.maps) - 1}, got classes={classes}, scales={scales}")
+        rgb = self.display_image(512)
+        cols = cols + [len(self.maps)]
+        maps = self.panel_maps(idx, rgb.shape[:2])[:, cols]
+        titles = [[row[c] for c in cols] for row in self.panel_titles(idx)]
+        return _display.figure(rgb, maps, titles, [self.categories[c] for c in idx], colormap,
+                               alpha)
 
     def _repr_png_(self) -> bytes:
-        return _display.png_bytes(_display.preview(self))
+        return _display.png_bytes(self.preview())
 
     def _repr_html_(self) -> str:
-        return _display.html_preview(self)
+        name = Path(self.source).name if self.source else "image"
+        height, width = self.image_size
+        rows = [(t.name, t.score, t.factor) for t in self.top_classes(5)]
+        return _display.html_figure(self.preview(with_caption=False), name,
+                                    f"{width}x{height} px, {len(self.maps)} scales", rows)
 
 
 def class_index(categories: Sequence[str], query: int | str) -> int:

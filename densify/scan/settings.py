@@ -1,6 +1,6 @@
 """How a scan runs, as one value: :class:`ScanSettings`.
 
-The command line builds it once from its options (:func:`densify.cli.options.scan_settings`),
+The command line builds it once from its options (:func:`densify.cli.options.settings_options`),
 and the same object goes to :class:`densify.scan.scanner.Scanner`, to ``densify evaluate`` and
 to every Ray worker (:func:`densify.distributed.scan_dataset`): no function re-lists the
 fields. It is plain, frozen, picklable data; values are checked where they act (the scanner).
