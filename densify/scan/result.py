@@ -72,6 +72,22 @@ class ScanResult:
 
     In Jupyter a result shows itself: the image with the top class's map and the detections, the
     top classes as a caption (``_repr_html_``, ``_repr_png_``).
+
+    Examples:
+        >>> import torch, densify
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 4), torch.nn.Flatten())
+        >>> scan = densify.Scanner(net, input_size=(1, 4, 4), mean=(0.5,), std=(0.5,),
+        ...                        scales=[1.0, 0.5], output_stride=None, device="cpu")
+        >>> result = scan(torch.rand(1, 8, 12))
+        >>> result.image_size, [m.cells for m in result.maps]
+        ((8, 12), [(5, 9), (1, 3)])
+        >>> tuple(result.maps[0].probs.shape), result.maps[0].boxes()[0].tolist()
+        ((3, 5, 9), [0.0, 0.0, 4.0, 4.0])
+        >>> result.heatmap(0).shape, len(result.top_classes(2))
+        ((8, 12), 2)
+        >>> found = result.detections(threshold=0.3)   # a softmax over 3 classes: every cell has one
+        >>> found.boxes.shape[1], len(found) > 0
+        (4, True)
     """
 
     image_size: tuple[int, int]
