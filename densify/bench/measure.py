@@ -18,6 +18,7 @@ import time
 import torch
 import torch.fx as fx
 
+from ..scan.engine import autotune  # the scanner's: cuDNN autotuning, flags restored
 from ..scan.memory import peak_rss_bytes, rss_bytes
 
 __all__ = ["PRECISIONS", "PeakMemory", "count_flops", "node_flops", "conv_peak", "cpu_seconds",
@@ -141,15 +142,6 @@ def autocast(precision: str, device: torch.device | str = "cpu"):
     if PRECISIONS[precision] == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=PRECISIONS[precision])
-
-
-def autotune(device: torch.device):
-    """cuDNN autotuning on CUDA (the bench's shapes repeat), the caller's flags restored."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    backend = torch.backends.cudnn
-    return backend.flags(enabled=backend.enabled, benchmark=True,
-                         deterministic=backend.deterministic, allow_tf32=backend.allow_tf32)
 
 
 def sync(device: torch.device | str) -> None:

@@ -30,6 +30,7 @@ Convention:
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import re
@@ -87,7 +88,7 @@ class SlideLevel:
     mpp: tuple[float, float] | None = None
 
 
-class Slide:
+class Slide(abc.ABC):
     """A slide opened for region reads (base of :class:`TiffSlide` and :class:`OpenSlideSlide`).
 
     Attributes:
@@ -106,8 +107,9 @@ class Slide:
         self._check_region(level, y, x, h, w)
         return self._read(level, y, x, h, w)
 
+    @abc.abstractmethod
     def _read(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
-        raise NotImplementedError
+        """The region's pixels, already checked to lie inside the level (each reader's own)."""
 
     def _check_region(self, level: int, y: int, x: int, h: int, w: int) -> None:
         if not 0 <= level < len(self.levels):
@@ -133,8 +135,8 @@ class Slide:
                              f"(levels: {have}); choose one of those or a --level")
         return index
 
-    def close(self) -> None:
-        """Release the file."""
+    def close(self) -> None:  # noqa: B027 - a reader that holds nothing open has nothing to do
+        """Release the file (a reader that holds a file handle overrides this)."""
 
     def __enter__(self) -> Slide:
         return self

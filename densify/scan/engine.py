@@ -101,7 +101,7 @@ def same_size_groups(shapes: Sequence[Sequence[int]], size: int) -> list[list[in
 
 
 @contextlib.contextmanager
-def autotune(device: torch.device, enabled: bool):
+def autotune(device: torch.device, enabled: bool = True):
     """cuDNN autotuning (``benchmark``) for this scan on CUDA: the pyramid's shapes repeat from
     image to image, so the fastest kernel for each is found once; the caller's flags are
     restored afterwards."""
