@@ -11,14 +11,13 @@ minus the cores other processes keep busy right now, at least 1 (:func:`default_
 the environment wins (torch's count is kept). Why not torch's default (one thread per physical
 core): every parallel region of a convolution waits for its slowest OpenMP thread; when another
 process holds a core, the thread scheduled on it runs only in that process's time slices and the
-whole layer waits (docs/performance.md: ResNet-18 0.70 s with 2 threads against 0.10 s with 1
-while a busy loop held one of 2 cores).
+whole layer waits (measured in docs/performance.md, *Efficiency*).
 
 Allocator (glibc): with a memory budget, blocks of 1 MiB and more are served by ``mmap`` so that
 freed activations leave the process at once (:func:`limit_heap_slack`); with ``keep_memory``
 (``--keep-memory``) freed memory is kept for the next pass instead (:func:`retain_freed_memory`:
-no ``mmap`` for large blocks, no trimming; VGG19 on 960x1280 maps 2.1 GiB of new pages per pass
-otherwise, about 1 s of system time per 5 s pass). Keeping memory costs peak memory until exit
+no ``mmap`` for large blocks, no trimming; what fresh pages cost per pass is measured in
+docs/performance.md). Keeping memory costs peak memory until exit
 and fragments the heap (the same large size allocated again after small objects landed behind
 it takes new memory), hence opt-in; a preloaded tcmalloc/jemalloc, or ``MALLOC_MMAP_MAX_`` /
 ``MALLOC_TRIM_THRESHOLD_`` in the environment, is left alone. :func:`trim_heap` hands freed heap

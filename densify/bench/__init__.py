@@ -25,20 +25,12 @@ process's peak resident set over the method's runs (``VmHWM`` after resetting it
 ``/proc/self/clear_refs``; ``ru_maxrss`` growth elsewhere, which only sees new maxima). The dense
 net's time is also split into trunk and head (the converted fully connected layers) per node.
 
-CPU notes (measured with this bench, 1 thread, fp32/bf16 at 960×1280):
+Both methods run under ``torch.inference_mode`` in ``channels_last``, bf16/fp16 under autocast,
+with batch norms folded into the convolutions before them
+(:func:`densify.convert.fold.fold_batchnorm`, on by default).
 
-- ``channels_last`` and ``torch.inference_mode`` are the defaults; bf16 runs under autocast, which
-  uses the CPU's ``avx512_bf16`` instructions (oneDNN; this machine has no AMX).
-- Batch norms are folded into the convolutions before them
-  (:func:`densify.convert.fold.fold_batchnorm`, on by default, applied to the dense net and the
-  baseline alike).
-- VGG's converted fc6 (7 × 7, 512 → 4096; dilated by 2 at stride 16) runs at the trunk's rate in
-  fp32 (88 vs 93 GFLOP/s) and at 0.7 of it in bf16. An exact unfold + GEMM formulation was
-  measured at 0.9-0.95× oneDNN's direct convolution in fp32 and 0.85-1.0× in bf16, so the
-  convolution stays; under autocast 15 % of fc6's time is re-casting its 411 MB weight each call.
-- On a machine whose cores other processes keep busy, every parallel region waits for the
-  descheduled OpenMP thread: ResNet-18 took 0.70 s with 2 threads against 0.10 s with 1. Pass
-  ``threads`` below the number of idle cores there.
+Measured figures (dense against crops, fc6 against the trunk, threads on a busy machine) and
+the commands that measure them: the manual's *Speed and memory* page (docs/performance.md).
 """
 
 from __future__ import annotations
