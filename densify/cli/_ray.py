@@ -2,7 +2,7 @@
 
 :func:`each_image_on_ray` keeps the contract of :func:`densify.cli._scanning.each_image`, so the
 command does everything else as without ``--ray``: the driver decides which images an earlier
-run of the same job already did (the same :func:`densify.cli._scanning.already_done`, with
+run of the same job already did (the same :func:`densify.io.records.already_done`, with
 ``--overwrite`` redoing them) and records those as ``skipped``; the others go, as paths, to a
 pool of actors (Ray Data ``map_batches``; each actor converts the model once, as
 :class:`densify.distributed.ScanActor` does). An actor reads, scans and writes each image's
@@ -93,7 +93,8 @@ def each_image_on_ray(options: RayOptions, model, settings, paths: list[Path], q
     per-image function (picklable: a ``functools.partial`` of a module-level function).
     """
     from ..distributed import require_ray
-    from ._scanning import Recorder, already_done, fail, skipped, stems
+    from ..io.records import Recorder, already_done, skipped_record
+    from ._scanning import fail, stems
 
     ray = require_ray()
     done = already_done(out, overwrite, job)
@@ -105,7 +106,7 @@ def each_image_on_ray(options: RayOptions, model, settings, paths: list[Path], q
         if previous is None:
             todo.append({"index": index, "path": str(path.resolve()), "stem": stem})
         else:
-            arrived.append((index, skipped(path, previous)))
+            arrived.append((index, skipped_record(path, previous)))
             recorder.add(arrived[-1][1])
     if todo:
         started = connect(ray, options.address)

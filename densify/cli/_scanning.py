@@ -12,7 +12,8 @@ once its files are written, and a rerun of the same job (the command and every o
 its output, :func:`current_job`) skips the images whose latest ``ok`` record's files all exist
 (``--overwrite`` redoes them), recording them as ``"skipped"``. While one image is
 scanned, a background thread decodes the next (``--no-prefetch`` turns that off; it is off with
-``--max-memory``, whose budget does not count a second image).
+``--max-memory``, whose budget does not count a second image). With ``--ray`` the same flow
+runs with the scanning done by Ray actors (:mod:`densify.cli._ray`, through :func:`scan_one`).
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DensifyError, ImageError, OutputError
-from ..io.files import remove_stale_temporaries
 from ..io.image import expand_inputs, read_image
-from ..io.records import append_record, finished, read_records
+from ..io.records import Recorder, already_done, skipped_record
 from ..models.user import ModelChoice
 from ..runtime import trim_heap, tuned
 from ..scan.records import PER_IMAGE_ERRORS, error_message, error_record, ok_record
@@ -47,9 +47,6 @@ log = logging.getLogger(__name__)
 #: Threads that finish scanned images (maps painted, files encoded and written) when scanning
 #: in batches.
 MAX_WORKERS = 8
-
-#: The per-image records of a batch, in the output directory (JSON Lines).
-SUMMARY = "summary.jsonl"
 
 #: Options that change how a run goes but not what it writes; a record is reused across them.
 RUN_ONLY = frozenset({"inputs", "output_dir", "quiet", "overwrite", "prefetch", "threads",
@@ -204,50 +201,6 @@ def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[
     return recorder.records, recorder.failed
 
 
-def already_done(out: Path | None, overwrite: bool = False, job: dict | None = None) -> dict:
-    """The images of ``out`` done by an earlier run of ``job`` (resolved path -> its record,
-    :func:`densify.io.records.finished` on ``out/summary.jsonl``; none with ``overwrite`` or
-    without ``out``), after removing the temporary files a killed run left in ``out``."""
-    if out is None:
-        return {}
-    remove_stale_temporaries(out)
-    return {} if overwrite else finished(read_records(out / SUMMARY), job or {})
-
-
-def skipped(path: Path, previous: dict) -> dict:
-    """The record of an image done by an earlier run: its earlier record, marked ``skipped``."""
-    return {**previous, "image": str(path), "status": "skipped", "seconds": 0.0}
-
-
-class Recorder:
-    """Takes each image's record as it is done: tags it with ``job``, appends it to
-    ``out/summary.jsonl`` (when ``out``), counts a failure (appending ``(image, message)`` to
-    ``errors`` when given) or keeps the record (:attr:`records`), and moves the progress bar."""
-
-    def __init__(self, out: Path | None, job: dict | None, errors: list | None, total: int,
-                 quiet: bool):
-        self.summary = None if out is None else out / SUMMARY
-        self.job, self.errors = job or {}, errors
-        self.records: list[dict] = []
-        self.failed = 0
-        self.bar = tqdm(total=total, desc="images", unit="image", disable=quiet)
-
-    def add(self, record: dict) -> None:
-        record["job"] = self.job
-        if self.summary is not None:
-            append_record(self.summary, record)
-        if record["status"] == "error":
-            self.failed += 1
-            if self.errors is not None:
-                self.errors.append((record["image"], record["error"]))
-        else:
-            self.records.append(record)
-        self.bar.update()
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def scan_one(scanner: Scanner, path: Path, stem: str, work: Callable[..., dict]) -> dict:
     """Read, scan and ``work`` one image (as :func:`each_image` does): its record, or the error
     record of a bad image (not printed: the caller reports it)."""
@@ -289,7 +242,7 @@ def _scan_chunk(scanner: Scanner, chunk: list[tuple], reader: Iterator[tuple], q
     scan = []
     for k, (path, stem, previous) in enumerate(chunk):
         if previous is not None:
-            records[k] = skipped(path, previous)
+            records[k] = skipped_record(path, previous)
             continue
         rgb, error = next(reader)
         if error is not None:
