@@ -13,6 +13,14 @@ and scanning it with the shipped ``lenet5-digits`` model (6 scales, top-5 classe
 
 Also prints the mean scan time per image inside the actors (the rows' ``seconds``), which
 separates the per-image cost from Ray's fixed costs.
+
+With ``--cli ARGS`` it times the command line instead, each run a fresh process, end to end
+(start-up, model conversion, every output file, summary, report):
+``python -m densify ARGS DIR -o OUT --threads 1`` without and with ``--ray --workers N`` (a
+local Ray started by the command), and checks that both runs wrote the same file names::
+
+    PYTHONPATH=. python scripts/ray_throughput.py --images 20 --workers 1,2 \
+        --cli "heatmap -m lenet5-digits --scales 6 -q --sheet --report"
 """
 
 from __future__ import annotations
@@ -20,7 +28,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -71,20 +82,49 @@ def on_ray(root: Path, out: Path, workers: int, count: int) -> tuple[float, floa
     return rate, float(seconds.mean())
 
 
+def on_cli(root: Path, out: Path, args: str, extra: list[str]) -> float:
+    """Seconds of one ``python -m densify`` run, end to end."""
+    command = [sys.executable, "-m", "densify", *shlex.split(args), str(root), "-o", str(out),
+               "--threads", "1", *extra]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def compare_cli(root: Path, tmp: Path, count: int, args: str, workers: list[int]) -> None:
+    seconds = on_cli(root, tmp / "one", args, [])
+    print(f"densify {args} (single process, 1 thread): {seconds:.1f} s, "
+          f"{count / seconds:.2f} images/s end to end")
+    names = sorted(p.name for p in (tmp / "one").iterdir())
+    for n in workers:
+        seconds = on_cli(root, tmp / f"ray{n}", args, ["--ray", "--workers", str(n)])
+        same = names == sorted(p.name for p in (tmp / f"ray{n}").iterdir())
+        print(f"densify {args} --ray --workers {n}: {seconds:.1f} s, {count / seconds:.2f} "
+              f"images/s end to end (Ray start-up included); same files: {same}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--size", default="600x800", help="HxW of the generated images")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the loop")
     parser.add_argument("--workers", default="1,2", help="Ray worker counts to time")
+    parser.add_argument("--cli", default=None, metavar="ARGS",
+                        help="time 'python -m densify ARGS DIR' without and with --ray instead")
     args = parser.parse_args()
     ray = require_ray()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "images"
         root.mkdir()
         paths = make_images(root, args.images, parse_hw(args.size, "size"))
-        print(f"{args.images} images {args.size}, {MODEL}, {SCALES} scales, "
-              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        print(f"{args.images} images {args.size}, "
+              f"{args.cli or f'{MODEL}, {SCALES} scales'}, {os.cpu_count()} CPUs, "
+              f"load average {os.getloadavg()[0]:.1f}")
+        if args.cli is not None:
+            compare_cli(root, Path(tmp), args.images, args.cli,
+                        [int(w) for w in args.workers.split(",")])
+            print(f"load average at the end {os.getloadavg()[0]:.1f} (1 min)")
+            return
         print(f"single process ({args.threads} thread(s)): "
               f"{single_process(paths, args.threads):.2f} images/s")
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)

@@ -12,7 +12,8 @@ once its files are written, and a rerun of the same job (the command and every o
 its output, :func:`current_job`) skips the images whose latest ``ok`` record's files all exist
 (``--overwrite`` redoes them), recording them as ``"skipped"``. While one image is
 scanned, a background thread decodes the next (``--no-prefetch`` turns that off; it is off with
-``--max-memory``, whose budget does not count a second image).
+``--max-memory``, whose budget does not count a second image). With ``--ray`` the same flow
+runs with the scanning done by Ray actors (:mod:`densify.cli._ray`, through :func:`scan_one`).
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DensifyError, ImageError, OutputError
-from ..io.files import remove_stale_temporaries
 from ..io.image import expand_inputs, read_image
-from ..io.records import append_record, finished, read_records
+from ..io.records import Recorder, already_done, skipped_record
 from ..models.user import ModelChoice
 from ..runtime import trim_heap, tuned
 from ..scan.records import PER_IMAGE_ERRORS, error_message, error_record, ok_record
@@ -48,12 +48,10 @@ log = logging.getLogger(__name__)
 #: in batches.
 MAX_WORKERS = 8
 
-#: The per-image records of a batch, in the output directory (JSON Lines).
-SUMMARY = "summary.jsonl"
-
 #: Options that change how a run goes but not what it writes; a record is reused across them.
 RUN_ONLY = frozenset({"inputs", "output_dir", "quiet", "overwrite", "prefetch", "threads",
-                      "device", "max_memory", "ray", "json_path", "keep_memory", "batch_size"})
+                      "device", "max_memory", "ray", "json_path", "keep_memory", "batch_size",
+                      "address", "workers", "gpus_per_worker"})
 
 
 def current_job() -> dict:
@@ -87,6 +85,12 @@ def expand(inputs: Iterable[Path], errors: list[tuple[str, str]] | None = None
 def make_scanner(model: ModelChoice, settings: ScanSettings) -> Scanner:
     """The scanner every scanning command uses: the options' model and settings, unchanged."""
     return Scanner(model, settings)
+
+
+def on_driver(ray) -> dict:
+    """Settings overrides for the command's own scanner: with ``--ray`` (``ray`` not None) it
+    only names classes and describes the run, on the CPU (the actors scan); none without."""
+    return {} if ray is None else {"device": "cpu"}
 
 
 def run_tuned(settings: ScanSettings, keep_memory: bool = False):
@@ -171,34 +175,18 @@ def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[
     go through the scanner :attr:`Scanner.batch_size` at a time (:meth:`Scanner.scan_batch`),
     decoded ahead in worker threads; with batches their ``work`` runs in threads too, while
     the next batch is scanned. Returns the ``ok`` and ``skipped`` records, in input order, and
-    the number of failures."""
-    summary_path = None if out is None else out / SUMMARY
-    if out is not None:
-        remove_stale_temporaries(out)
-    done = ({} if summary_path is None or overwrite else
-            finished(read_records(summary_path), job or {}))
+    the number of failures. (``densify.cli._ray.each_image_on_ray`` keeps this contract on Ray.)"""
+    done = already_done(out, overwrite, job)
     items = list(zip(paths, stems(paths), strict=True))
     todo = [path for path, _ in items if str(path.resolve()) not in done]
     batch = max(1, scanner.batch_size)
     workers = min(MAX_WORKERS, os.cpu_count() or 1) if batch > 1 else 1
     reader = read_ahead(todo, prefetch and scanner.budget is None, min(4, workers), 2 * batch)
-    records, failed = [], 0
-    bar = tqdm(total=len(items), desc="images", unit="image", disable=quiet)
+    recorder = Recorder(out, job, errors, len(items), quiet)
 
     def emit(chunk_records) -> None:
-        nonlocal failed
         for record in chunk_records:
-            record = record.result() if isinstance(record, Future) else record
-            record["job"] = job or {}
-            if summary_path is not None:
-                append_record(summary_path, record)
-            if record["status"] == "error":
-                failed += 1
-                if errors is not None:
-                    errors.append((record["image"], record["error"]))
-            else:
-                records.append(record)
-            bar.update()
+            recorder.add(record.result() if isinstance(record, Future) else record)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="densify-work") as pool:
         pending: deque = deque()  # the previous batch's work runs while this one is scanned
@@ -209,8 +197,22 @@ def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[
                 trim_heap(collect=False)  # keeps RSS flat over long batches
         while pending:
             emit(pending.popleft())
-    bar.close()
-    return records, failed
+    recorder.close()
+    return recorder.records, recorder.failed
+
+
+def scan_one(scanner: Scanner, path: Path, stem: str, work: Callable[..., dict]) -> dict:
+    """Read, scan and ``work`` one image (as :func:`each_image` does): its record, or the error
+    record of a bad image (not printed: the caller reports it)."""
+    start = time.perf_counter()
+    rgb, error = _read(path)
+    if error is not None:
+        return _failure(path, error, start, report=False)
+    try:
+        result = scanner(rgb, progress=False)
+    except PER_IMAGE_ERRORS as exc:
+        return _failure(path, exc, start, report=False)
+    return _finish_one(path, stem, rgb, result, work, start, report=False)
 
 
 def _chunks(items: list[tuple[Path, str]], done: dict, size: int) -> Iterator[list[tuple]]:
@@ -240,7 +242,7 @@ def _scan_chunk(scanner: Scanner, chunk: list[tuple], reader: Iterator[tuple], q
     scan = []
     for k, (path, stem, previous) in enumerate(chunk):
         if previous is not None:
-            records[k] = {**previous, "image": str(path), "status": "skipped", "seconds": 0.0}
+            records[k] = skipped_record(path, previous)
             continue
         rgb, error = next(reader)
         if error is not None:
@@ -276,22 +278,23 @@ def _scan_batch(scanner: Scanner, rgbs: list[np.ndarray], quiet: bool) -> list:
     return results
 
 
-def _failure(path: Path, exc: BaseException, start: float) -> dict:
+def _failure(path: Path, exc: BaseException, start: float, report: bool = True) -> dict:
     message = error_message(exc, path)
-    fail(message)
+    if report:
+        fail(message)
     return error_record(path, message, round(time.perf_counter() - start, 4))
 
 
 def _finish_one(path: Path, stem: str, rgb: np.ndarray, result, work: Callable[..., dict],
-                start: float) -> dict:
+                start: float, report: bool = True) -> dict:
     """The record of one scanned image (``result``, or the error it raised) after ``work``."""
     if isinstance(result, BaseException):
-        return _failure(path, result, start)
+        return _failure(path, result, start, report)
     try:
         result = dataclasses.replace(result, source=str(path))
         record = work(path, stem, rgb, result)
     except PER_IMAGE_ERRORS as exc:
-        return _failure(path, exc, start)
+        return _failure(path, exc, start, report)
     return ok_record(path, result, round(time.perf_counter() - start, 4), **record)
 
 

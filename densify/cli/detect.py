@@ -18,8 +18,8 @@ __all__ = ["detect"]
 
 
 
-def _detect_one(scanner: Scanner, out: Path, opts: dict, path: Path, stem: str,
-                rgb, result: ScanResult) -> dict:
+def _detect_one(path: Path, stem: str, rgb, result: ScanResult, *, scanner: Scanner, out: Path,
+                opts: dict) -> dict:
     from ..io.draw import draw_boxes
     from ..io.files import write_image
     from ._scanning import summary, write_all
@@ -75,21 +75,16 @@ def detect(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, p
         finish,
         header,
         make_scanner,
+        on_driver,
         resolve_class,
         run_tuned,
     )
 
     out = ensure_output_dir(output_dir)
-    if ray is not None:  # one row per image in OUTDIR/detect.parquet, no PNG/COCO file
-        from ._ray import scan_on_ray
-
-        return scan_on_ray(ray, "detect", inputs, out, quiet, model, settings,
-                           threshold=threshold, iou=nms_iou, classes=list(classes) or None,
-                           detection_options={"boxes": boxes, "merge": merge,
-                                              "merge_threshold": merge_threshold})
     json_path = json_path or str(out / "detections.json")
     with run_tuned(settings, keep_memory) as threads:
-        scanner = make_scanner(model, settings.replace(threads=threads))
+        # with --ray the driver's scanner only resolves classes and the threshold
+        scanner = make_scanner(model, settings.replace(threads=threads, **on_driver(ray)))
         chosen = [resolve_class(scanner, c) for c in classes] or None
         if chosen and scanner.background_class in chosen:
             raise click.BadParameter("the background class never yields boxes",
@@ -98,9 +93,15 @@ def detect(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, p
                 "classes": chosen, "boxes": boxes, "merge": merge,
                 "merge_threshold": merge_threshold}
         paths, failed = expand(inputs)
-        work = functools.partial(_detect_one, scanner, out, opts)
-        records, bad = each_image(scanner, paths, quiet, work, None, out, overwrite, prefetch,
-                                  current_job())
+        work = functools.partial(_detect_one, out=out, opts=opts)
+        if ray is None:
+            records, bad = each_image(scanner, paths, quiet, functools.partial(
+                work, scanner=scanner), None, out, overwrite, prefetch, current_job())
+        else:  # the same records and files, scanned by Ray actors (densify.cli._ray)
+            from ._ray import each_image_on_ray
+
+            records, bad = each_image_on_ray(ray, model, settings, paths, quiet, work, None,
+                                             out, overwrite, current_job())
     options.write_json_output(json_path, [d for r in records for d in r["detections"]])
     if json_path != "-":
         click.echo(f"{model.model}: {header(scanner)}")

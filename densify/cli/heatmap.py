@@ -27,9 +27,9 @@ def _colormap(value: str) -> str:
     return value
 
 
-def _heatmap_one(scanner: Scanner, out: Path, chosen: int | None, top_k: int, alpha: float,
-                 colormap: str, sheet: bool, full_maps: bool, path: Path, stem: str, rgb,
-                 result: ScanResult) -> dict:
+def _heatmap_one(path: Path, stem: str, rgb, result: ScanResult, *, scanner: Scanner, out: Path,
+                 chosen: int | None, top_k: int, alpha: float, colormap: str, sheet: bool,
+                 full_maps: bool) -> dict:
     from ..io.draw import draw_boxes, draw_caption, overlay_heatmap
     from ..io.files import write_image
     from ..scan.records import top_rows
@@ -144,25 +144,29 @@ def heatmap(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, 
         finish,
         header,
         make_scanner,
+        on_driver,
         resolve_class,
         run_tuned,
     )
 
     start = time.perf_counter()
     out = ensure_output_dir(output_dir)
-    if ray is not None:  # one row per image in OUTDIR/heatmap.parquet, no PNG/NPZ
-        from ._ray import scan_on_ray
-
-        return scan_on_ray(ray, "heatmap", inputs, out, quiet, model, settings, top_k=top_k)
     with run_tuned(settings, keep_memory) as threads:
-        scanner = make_scanner(model, settings.replace(threads=threads))
+        # with --ray the driver's scanner only names classes and describes the run
+        scanner = make_scanner(model, settings.replace(threads=threads, **on_driver(ray)))
         chosen = resolve_class(scanner, class_)
         errors: list[tuple[str, str]] = []
         paths, failed = expand(inputs, errors)
-        work = functools.partial(_heatmap_one, scanner, out, chosen, top_k, alpha, colormap,
-                                 sheet or report, full_maps)
-        records, bad = each_image(scanner, paths, quiet, work, errors, out, overwrite, prefetch,
-                                  current_job())
+        work = functools.partial(_heatmap_one, out=out, chosen=chosen, top_k=top_k, alpha=alpha,
+                                 colormap=colormap, sheet=sheet or report, full_maps=full_maps)
+        if ray is None:
+            records, bad = each_image(scanner, paths, quiet, functools.partial(
+                work, scanner=scanner), errors, out, overwrite, prefetch, current_job())
+        else:  # the same records and files, scanned by Ray actors (densify.cli._ray)
+            from ._ray import each_image_on_ray
+
+            records, bad = each_image_on_ray(ray, model, settings, paths, quiet, work, errors,
+                                             out, overwrite, current_job())
     page = _write_report(out, scanner, model.model, top_k, records, errors,
                          time.perf_counter() - start) if report else None
     if not options.write_json_output(json_path, records) or json_path != "-":

@@ -435,9 +435,9 @@ def ray_options(fn: Callable) -> Callable:
 
     stack = [
         click.option("--ray", is_flag=True,
-                     help="Scan on Ray Data (pip install 'densify[ray]'): one row per image "
-                          "(top classes, detections, errors) in OUTDIR/<command>.parquet instead "
-                          "of the per-image files."),
+                     help="Scan on Ray Data (pip install 'densify[ray]'): a pool of actors "
+                          "scans the images and writes their files; the same outputs, records "
+                          "and resuming as without --ray."),
         click.option("--address", default=None, metavar="auto|ray://HOST:PORT",
                      help="With --ray: the cluster to join (default: start a local Ray)."),
         click.option("--workers", type=click.IntRange(min=1), default=None,

@@ -24,11 +24,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputError
+from tqdm.auto import tqdm
 
-__all__ = ["append_record", "read_records", "finished"]
+from ..errors import OutputError
+from .files import remove_stale_temporaries
+
+__all__ = ["SUMMARY", "append_record", "read_records", "finished", "already_done",
+           "skipped_record", "Recorder"]
 
 log = logging.getLogger(__name__)
+
+#: The per-image records of a batch, in the output directory (JSON Lines).
+SUMMARY = "summary.jsonl"
 
 
 def append_record(path: str | Path, record: dict[str, Any]) -> None:
@@ -110,3 +117,71 @@ def finished(records: list[dict[str, Any]], job: dict[str, Any] | None = None
                 Path(f).is_file() for f in record.get("files", [])):
             done[str(Path(record["image"]).resolve())] = record
     return done
+
+
+def already_done(out: str | Path | None, overwrite: bool = False,
+                 job: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The images a batch writing into ``out`` can skip: :func:`finished` on
+    ``out/summary.jsonl`` for ``job`` (none with ``overwrite`` or without ``out``), after
+    removing the temporary files a killed run left in ``out``
+    (:func:`densify.io.files.remove_stale_temporaries`). Both the single-process and the Ray
+    folder runs decide with it.
+
+    Examples:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp())
+        >>> append_record(out / SUMMARY, {"image": "/a.png", "status": "ok", "job": {}})
+        >>> list(already_done(out)), list(already_done(out, overwrite=True))
+        (['/a.png'], [])
+    """
+    if out is None:
+        return {}
+    remove_stale_temporaries(out)
+    return {} if overwrite else finished(read_records(Path(out) / SUMMARY), job or {})
+
+
+def skipped_record(image: str | Path, previous: dict[str, Any]) -> dict[str, Any]:
+    """The record of an image done by an earlier run: its earlier record, marked ``skipped``.
+
+    Examples:
+        >>> skipped_record("a.png", {"image": "/x/a.png", "status": "ok", "seconds": 1.5})
+        {'image': 'a.png', 'status': 'skipped', 'seconds': 0.0}
+    """
+    return {**previous, "image": str(image), "status": "skipped", "seconds": 0.0}
+
+
+class Recorder:
+    """Takes each image's record as it is done: tags it with ``job``, appends it to
+    ``out/summary.jsonl`` (when ``out``), counts a failure (appending ``(image, message)`` to
+    ``errors`` when given) or keeps the record (:attr:`records`), and moves a progress bar.
+
+    Examples:
+        >>> recorder = Recorder(None, {"command": "detect"}, None, 2, quiet=True)
+        >>> recorder.add({"image": "a.png", "status": "ok"})
+        >>> recorder.add({"image": "b.png", "status": "error", "error": "b.png: not an image"})
+        >>> [r["image"] for r in recorder.records], recorder.failed
+        (['a.png'], 1)
+    """
+
+    def __init__(self, out: str | Path | None, job: dict[str, Any] | None, errors: list | None,
+                 total: int, quiet: bool):
+        self.summary = None if out is None else Path(out) / SUMMARY
+        self.job, self.errors = job or {}, errors
+        self.records: list[dict[str, Any]] = []
+        self.failed = 0
+        self.bar = tqdm(total=total, desc="images", unit="image", disable=quiet)
+
+    def add(self, record: dict[str, Any]) -> None:
+        record["job"] = self.job
+        if self.summary is not None:
+            append_record(self.summary, record)
+        if record["status"] == "error":
+            self.failed += 1
+            if self.errors is not None:
+                self.errors.append((record["image"], record["error"]))
+        else:
+            self.records.append(record)
+        self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()
