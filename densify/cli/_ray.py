@@ -28,7 +28,7 @@ import click
 
 from ..errors import ParameterError
 from ..runtime import choose_threads
-from .options import RayOptions
+from .ray_options import RayOptions
 
 __all__ = ["each_image_on_ray", "WorkActor", "connect", "default_workers"]
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 import click
 
 from .._parse import parse_bytes, parse_hw
 from ..errors import DensifyError
+from .json_options import json_output, write_json_output
+from .ray_options import RayOptions, ray_options
 
 __all__ = [
     "DEFAULT_MODEL", "callback", "model", "weights", "output_stride", "input_size", "scales",
@@ -163,51 +164,6 @@ max_memory = click.option(
 
 # Used by: heatmap, detect, evaluate.
 quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-
-def _json_target(value: str) -> str:
-    if value != "-" and value.startswith("-"):
-        raise ValueError(f"--json takes a FILE (or - for standard output), got {value!r}; e.g. "
-                         "--json out/results.json")
-    return value
-
-
-def json_output(default_help: str = "print a table instead"):
-    """``--json FILE`` (``-``: standard output), the same in every command."""
-    return click.option(
-        "--json", "json_path", default=None, metavar="FILE", callback=callback(_json_target),
-        help=f"Write the results as JSON to FILE, or to standard output with - (default: "
-             f"{default_help}).")
-
-
-def _finite(data):
-    """``data`` with NaN and infinities as None (JSON null): e.g. an AP that is undefined."""
-    import math
-
-    if isinstance(data, float) and not math.isfinite(data):
-        return None
-    if isinstance(data, dict):
-        return {k: _finite(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [_finite(v) for v in data]
-    return data
-
-
-def write_json_output(target: str | Path | None, data) -> bool:
-    """Write ``data`` to ``--json``'s target (``-``: standard output; undefined numbers as
-    null); False without one."""
-    import json
-
-    if target is None:
-        return False
-    data = _finite(data)
-    if str(target) == "-":
-        click.echo(json.dumps(data, indent=2, allow_nan=False))
-        return True
-    from ..io.files import ensure_output_dir, write_json
-
-    ensure_output_dir(Path(target).parent)
-    write_json(Path(target), data)
-    return True
 
 # Used by: detect, evaluate.
 threshold = click.option(
@@ -407,45 +363,4 @@ def settings_options(fn: Callable) -> Callable:
             values["output_stride"] = default_stride(choice.model)
         return fn(*args, model=choice, settings=ScanSettings(**values), **kwargs)
 
-    return command
-
-
-class RayOptions(NamedTuple):
-    """``--ray`` and its settings, as the scanning commands receive them (``ray=None``: no --ray)."""
-
-    address: str | None
-    workers: int | None
-    gpus_per_worker: float
-
-
-# Used by: heatmap, detect. One ``ray`` parameter (RayOptions or None) instead of four.
-def ray_options(fn: Callable) -> Callable:
-    """``--ray``, ``--address``, ``--workers``, ``--gpus-per-worker``, passed on as ``ray``."""
-
-    @functools.wraps(fn)
-    def command(*args, ray: bool, address, workers, gpus_per_worker, **kwargs):
-        if not ray and (address or workers or gpus_per_worker):
-            raise click.UsageError("--address, --workers and --gpus-per-worker need --ray")
-        if ray:  # before any work
-            from .._extras import require_extra
-
-            require_extra("ray", "--ray")
-        return fn(*args, ray=RayOptions(address, workers, gpus_per_worker) if ray else None,
-                  **kwargs)
-
-    stack = [
-        click.option("--ray", is_flag=True,
-                     help="Scan on Ray Data (pip install 'densify[ray]'): a pool of actors "
-                          "scans the images and writes their files; the same outputs, records "
-                          "and resuming as without --ray."),
-        click.option("--address", default=None, metavar="auto|ray://HOST:PORT",
-                     help="With --ray: the cluster to join (default: start a local Ray)."),
-        click.option("--workers", type=click.IntRange(min=1), default=None,
-                     help="With --ray: actors, each with its own model (default: one per CPU, "
-                          "or per GPU share with --gpus-per-worker)."),
-        click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0,
-                     help="With --ray: GPUs per actor (fractions share a GPU)."),
-    ]
-    for option in reversed(stack):
-        command = option(command)
     return command
