@@ -115,3 +115,23 @@ def test_shipped_per_class_spotter_shares_the_classifier():
     assert scanner.boxes_output.channels == 44 and scanner.box_format == "offsets"
     m = scanner(torch.rand(1, 40, 48)).maps[0]
     assert m.per_class and m.regression.shape == (44, *m.cells)
+
+
+def test_per_class_regression_survives_the_result_file(tmp_path):
+    """A saved scan of the per-class spotter reloads per-class and gives the same detections."""
+    from pathlib import Path
+
+    from densify.io.image import read_image
+    from densify.models.catalogue import MODELS
+    from densify.scan.resultfile import load_result, save_result
+    from densify.scan.scanner import Scanner
+
+    if "lenet5-digits-pc" not in MODELS:
+        pytest.skip("lenet5_digits_pc.json absent")
+    scene = read_image(Path(__file__).resolve().parent.parent / "demos" / "digits_scene.png")
+    result = Scanner("lenet5-digits-pc", scales=2, device="cpu")(scene[100:500, 600:1000])
+    loaded = load_result(save_result(result, tmp_path / "pc.npz"))
+    assert all(m.per_class and m.regression.shape[0] == 44 for m in loaded.maps)
+    want, got = result.detections(0.9), loaded.detections(0.9)
+    assert len(want) >= 1 and torch.equal(got.labels.sort().values, want.labels.sort().values)
+    assert torch.allclose(want.boxes.sort(dim=0).values, got.boxes.sort(dim=0).values, atol=0.05)

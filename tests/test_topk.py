@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,7 +57,7 @@ def test_top_k_keeps_each_scales_best_classes(maps):
 
 def test_top_k_at_least_the_object_classes_changes_nothing(maps):
     every = detect(maps, threshold=0.5, background_class=0)
-    for k in (3, 4, 100):  # 3 object classes
+    for k in (3, 4, 100, np.int64(3)):  # 3 object classes; NumPy integers count
         got = detect(maps, threshold=0.5, background_class=0, top_k=k)
         for a, b in ((got.boxes, every.boxes), (got.scores, every.scores),
                      (got.labels, every.labels)):

@@ -39,6 +39,7 @@ Shape:
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -106,10 +107,10 @@ def check_top_k(top_k: int | None) -> int | None:
     """``top_k`` if it is None or a positive integer; a :class:`ParameterError` otherwise."""
     if top_k is None:
         return None
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
         raise ParameterError(f"top_k must be a positive integer (classes kept per scale), got "
                              f"{top_k!r}; e.g. 5, or None for every class")
-    return top_k
+    return int(top_k)
 
 
 def top_classes(probs: torch.Tensor, k: int, background: int | None = None) -> list[int]:
