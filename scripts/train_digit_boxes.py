@@ -9,9 +9,17 @@ truth box ``(x1, y1, x2, y2)`` that :func:`densify.digits.synth.make_batch` retu
 (``return_boxes=True``: :func:`densify.digits.synth.digit_box`, as in scenes). Loss: smooth L1.
 
     python scripts/train_digit_boxes.py     # a few minutes on 1 core
+    python scripts/train_digit_boxes.py --per-class
 
 Writes ``OUT/lenet5_digits.pt`` (the full state dict) and updates ``OUT/lenet5_digits.json`` (arch
 ``lenet5_boxes``, outputs, box format, the head's held-out error, sha256).
+
+``--per-class`` (OverFeat's per-class regressors): the head's last layer is FC 4·11
+(:func:`densify.models.archs.lenet5_boxes_per_class`), each window's loss reads only its digit's
+four outputs, the same windows and seeds; the background class's four outputs get no loss and are
+set to zero (never used: the background yields no boxes). Writes a separate model,
+``OUT/lenet5_digits_pc.pt`` and ``OUT/lenet5_digits_pc.json`` (``lenet5-digits-pc``: the
+shipped card with this head), and leaves ``lenet5_digits.*`` as they are.
 """
 
 from __future__ import annotations
@@ -65,7 +73,16 @@ def features(model: archs.LeNet5Boxes, x: torch.Tensor, mean: float, std: float)
                       for i in range(0, len(x), 8192)])
 
 
-def fit(head: torch.nn.Module, f: torch.Tensor, t: torch.Tensor, epochs: int, gen) -> None:
+def own_box(out: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """``(N, 4)``: the head's box, or with ``labels`` (a per-class ``(N, 4·K)`` head) the box of
+    each window's own class."""
+    if labels is None:
+        return out
+    return out.view(len(out), -1, 4)[torch.arange(len(out)), labels]
+
+
+def fit(head: torch.nn.Module, f: torch.Tensor, t: torch.Tensor, epochs: int, gen,
+        labels: torch.Tensor | None = None) -> None:
     opt = torch.optim.Adam(head.parameters(), lr=3e-3)
     steps = epochs * ((len(f) + 255) // 256)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=steps, pct_start=0.1)
@@ -74,7 +91,8 @@ def fit(head: torch.nn.Module, f: torch.Tensor, t: torch.Tensor, epochs: int, ge
         order = torch.randperm(len(f), generator=gen)
         for i in range(0, len(f), 256):
             idx = order[i:i + 256]
-            loss = F.smooth_l1_loss(head(f[idx]), t[idx], beta=0.02)
+            own = own_box(head(f[idx]), None if labels is None else labels[idx])
+            loss = F.smooth_l1_loss(own, t[idx], beta=0.02)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -83,13 +101,14 @@ def fit(head: torch.nn.Module, f: torch.Tensor, t: torch.Tensor, epochs: int, ge
 
 
 @torch.no_grad()
-def box_error(head: torch.nn.Module, f: torch.Tensor, boxes: torch.Tensor) -> dict:
+def box_error(head: torch.nn.Module, f: torch.Tensor, boxes: torch.Tensor,
+              labels: torch.Tensor | None = None) -> dict:
     """Mean absolute edge error in window pixels and the mean IoU with the ground truth, for the
     regressed boxes and for the fixed centred box the card gave before (20 px tall, 0.6 wide)."""
     from torchvision.ops import box_iou
 
     w = float(synth.WINDOW)
-    d = head(f) * w
+    d = own_box(head(f), labels) * w
     pred = torch.stack([d[:, 0], d[:, 1], w + d[:, 2], w + d[:, 3]], dim=1)
     h = synth.DIGIT_HEIGHT
     fixed = torch.tensor([(w - synth.BOX_ASPECT * h) / 2, (w - h) / 2, (w + synth.BOX_ASPECT * h) / 2,
@@ -123,8 +142,11 @@ def classifier_digest(state: dict) -> str:
 @click.option("--epochs", default=12, show_default=True)
 @click.option("--workers", default=2, show_default=True)
 @click.option("--out", default=str(WEIGHTS_DIR), show_default=True, type=click.Path(path_type=Path))
-def main(seed: int, samples: int, epochs: int, workers: int, out: Path) -> None:
-    """Train the box head of lenet5-digits and rewrite its weights file and card."""
+@click.option("--per-class", is_flag=True,
+              help="One box per class; writes lenet5_digits_pc.{pt,json} (module docstring).")
+def main(seed: int, samples: int, epochs: int, workers: int, out: Path, per_class: bool) -> None:
+    """Train the box head of lenet5-digits and rewrite its weights file and card (or, with
+    --per-class, write the per-class model beside it)."""
     start = time.time()
     torch.set_num_threads(1)
     torch.manual_seed(seed)
@@ -132,8 +154,13 @@ def main(seed: int, samples: int, epochs: int, workers: int, out: Path) -> None:
     card_path = out / "lenet5_digits.json"
     card = json.loads(card_path.read_text())
     state = torch.load(out / card["file"], map_location="cpu", weights_only=True)
-    model = archs.lenet5_boxes(len(card["categories"]), card["input_size"][0])
-    if card["arch"] == "lenet5":  # the classifier alone: rename its keys
+    build = archs.lenet5_boxes_per_class if per_class else archs.lenet5_boxes
+    model = build(len(card["categories"]), card["input_size"][0])
+    if per_class:  # the shipped classifier; a new head
+        state = {k: v for k, v in state.items() if not k.startswith("box_head.")}
+        missing = model.load_state_dict(state, strict=False).missing_keys
+        assert all(k.startswith("box_head.") for k in missing), missing
+    elif card["arch"] == "lenet5":  # the classifier alone: rename its keys
         state = {archs.LeNet5Boxes.classifier_keys()[k]: v for k, v in state.items()}
         missing = model.load_state_dict(state, strict=False).missing_keys
         assert all(k.startswith("box_head.") for k in missing), missing
@@ -141,18 +168,26 @@ def main(seed: int, samples: int, epochs: int, workers: int, out: Path) -> None:
         model.load_state_dict(state)
     before = classifier_digest(model.state_dict())
     mean, std = card["mean"][0], card["std"][0]
-    x, _, boxes = generate(samples, seed + 20_000, "train", workers)
-    xe, _, boxes_e = generate(10_000, seed + 20_001, "eval", workers)
+    x, y, boxes = generate(samples, seed + 20_000, "train", workers)
+    xe, ye, boxes_e = generate(10_000, seed + 20_001, "eval", workers)
     f, fe = features(model, x, mean, std), features(model, xe, mean, std)
-    fit(model.box_head, f, offsets(boxes), epochs, gen)
-    error = box_error(model.box_head, fe, boxes_e)
+    fit(model.box_head, f, offsets(boxes), epochs, gen, y if per_class else None)
+    error = box_error(model.box_head, fe, boxes_e, ye if per_class else None)
     print(json.dumps(error, indent=2))
+    if per_class:
+        with torch.no_grad():  # the background's box: untrained, never used; make it the window
+            last, bg = model.box_head[-1], card["background_class"]
+            last.weight[4 * bg:4 * bg + 4] = 0
+            last.bias[4 * bg:4 * bg + 4] = 0
+        card.update({"name": "lenet5-digits-pc", "file": "lenet5_digits_pc.pt"})
+        card_path = out / "lenet5_digits_pc.json"
     pt = out / card["file"]
     assert classifier_digest(model.state_dict()) == before
     torch.save(model.state_dict(), pt)
     card.update({
-        "arch": "lenet5_boxes", "outputs": {"scores": 0, "boxes": 1}, "box_format": "offsets",
-        "box_head": {"samples": samples, "epochs": epochs, "seed": seed,
+        "arch": "lenet5_boxes_per_class" if per_class else "lenet5_boxes",
+        "outputs": {"scores": 0, "boxes": 1}, "box_format": "offsets",
+        "box_head": {"samples": samples, "epochs": epochs, "seed": seed, "per_class": per_class,
                      "held_out_windows": 10_000, "held_out_split": "eval",
                      "held_out_error": error, "train_seconds": round(time.time() - start)},
         "classifier_tensors_sha256": before,

@@ -25,7 +25,7 @@ def _detect_one(path: Path, stem: str, rgb, result: ScanResult, *, scanner: Scan
     from ._scanning import summary, write_all
 
     det = result.detections(opts["threshold"], opts["iou"], opts["classes"], opts["boxes"],
-                            opts["merge"], opts["merge_threshold"])
+                            opts["merge"], opts["merge_threshold"], top_k=opts["top_k"])
     names = [result.categories[c] for c in det.labels.tolist()]
     vis = draw_boxes(rgb, det.boxes, names, det.scores)
     files = write_all({out / f"{stem}_detections.png": lambda p: write_image(p, vis)})
@@ -51,13 +51,14 @@ def _detect_lines(records: list[dict]) -> str:
 @options.nms_iou
 @options.merge
 @options.merge_threshold
+@options.top_k
 @click.option("--class", "classes", multiple=True, help="Only this class (repeatable).")
 @options.boxes
 @options.json_output("OUTDIR/detections.json")
 @options.ray_options
 @options.settings_options
 def detect(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, prefetch, threshold,
-           nms_iou, merge, merge_threshold, classes, boxes, json_path, ray) -> None:
+           nms_iou, merge, merge_threshold, top_k, classes, boxes, json_path, ray) -> None:
     """Detect objects: boxes from every window above --threshold, merged by NMS (or --merge
     overfeat: OverFeat's greedy merge, whose scores are sums over the merged windows).
 
@@ -91,7 +92,7 @@ def detect(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, p
                                      param_hint="--class")
         opts = {"threshold": default_threshold(scanner, threshold), "iou": nms_iou,
                 "classes": chosen, "boxes": boxes, "merge": merge,
-                "merge_threshold": merge_threshold}
+                "merge_threshold": merge_threshold, "top_k": top_k}
         paths, failed = expand(inputs)
         work = functools.partial(_detect_one, out=out, opts=opts)
         if ray is None:

@@ -58,6 +58,7 @@ def _read_json(path: Path, what: str):
 @options.nms_iou
 @options.merge
 @options.merge_threshold
+@options.top_k
 @options.boxes
 @click.option("--save-gt", type=_JSON_FILE, default=None,
               help="Write the scenes' COCO ground truth here.")
@@ -73,7 +74,7 @@ def _read_json(path: Path, what: str):
 @options.quiet
 @options.settings_options
 def evaluate(model, settings, scenes, seed, split, size, threshold, nms_iou, merge,
-             merge_threshold, boxes, save_gt, save_detections, gt_path,
+             merge_threshold, top_k, boxes, save_gt, save_detections, gt_path,
              det_path, keep_memory, json_path, quiet) -> None:
     """COCO AP, AP50, AP75 and AR (pycocotools) on generated held-out digit scenes, or of
     --detections against --gt."""
@@ -89,7 +90,7 @@ def evaluate(model, settings, scenes, seed, split, size, threshold, nms_iou, mer
                                                                              "detections"))
     else:
         report = _scan_and_score(model, settings, scenes, seed, split, size, threshold, nms_iou,
-                                 merge, merge_threshold, boxes, quiet, keep_memory)
+                                 merge, merge_threshold, top_k, boxes, quiet, keep_memory)
         threshold = report["threshold"]
         _save(save_gt, report.pop("ground_truth"))
         _save(save_detections, report.pop("detections"))
@@ -107,7 +108,7 @@ def _save(path: Path | None, data) -> None:
 
 
 def _scan_and_score(model, settings, scenes, seed, split, size, threshold, nms_iou, merge,
-                    merge_threshold, boxes, quiet, keep_memory=False) -> dict:
+                    merge_threshold, top_k, boxes, quiet, keep_memory=False) -> dict:
     from ..digits.evaluation import evaluate_scenes
     from ._scanning import default_threshold, make_scanner, run_tuned
 
@@ -119,7 +120,8 @@ def _scan_and_score(model, settings, scenes, seed, split, size, threshold, nms_i
         if scanner.background_class is None:
             raise click.ClickException(f"{model.model} has no background class; evaluate needs "
                                        "a digit spotter such as lenet5-digits")
-        detect_options = {"merge": merge, "merge_threshold": merge_threshold, "boxes": boxes}
+        detect_options = {"merge": merge, "merge_threshold": merge_threshold, "boxes": boxes,
+                          "top_k": top_k}
         return evaluate_scenes(scanner, scenes, seed, split, size or (1200, 1600),
                                default_threshold(scanner, threshold), nms_iou,
                                progress=not quiet, detect_options=detect_options)

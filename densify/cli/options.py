@@ -22,7 +22,7 @@ from .ray_options import RayOptions, ray_options
 __all__ = [
     "DEFAULT_MODEL", "callback", "model", "weights", "output_stride", "input_size", "scales",
     "object_sizes", "device", "precision", "output_dir", "max_memory", "quiet", "json_output",
-    "threshold", "nms_iou", "merge", "merge_threshold", "boxes", "image_size", "threads",
+    "threshold", "nms_iou", "merge", "merge_threshold", "top_k", "boxes", "image_size", "threads",
     "keep_memory", "batch_size",
     "sheet", "report", "flip", "overwrite", "prefetch", "mean", "std", "classes", "scores_output",
     "boxes_output", "box_format", "model_options", "scan_options", "head", "RayOptions",
@@ -188,6 +188,12 @@ merge_threshold = click.option(
     "--merge-threshold", type=click.FloatRange(min=0), default=1.0, show_default=True,
     help="--merge overfeat stops when the closest pair's match score (centre distance in box "
          "sides + 1 - IoU) exceeds this.")
+
+# Used by: detect, evaluate (issue 21: top-k per scale).
+top_k = click.option(
+    "--top-k", type=click.IntRange(min=1), default=None,
+    help="At each scale only the K classes with the highest map maximum (background excluded) "
+         "propose boxes, as OverFeat does before merging. Default: every class.")
 
 def boxes(fn: Callable) -> Callable:
     """``--boxes`` (detect, evaluate): where each box comes from, passed on as ``boxes``; the

@@ -8,6 +8,8 @@ like any torchvision model.
   net equals the classifier on every crop exactly (check 4 of the equivalence suite).
 - :func:`lenet5_boxes`: LeNet-5 with a box-regression head beside its classifier (OverFeat's
   regressor, scaled down): returns ``(scores, boxes)``.
+- :func:`lenet5_boxes_per_class`: the same with one box per class (OverFeat's per-class
+  regressors): ``boxes`` is ``(N, 4·num_classes)``, class-major.
 - :func:`zfnet`: Zeiler & Fergus 2013, the larger variant of their Table 2 (conv3-5 with 512/1024/512
   filters); AlexNet with a 7×7 stride-2 conv1 and a stride-2 conv2.
 - :func:`nin`: Network in Network (Lin et al. 2013), ImageNet layout of the Caffe model zoo / d2l:
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["lenet5", "LeNet5Boxes", "lenet5_boxes", "zfnet", "nin", "overfeat_fast",
+__all__ = ["lenet5", "LeNet5Boxes", "lenet5_boxes", "lenet5_boxes_per_class", "zfnet", "nin", "overfeat_fast",
            "overfeat_accurate"]
 
 
@@ -56,15 +58,20 @@ class LeNet5Boxes(nn.Module):
     classifier path (``features`` then ``classifier``) is :func:`lenet5` layer for layer; the
     regressor reads the same 16×4×4 features (OverFeat's reads its pooled layer 5): FC ``hidden``
     → ReLU → FC 4.
+
+    ``per_class=True``: the last layer is FC ``4·num_classes`` and ``boxes`` is
+    ``(N, 4·num_classes)``, class-major (columns ``4k..4k+3`` are class ``k``'s offsets), as the
+    scanner reads a per-class regression (:class:`densify.scan.maps.ScaleMap`).
     """
 
-    def __init__(self, num_classes: int = 11, in_chans: int = 1, hidden: int = 128):
+    def __init__(self, num_classes: int = 11, in_chans: int = 1, hidden: int = 128,
+                 per_class: bool = False):
         super().__init__()
         layers = list(lenet5(num_classes, in_chans))
         self.features = nn.Sequential(*layers[:7])
         self.classifier = nn.Sequential(*layers[7:])
         self.box_head = nn.Sequential(nn.Linear(16 * 4 * 4, hidden), nn.ReLU(inplace=True),
-                                      nn.Linear(hidden, 4))
+                                      nn.Linear(hidden, 4 * num_classes if per_class else 4))
 
     def forward(self, x):
         f = self.features(x)
@@ -81,6 +88,18 @@ class LeNet5Boxes(nn.Module):
 def lenet5_boxes(num_classes: int = 11, in_chans: int = 1) -> LeNet5Boxes:
     """:class:`LeNet5Boxes` on ``(N, in_chans, 28, 28)``: ``(scores, boxes)``."""
     return LeNet5Boxes(num_classes, in_chans)
+
+
+def lenet5_boxes_per_class(num_classes: int = 11, in_chans: int = 1) -> LeNet5Boxes:
+    """:class:`LeNet5Boxes` with one box per class: ``(scores (N, K), boxes (N, 4·K))``.
+
+    Examples:
+        >>> import torch
+        >>> scores, boxes = lenet5_boxes_per_class(11).eval()(torch.zeros(2, 1, 28, 28))
+        >>> tuple(scores.shape), tuple(boxes.shape)
+        ((2, 11), (2, 44))
+    """
+    return LeNet5Boxes(num_classes, in_chans, per_class=True)
 
 
 class _AlexLike(nn.Module):

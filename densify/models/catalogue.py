@@ -223,7 +223,7 @@ def _build_project(arch_name: str, in_chans: int, num_classes: int) -> nn.Module
     from . import archs
 
     arch = getattr(archs, arch_name)
-    if arch in (archs.lenet5, archs.lenet5_boxes):
+    if arch in (archs.lenet5, archs.lenet5_boxes, archs.lenet5_boxes_per_class):
         return arch(num_classes, in_chans=in_chans)
     return arch(num_classes)
 

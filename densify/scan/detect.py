@@ -10,10 +10,18 @@ Rule:
     boxes averaged, their scores summed). The background class (the
     model card's ``background_class``) never proposes a box, and asking for it is an error.
 
+Top-k classes per scale (OverFeat's preselection, ``top_k=K``):
+    at each scale (a flipped scale counts as its own), only the ``K`` classes with the highest
+    image-level score at that scale propose boxes: the score is the spatial maximum of the class's
+    map, the background class is never ranked, ties go to the lower class index. ``classes``
+    then filters what is reported (so a class outside a scale's top ``K`` proposes nothing there
+    even when asked for). ``K`` at least the number of object classes is the same as None.
+
 Regressed boxes:
     a scan with a box-regression output (``Scanner(boxes=...)``) proposes each cell's regressed
     box for the class (:meth:`densify.scan.maps.ScaleMap.regressed_boxes`) instead of its window;
-    ``regress=False`` goes back to windows.
+    ``regress=False`` goes back to windows. A per-class regression (``4·K`` channels) gives each
+    proposal the box of its own class; a class-agnostic one (4 channels), the same box for all.
 
 Boxes smaller than the window (``region``):
     a classifier answers for its whole window, but when its training data fixes the object's
@@ -31,6 +39,7 @@ Shape:
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,7 +51,7 @@ from .maps import ScaleMap
 from .merge import MERGE_THRESHOLD, greedy_merge
 
 __all__ = ["MAX_CANDIDATES", "MERGES", "Detections", "object_region", "candidates", "detect",
-           "coco_results"]
+           "coco_results", "top_classes", "check_top_k"]
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +103,50 @@ def _selected(num_classes: int, classes: Sequence[int] | None, background: int |
     return chosen
 
 
+def check_top_k(top_k: int | None) -> int | None:
+    """``top_k`` if it is None or a positive integer; a :class:`ParameterError` otherwise."""
+    if top_k is None:
+        return None
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+        raise ParameterError(f"top_k must be a positive integer (classes kept per scale), got "
+                             f"{top_k!r}; e.g. 5, or None for every class")
+    return int(top_k)
+
+
+def top_classes(probs: torch.Tensor, k: int, background: int | None = None) -> list[int]:
+    """The ``k`` classes of a ``(K, h, w)`` map with the highest spatial maximum, the
+    ``background`` class left out, best first (ties: the lower index first).
+
+    Examples:
+        >>> probs = torch.zeros(3, 2, 2)
+        >>> probs[0, 0, 0], probs[1, 1, 1], probs[2, 0, 1] = 0.9, 0.6, 0.7
+        >>> top_classes(probs, 1, background=0), top_classes(probs, 5, background=0)
+        ([2], [2, 1])
+    """
+    peak = probs.flatten(1).amax(dim=1).double()
+    if background is not None:
+        peak[background] = float("-inf")
+    order = peak.argsort(descending=True, stable=True).tolist()
+    return [c for c in order if c != background][:k]
+
+
 def candidates(maps: Sequence[ScaleMap], threshold: float, classes: Sequence[int],
-               region: tuple[float, float, float, float] | None = None, regress: bool = True
+               region: tuple[float, float, float, float] | None = None, regress: bool = True,
+               top_k: int | None = None, background_class: int | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Proposals ``(boxes, scores, labels)`` of all scales, before NMS (module docstring);
-    ``regress``: a map's regressed boxes where it has them."""
+    ``regress``: a map's regressed boxes where it has them; ``top_k``: only each map's ``top_k``
+    best classes (:func:`top_classes`, ``background_class`` not ranked) propose."""
     boxes, scores, labels = [], [], []
-    index = torch.as_tensor(list(classes), dtype=torch.long)
+    every = list(classes)
     for m in maps:
+        mine = every
+        if top_k is not None:
+            best = set(top_classes(m.probs, top_k, background_class))
+            mine = [c for c in every if c in best]
+        if not mine:
+            continue
+        index = torch.as_tensor(mine, dtype=torch.long)
         probs = m.probs[index].flatten(1)  # (k, h*w)
         k, cell = (probs >= threshold).nonzero(as_tuple=True)
         if k.numel():
@@ -128,7 +173,8 @@ def _proposal_boxes(m: ScaleMap, index: torch.Tensor, k: torch.Tensor, cell: tor
 def detect(maps: Sequence[ScaleMap], threshold: float = 0.5, iou: float = 0.3,
            classes: Sequence[int] | None = None, background_class: int | None = None,
            region: tuple[float, float, float, float] | None = None, regress: bool = True,
-           merge: str = "nms", merge_threshold: float = MERGE_THRESHOLD) -> Detections:
+           merge: str = "nms", merge_threshold: float = MERGE_THRESHOLD,
+           top_k: int | None = None) -> Detections:
     """Thresholded cells of every scale merged by per-class NMS, or by OverFeat's greedy merge
     (module docstring).
 
@@ -143,6 +189,8 @@ def detect(maps: Sequence[ScaleMap], threshold: float = 0.5, iou: float = 0.3,
             has a box-regression output (``region`` then does not apply).
         merge: ``"nms"`` (``iou`` applies) or ``"overfeat"`` (:func:`densify.scan.merge.greedy_merge`
             with ``merge_threshold``; scores are then accumulated, not probabilities).
+        top_k: at each scale only the ``top_k`` classes with the highest spatial maximum
+            propose boxes (module docstring); None: every class.
 
     Examples:
         One confident cell of class 1 on a 64 × 64 image (28 px windows, stride 4):
@@ -167,8 +215,10 @@ def detect(maps: Sequence[ScaleMap], threshold: float = 0.5, iou: float = 0.3,
         raise ParameterError("no scales to detect on; scan with at least one scale")
     if merge not in MERGES:
         raise ParameterError(f"unknown merge {merge!r}; use {' or '.join(MERGES)}")
+    top_k = check_top_k(top_k)
     chosen = _selected(maps[0].probs.shape[0], classes, background_class)
-    boxes, scores, labels = candidates(maps, threshold, chosen, region, regress)
+    boxes, scores, labels = candidates(maps, threshold, chosen, region, regress, top_k,
+                                       background_class)
     if scores.numel() > MAX_CANDIDATES:
         log.info("%d proposals at threshold %.3g; keeping the best %d before NMS (raise the "
                  "threshold for fewer)", scores.numel(), threshold, MAX_CANDIDATES)

@@ -54,6 +54,25 @@ class ScaleMap:
     box_format: str = "offsets"
     flipped: bool = False
 
+    def __post_init__(self) -> None:
+        reg = self.regression
+        if reg is None:
+            return
+        num, cells = self.probs.shape[0], tuple(self.probs.shape[-2:])
+        if reg.dim() != 3 or reg.shape[0] not in (4, 4 * num):
+            raise ParameterError(
+                f"box regression of shape {tuple(reg.shape)} for {num} classes; give (4, h, w) "
+                f"(one box per cell) or ({4 * num}, h, w) (4 x {num}: one box per class, "
+                "class-major): make the box head output 4 or 4 x classes channels")
+        if tuple(reg.shape[-2:]) != cells:
+            raise ParameterError(f"box regression covers {tuple(reg.shape[-2:])} cells, the "
+                                 f"class map {cells}; give both outputs of the same scan")
+
+    @property
+    def per_class(self) -> bool:
+        """Whether :attr:`regression` holds one box per class (``4·K`` channels)."""
+        return self.regression is not None and self.regression.shape[0] != 4
+
     @property
     def factor(self) -> float:
         return self.level.factor
@@ -90,7 +109,9 @@ class ScaleMap:
 
     def regressed_boxes(self, cls: int = 0, clip: bool = True) -> torch.Tensor:
         """``Tensor[h*w, 4]`` (x1, y1, x2, y2) of class ``cls``'s regressed box per cell, in
-        original image pixels, row-major over cells (same mapping as :meth:`boxes`).
+        original image pixels, row-major over cells (same mapping as :meth:`boxes`). A
+        class-agnostic regression (4 channels) gives every class the same box; a per-class one
+        (``4·K``) class ``cls``'s channels ``4·cls .. 4·cls+3``.
 
         ``box_format="offsets"``: ``(dx1, dy1, dx2, dy2)`` move each edge of the cell's window
         ``(wx1, wy1, wx2, wy2)`` by that fraction of the window size (``x1 = wx1 + dx1·ww``,
@@ -102,7 +123,12 @@ class ScaleMap:
             raise ParameterError("this scan has no box regression; scan with boxes= (the "
                                  "box-regression output)")
         reg = self.regression.double()
-        reg = reg[:4] if reg.shape[0] == 4 else reg[4 * cls:4 * cls + 4]
+        if self.per_class:
+            num = self.probs.shape[0]
+            if not 0 <= cls < num:
+                raise ParameterError(f"class {cls} out of range 0..{num - 1} for the per-class "
+                                     "box regression; give a class index of the model")
+            reg = reg[4 * cls:4 * cls + 4]
         d = reg.flatten(1).T  # (h*w, 4)
         win = self.geometry.cell_boxes(*self.cells, dtype=torch.float64)
         ww, wh = win[:, 2] - win[:, 0], win[:, 3] - win[:, 1]

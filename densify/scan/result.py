@@ -161,7 +161,8 @@ class ScanResult:
     def detections(self, threshold: float = 0.5, iou: float = 0.3,
                    classes: Sequence[int | str] | None = None, boxes: str = "auto",
                    merge: str = "nms", merge_threshold: float | None = None, *,
-                   refine: bool | None = None, window_boxes: bool | None = None
+                   top_k: int | None = None, refine: bool | None = None,
+                   window_boxes: bool | None = None
                    ) -> _detect.Detections:
         """Boxes of cells with probability >= ``threshold``, merged by NMS or, with
         ``merge="overfeat"``, OverFeat's greedy merge (:func:`densify.scan.detect.detect`).
@@ -169,14 +170,16 @@ class ScanResult:
         ``boxes`` says where a cell's box comes from (:data:`BOX_SOURCES`): ``"regressed"`` (the
         scan's box-regression output), ``"object"`` (the model card's :attr:`object_box` inside
         the window), ``"window"`` (the whole window), or ``"auto"``: regressed when the scan has
-        a regression output, else the object box when known, else the window. ``refine`` and
-        ``window_boxes`` are deprecated spellings of ``boxes``.
+        a regression output, else the object box when known, else the window. ``top_k``: at
+        each scale only the ``top_k`` classes with the highest map maximum propose boxes
+        (OverFeat's preselection). ``refine`` and ``window_boxes`` are deprecated spellings of
+        ``boxes``.
         """
         region, regress = self._box_source(boxes, refine, window_boxes)
         idx = None if classes is None else [self.class_index(c) for c in classes]
         extra = {} if merge_threshold is None else {"merge_threshold": merge_threshold}
         return _detect.detect(self.maps, threshold, iou, idx, self.background_class, region,
-                              regress=regress, merge=merge, **extra)
+                              regress=regress, merge=merge, top_k=top_k, **extra)
 
     @property
     def regressed(self) -> bool:
