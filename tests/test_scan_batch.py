@@ -82,16 +82,40 @@ def test_the_device_pyramid_gives_the_host_maps_within_tolerance(digits, crops):
 
 def test_batches_come_from_one_size_at_a_time(digits, crops, monkeypatch):
     seen = []
-    original = Scanner._scan_group
+    original = Scanner._launch_group
 
     def spy(self, rgbs, *args):
         seen.append([r.shape for r in rgbs])
         return original(self, rgbs, *args)
 
-    monkeypatch.setattr(Scanner, "_scan_group", spy)
+    monkeypatch.setattr(Scanner, "_launch_group", spy)
     digits.scan_batch(crops, batch_size=2, scales=[1.0])
     assert [len(g) for g in seen] == [2, 1, 2]
     assert all(len({s for s in g}) == 1 for g in seen)
+
+
+def test_each_group_finishes_after_the_next_is_launched(digits, crops, monkeypatch):
+    """The host work of a group (its copy back, result objects) waits until the next group is
+    queued on the device; results stay in input order. Mutation caught: finishing each group
+    before launching the next (no overlap) or dropping the last queued group."""
+    events = []
+    original = Scanner._launch_group
+
+    def spy(self, rgbs, *args):
+        events.append(("launch", len(rgbs)))
+        finish = original(self, rgbs, *args)
+
+        def traced():
+            events.append(("finish", len(rgbs)))
+            return finish()
+
+        return traced
+
+    monkeypatch.setattr(Scanner, "_launch_group", spy)
+    results = digits.scan_batch(crops, batch_size=2, scales=[1.0])
+    assert events == [("launch", 2), ("launch", 1), ("finish", 2), ("launch", 2), ("finish", 1),
+                      ("finish", 2)]
+    assert [r.image_size for r in results] == [c.shape[:2] for c in crops]
 
 
 def test_batch_size_is_checked(digits, crops):

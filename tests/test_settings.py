@@ -104,6 +104,7 @@ def test_every_option_reaches_the_scanner(user_model, monkeypatch):
     (single process) and the one a Ray worker builds from what it is sent are configured
     alike: every option arrives, also with a module:factory model."""
     import densify.cli._scanning as scanning
+    import densify.cli._ray as ray_cli
     import densify.distributed as distributed
     from densify.scan.scanner import Scanner
 
@@ -121,19 +122,16 @@ def test_every_option_reaches_the_scanner(user_model, monkeypatch):
     class Stop(Exception):
         pass
 
-    def scan_dataset(paths, model, settings, **rows):
-        sent.update(model=model, settings=settings, rows=rows)
+    def scan_on_actors(ray, options, model, settings, todo, quiet, work):
+        sent.update(model=model, settings=settings, todo=todo)
         raise Stop
 
     class FakeRay:
-        data = type("data", (), {"DataContext": type("ctx", (), {"get_current": staticmethod(
-            lambda: type("c", (), {})())})})
-
         @staticmethod
         def is_initialized():
             return True
 
-    monkeypatch.setattr(distributed, "scan_dataset", scan_dataset)
+    monkeypatch.setattr(ray_cli, "_scan", scan_on_actors)
     monkeypatch.setattr(distributed, "require_ray", lambda: FakeRay)
     result = CliRunner().invoke(main, ["detect", "a.png", "-m", user_model, *CLI_OPTIONS,
                                        "-o", "out_ray", "--ray", "--workers", "1"])

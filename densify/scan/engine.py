@@ -3,8 +3,8 @@
 The pieces :class:`densify.scan.scanner.Scanner` runs for every level: the level's input for the
 whole group (:class:`LevelSource`: built on the device from one upload of the ``uint8`` images,
 or on the host with OpenCV), the class probabilities from the net's output
-(:func:`to_probabilities`, :func:`softmax_rows`), and, once the last level is done, one copy of
-every map back to the host (:func:`to_host`); images are grouped by size
+(:func:`to_probabilities`, :func:`softmax_rows`), and, once the last level is launched, one
+asynchronous copy of every map back to the host (:class:`HostCopy`); images are grouped by size
 (:func:`same_size_groups`) and cuDNN autotunes the repeating shapes for the scan only
 (:func:`autotune`).
 
@@ -24,7 +24,7 @@ from .memory import level_input
 from .preprocess import level_batch, upload
 from .pyramid import Level
 
-__all__ = ["to_probabilities", "softmax_rows", "LevelSource", "to_host", "same_size_groups",
+__all__ = ["to_probabilities", "softmax_rows", "LevelSource", "HostCopy", "to_host", "same_size_groups",
            "autotune"]
 
 
@@ -73,17 +73,51 @@ class LevelSource:
             memory_format=torch.channels_last)
 
 
+class HostCopy:
+    """A group's ``(probs, regression)`` per level on their way to the host.
+
+    On CUDA every map of every level and image is concatenated on the device and copied, in one
+    asynchronous transfer started here, into pinned host memory; the device goes on with whatever
+    is queued next (the next group's levels) and :meth:`wait` blocks only until this copy is done.
+    On another device the copy is synchronous; CPU maps are already on the host.
+    """
+
+    def __init__(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor | None]]):
+        self.pairs = list(pairs)
+        tensors = [t for pair in self.pairs for t in pair if t is not None]
+        self.shapes = [t.shape for t in tensors]
+        self.flat, self.event = None, None
+        if not tensors or tensors[0].device.type == "cpu":
+            return
+        # the device maps may go now: the copy is queued (the allocator reuses their memory
+        # only for work queued after it on the same stream)
+        self.pairs = [(None, None if r is None else True) for _, r in self.pairs]
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        if flat.is_cuda:
+            self.flat = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            self.flat.copy_(flat, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record(torch.cuda.current_stream(flat.device))
+        else:
+            self.flat = flat.cpu()
+
+    def wait(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """The pairs on the CPU (views of the one host copy), in the order given."""
+        if self.flat is None:
+            return self.pairs
+        if self.event is not None:
+            self.event.synchronize()
+        parts = iter(p.view(shape) for p, shape in zip(
+            self.flat.split([shape.numel() for shape in self.shapes]), self.shapes, strict=True))
+        return [(next(parts), None if r is None else next(parts)) for _, r in self.pairs]
+
+
 def to_host(pairs: Sequence[tuple[torch.Tensor, torch.Tensor | None]]
-             ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+            ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """``(probs, regression)`` per level on the CPU; from another device in one copy (one
-    synchronisation for every level and image of a group, none per level)."""
-    tensors = [t for pair in pairs for t in pair if t is not None]
-    if not tensors or tensors[0].device.type == "cpu":
-        return list(pairs)
-    flat = torch.cat([t.reshape(-1) for t in tensors]).cpu()
-    parts = iter(p.view(t.shape) for p, t in zip(flat.split([t.numel() for t in tensors]),
-                                                  tensors, strict=True))
-    return [(next(parts), None if r is None else next(parts)) for _, r in pairs]
+    synchronisation for every level and image of a group, none per level): :class:`HostCopy`
+    waited for at once."""
+    return HostCopy(pairs).wait()
 
 
 def same_size_groups(shapes: Sequence[Sequence[int]], size: int) -> list[list[int]]:

@@ -7,7 +7,8 @@ construction, or once per image).
   :func:`dense_for` converts it at the requested output stride (the native one, logged, when
   that stride cannot be reached) with batch norms folded;
 - :func:`card_outputs`, :func:`card_object_box` and :func:`card_scale_range` read the model
-  card's facts, given values first.
+  card's facts, given values first; :func:`batch_size_for` picks how many images go through
+  the net together.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from ..models.user import ModelChoice, load_model
 from ..models.weights import Classifier
 from .detect import object_region
 from .pyramid import object_range
+from .tiling import estimate_bytes
 
 __all__ = ["resolve_device", "as_rgb", "classifier_for", "dense_for", "card_outputs",
-           "card_object_box", "card_scale_range"]
+           "card_object_box", "card_scale_range", "batch_size_for", "MAX_AUTO_BATCH"]
 
 log = logging.getLogger(__name__)
 
@@ -130,3 +132,29 @@ def card_scale_range(card: ModelCard | None, object_sizes=None) -> tuple[float, 
         raise ParameterError("object sizes need a model whose card gives object_height; pass "
                          "explicit --scales factors instead")
     return object_range(card.object_height, sizes)
+
+
+#: The largest batch chosen automatically on a GPU (:attr:`densify.Scanner.batch_size`).
+MAX_AUTO_BATCH = 8
+
+
+def batch_size_for(batch_size: int | None, scanner=None) -> int:
+    """``batch_size`` checked, or ``scanner``'s default: 1 on the CPU (a batch there only adds
+    memory) and with a memory budget; on a GPU as many 1080p images as half the device's free
+    memory holds in one pass of the largest level (:func:`densify.scan.tiling.estimate_bytes`),
+    at most :data:`MAX_AUTO_BATCH`.
+
+    Examples:
+        >>> batch_size_for(4)
+        4
+    """
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ParameterError(f"batch size must be a positive integer, got {batch_size!r}")
+        return batch_size
+    if scanner is None or scanner.device.type != "cuda" or scanner.budget is not None:
+        return 1
+    free, _ = torch.cuda.mem_get_info(scanner.device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(scanner.precision, scanner.dtype)
+    per_image = max(1, estimate_bytes(scanner.scan_net, 1088, 1920, dtype))
+    return max(1, min(MAX_AUTO_BATCH, int(0.5 * free // per_image)))

@@ -41,12 +41,20 @@ from ..io.image import thumbnail
 from ..models.card import ModelCard
 from ..models.catalogue import IMAGENET_MEAN, IMAGENET_STD
 from ..models.weights import Classifier
-from .engine import LevelSource, autotune, same_size_groups, softmax_rows, to_host, to_probabilities
+from .engine import (
+    HostCopy,
+    LevelSource,
+    autotune,
+    same_size_groups,
+    softmax_rows,
+    to_probabilities,
+)
 from .graphs import GraphCache
 from .maps import BOX_FORMATS, ScaleMap
 from .memory import MemoryBudget
 from .prepare import (
     as_rgb,
+    batch_size_for,
     card_object_box,
     card_outputs,
     card_scale_range,
@@ -69,10 +77,6 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: Where pyramid levels are built: ``"auto"`` (on the device unless it is the CPU), ``"device"``
 #: (torch ops on the scanner's device, :mod:`densify.scan.preprocess`) or ``"host"`` (OpenCV).
 PREPROCESS = ("auto", "device", "host")
-
-#: The largest batch chosen automatically on a GPU (:attr:`Scanner.batch_size`).
-MAX_AUTO_BATCH = 8
-
 
 class Scanner:
     """A classifier converted once and ready to scan images at several scales.
@@ -164,29 +168,13 @@ class Scanner:
         self.autotune = bool(s.autotune)
         self._graphs = (GraphCache(self.scan_net) if s.cuda_graphs and self.device.type == "cuda"
                         else None)
-        self.batch_size = self._batch_size(s.batch_size)
+        self.batch_size = batch_size_for(s.batch_size, self)
 
     @property
     def default_threshold(self) -> float:
         """The model card's recommended detection threshold, else 0.5."""
         threshold = self.card.threshold if self.card else None
         return 0.5 if threshold is None else float(threshold)
-
-    def _batch_size(self, batch_size: int | None) -> int:
-        """``batch_size`` checked, or the default: 1 on the CPU (a batch there only adds
-        memory) and with a memory budget; on a GPU as many 1080p images as half the device's free
-        memory holds in one pass of the largest level (:func:`densify.scan.tiling.estimate_bytes`),
-        at most :data:`MAX_AUTO_BATCH`."""
-        if batch_size is not None:
-            if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-                raise ParameterError(f"batch size must be a positive integer, got {batch_size!r}")
-            return batch_size
-        if self.device.type != "cuda" or self.budget is not None:
-            return 1
-        free, _ = torch.cuda.mem_get_info(self.device)
-        dtype = PRECISIONS[self.precision] or self.dtype
-        per_image = max(1, estimate_bytes(self.scan_net, 1088, 1920, dtype))
-        return max(1, min(MAX_AUTO_BATCH, int(0.5 * free // per_image)))
 
     @property
     def geometry(self):
@@ -276,7 +264,7 @@ class Scanner:
         ``flip`` each scale's map is followed by its mirrored one.
         """
         rgb, source = as_rgb(image)
-        return self._scan_group([rgb], [source], scales, progress)[0]
+        return self._launch_group([rgb], [source], scales, progress)()[0]
 
     def scan_batch(self, images: Sequence[str | Path | np.ndarray | torch.Tensor],
                    batch_size: int | None = None,
@@ -290,15 +278,19 @@ class Scanner:
         With a memory budget (``max_memory``) images are scanned one at a time, since the budget
         is planned for one image.
         """
-        batch_size = self.batch_size if batch_size is None else self._batch_size(batch_size)
+        batch_size = self.batch_size if batch_size is None else batch_size_for(batch_size)
         decoded = [as_rgb(image) for image in images]
         step = 1 if self.budget is not None else batch_size
         results: list = [None] * len(decoded)
-        for group in same_size_groups([rgb.shape for rgb, _ in decoded], step):
-            scanned = self._scan_group([decoded[i][0] for i in group],
-                                       [decoded[i][1] for i in group], scales, progress)
-            for i, result in zip(group, scanned, strict=True):
-                results[i] = result
+        queued: list = []  # (indices, finish): a group is launched before the previous finishes
+        for group in [*same_size_groups([rgb.shape for rgb, _ in decoded], step), None]:
+            if group is not None:
+                queued.append((group, self._launch_group([decoded[i][0] for i in group], [
+                    decoded[i][1] for i in group], scales, progress)))
+            while queued and (group is None or len(queued) > 1 or self.budget is not None):
+                done, finish = queued.pop(0)
+                for i, result in zip(done, finish(), strict=True):
+                    results[i] = result
         return results
 
     @property
@@ -308,10 +300,12 @@ class Scanner:
         return self.preprocess == "device" or (self.preprocess == "auto" and
                                                self.device.type != "cpu")
 
-    def _scan_group(self, rgbs: Sequence[np.ndarray], sources: Sequence[str | None], scales,
-                    progress: bool | None) -> list[ScanResult]:
-        """Scan images of one size together: one forward pass per level for all of them, the
-        maps kept on the device until the last level, then one copy back."""
+    def _launch_group(self, rgbs: Sequence[np.ndarray], sources: Sequence[str | None], scales,
+                      progress: bool | None):
+        """Queue the scan of images of one size (one forward pass per level for all of them,
+        maps kept on the device) and the copy of their maps to the host; returns the function
+        that waits for that copy and builds the results (host work that, on a GPU, overlaps
+        the next group's levels when :meth:`scan_batch` launches that group first)."""
         shape = rgbs[0].shape[:2]
         pyramid = self.levels(shape, scales)
         views = [(level, flipped) for level in pyramid
@@ -333,16 +327,19 @@ class Scanner:
                 outs.append(self._scan_level(x, level, held))
                 del x
         del source
-        thumbs = [thumbnail(rgb, THUMBNAIL_SIDE).copy() for rgb in rgbs]  # while the GPU works
-        host = to_host(outs)
-        results = []
-        for n, thumb in enumerate(thumbs):
-            maps = tuple(ScaleMap(level, self.geometry, p[n], None if r is None else r[n],
-                                  self.box_format, flipped)
-                         for (level, flipped), (p, r) in zip(views, host, strict=True))
-            results.append(ScanResult(tuple(shape), self.categories, maps, self.background_class,
-                                      self.object_box, sources[n], thumb))
-        return results
+        copy = HostCopy(outs)
+        del outs
+
+        def finish() -> list[ScanResult]:
+            thumbs = [thumbnail(rgb, THUMBNAIL_SIDE).copy() for rgb in rgbs]  # while copying
+            maps = copy.wait()
+            return [ScanResult(tuple(shape), self.categories, tuple(
+                ScaleMap(level, self.geometry, p[n], None if r is None else r[n], self.box_format,
+                         flipped) for (level, flipped), (p, r) in zip(views, maps, strict=True)),
+                self.background_class, self.object_box, sources[n], thumb)
+                for n, thumb in enumerate(thumbs)]
+
+        return finish
 
     @property
     def _out_channels(self) -> int:
