@@ -37,6 +37,7 @@ from ..io.image import expand_inputs, read_image
 from ..io.records import append_record, finished, read_records
 from ..models.user import ModelChoice
 from ..runtime import trim_heap, tuned
+from ..scan.ensemble import Ensemble
 from ..scan.records import PER_IMAGE_ERRORS, error_message, error_record, ok_record
 from ..scan.result import ScanResult, class_index
 from ..scan.scanner import Scanner
@@ -84,9 +85,27 @@ def expand(inputs: Iterable[Path], errors: list[tuple[str, str]] | None = None
     return found, failed
 
 
-def make_scanner(model: ModelChoice, settings: ScanSettings) -> Scanner:
-    """The scanner every scanning command uses: the options' model and settings, unchanged."""
-    return Scanner(model, settings)
+def make_scanner(model: ModelChoice | tuple[ModelChoice, ...], settings: ScanSettings
+                 ) -> Scanner | Ensemble:
+    """The scanner every scanning command uses: the options' model and settings, unchanged; for
+    several ``--model`` an :class:`Ensemble` of their scanners, each at the ``--output-stride``
+    given, else its own :func:`default_stride`."""
+    if isinstance(model, ModelChoice):
+        return Scanner(model, settings)
+    return Ensemble([Scanner(m, settings if settings.output_stride else settings.replace(
+        output_stride=default_stride(m.model))) for m in model])
+
+
+def model_name(model: ModelChoice | tuple[ModelChoice, ...]) -> str:
+    """``lenet5-digits``, or ``a + b`` for an ensemble."""
+    return model.model if isinstance(model, ModelChoice) else " + ".join(m.model for m in model)
+
+
+def one_model(model: ModelChoice | tuple[ModelChoice, ...], option: str) -> None:
+    """Refuse an ensemble (several ``--model``) where ``option`` scans with one model."""
+    if not isinstance(model, ModelChoice):
+        raise click.UsageError(f"{option} scans with one --model; drop {option} to scan with an "
+                               f"ensemble of {len(model)}")
 
 
 def run_tuned(settings: ScanSettings, keep_memory: bool = False):
@@ -314,7 +333,9 @@ def notes(result: ScanResult, scanner: Scanner) -> list[str]:
     maps = [m for m in result.maps if not m.flipped]  # a flipped scale repeats its level
     if result.padded_to_window:
         small = [f"{m.factor:.3g}" for m in maps if m.level.padded_to_window]
-        notes.append(f"smaller than the {scanner.geometry.window[1]} px window at factor(s) "
+        window = "/".join(sorted({str(m.geometry.window[1]) for m in maps
+                                  if m.level.padded_to_window}))
+        notes.append(f"smaller than the {window} px window at factor(s) "
                      f"{', '.join(small)}: padded with the mean colour")
     if result.upscaled:
         big = [f"{m.factor:.3g}" for m in maps if m.level.upscaled]
@@ -335,7 +356,10 @@ def finish(failed: int, total: int) -> None:
         raise SystemExit(1)
 
 
-def header(scanner: Scanner, weights: str | None = None) -> str:
+def header(scanner: Scanner | Ensemble, weights: str | None = None) -> str:
+    if isinstance(scanner, Ensemble):
+        return f"ensemble of {len(scanner)}, equal weights: " + "; ".join(
+            header(m, weights) for m in scanner.members)
     stride = scanner.output_stride
     asked = scanner.requested_stride
     fallback = f" (native; {asked} not reachable)" if asked and asked != stride else ""

@@ -75,6 +75,8 @@ def detect(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, p
         finish,
         header,
         make_scanner,
+        model_name,
+        one_model,
         resolve_class,
         run_tuned,
     )
@@ -82,6 +84,8 @@ def detect(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, p
     out = ensure_output_dir(output_dir)
     if ray is not None:  # one row per image in OUTDIR/detect.parquet, no PNG/COCO file
         from ._ray import scan_on_ray
+
+        one_model(model, "--ray")
 
         return scan_on_ray(ray, "detect", inputs, out, quiet, model, settings,
                            threshold=threshold, iou=nms_iou, classes=list(classes) or None,
@@ -103,7 +107,7 @@ def detect(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, p
                                   current_job())
     options.write_json_output(json_path, [d for r in records for d in r["detections"]])
     if json_path != "-":
-        click.echo(f"{model.model}: {header(scanner)}")
+        click.echo(f"{model_name(model)}: {header(scanner)}")
         if records:
             click.echo(_detect_lines(records))
         click.echo(f"wrote {json_path}")

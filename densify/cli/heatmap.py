@@ -12,6 +12,7 @@ import click
 from . import options
 
 if TYPE_CHECKING:
+    from ..scan.ensemble import Ensemble
     from ..scan.result import ScanResult
     from ..scan.scanner import Scanner
 
@@ -27,7 +28,7 @@ def _colormap(value: str) -> str:
     return value
 
 
-def _heatmap_one(scanner: Scanner, out: Path, chosen: int | None, top_k: int, alpha: float,
+def _heatmap_one(scanner: Scanner | Ensemble, out: Path, chosen: int | None, top_k: int, alpha: float,
                  colormap: str, sheet: bool, full_maps: bool, path: Path, stem: str, rgb,
                  result: ScanResult) -> dict:
     from ..io.draw import draw_boxes, draw_caption, overlay_heatmap
@@ -75,24 +76,34 @@ def _heatmap_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _write_report(out: Path, scanner: Scanner, model: str, top_k: int, records: list[dict],
-                  errors: list[tuple[str, str]], seconds: float) -> Path:
+def _write_report(out: Path, scanner: Scanner | Ensemble, model: str, top_k: int,
+                  records: list[dict], errors: list[tuple[str, str]], seconds: float) -> Path:
     from ..io.report import write_report
+    from ..scan.ensemble import Ensemble
     from ..scan.records import error_record
 
     failed = [error_record(path, message, None) for path, message in errors]
+    members = scanner.members if isinstance(scanner, Ensemble) else (scanner,)
+    each = [_model_settings(m) for m in members]  # an ensemble: each model's, joined by " | "
+    settings = {"command": "densify heatmap", "model": model,
+                **{key: " | ".join(dict.fromkeys(e[key] for e in each)) for key in each[0]},
+                "classes listed": top_k}
+    return write_report(out / "report.html", [*records, *failed], settings, seconds,
+                        title=f"densify heatmap: {len(records) + len(failed)} input(s), {model}")
+
+
+def _model_settings(scanner: Scanner) -> dict[str, str]:
+    """What the report says of one scanner: weights, window, stride, scales, precision, device."""
     clf = scanner.classifier
     source = ("random (maps are meaningless)" if clf.random else str(clf.weights)) if clf else "?"
     stride = scanner.output_stride
     asked = scanner.requested_stride
-    settings = {"command": "densify heatmap", "model": model, "weights": source,
-                "window": f"{scanner.geometry.window[0]}x{scanner.geometry.window[1]} px (HxW)",
-                "output stride": f"{stride} px" + (f" (native; {asked} not reachable)"
-                                                   if asked and asked != stride else ""),
-                "scales": _scales_text(scanner), "precision": scanner.precision,
-                "device": str(scanner.device), "classes listed": top_k}
-    return write_report(out / "report.html", [*records, *failed], settings, seconds,
-                        title=f"densify heatmap: {len(records) + len(failed)} input(s), {model}")
+    return {"weights": source,
+            "window": f"{scanner.geometry.window[0]}x{scanner.geometry.window[1]} px (HxW)",
+            "output stride": f"{stride} px" + (f" (native; {asked} not reachable)"
+                                               if asked and asked != stride else ""),
+            "scales": _scales_text(scanner), "precision": scanner.precision,
+            "device": str(scanner.device)}
 
 
 def _scales_text(scanner: Scanner) -> str:
@@ -144,6 +155,8 @@ def heatmap(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, 
         finish,
         header,
         make_scanner,
+        model_name,
+        one_model,
         resolve_class,
         run_tuned,
     )
@@ -152,6 +165,8 @@ def heatmap(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, 
     out = ensure_output_dir(output_dir)
     if ray is not None:  # one row per image in OUTDIR/heatmap.parquet, no PNG/NPZ
         from ._ray import scan_on_ray
+
+        one_model(model, "--ray")
 
         return scan_on_ray(ray, "heatmap", inputs, out, quiet, model, settings, top_k=top_k)
     with run_tuned(settings, keep_memory) as threads:
@@ -163,10 +178,10 @@ def heatmap(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, 
                                  sheet or report, full_maps)
         records, bad = each_image(scanner, paths, quiet, work, errors, out, overwrite, prefetch,
                                   current_job())
-    page = _write_report(out, scanner, model.model, top_k, records, errors,
+    page = _write_report(out, scanner, model_name(model), top_k, records, errors,
                          time.perf_counter() - start) if report else None
     if not options.write_json_output(json_path, records) or json_path != "-":
-        click.echo(f"{model.model}: {header(scanner)}")
+        click.echo(f"{model_name(model)}: {header(scanner)}")
         if records:
             click.echo(_heatmap_table(records))
         if page:

@@ -69,6 +69,9 @@ class ScanResult:
         thumbnail: RGB ``uint8`` copy of the image, longer side at most :data:`THUMBNAIL_SIDE`,
             for display only (notebook preview, :meth:`sheet`, :meth:`show`); None: re-read
             ``source`` when needed (:meth:`display_image`).
+        weights: each map's share of heat maps and image scores, summing to 1: an ensemble's
+            (:func:`densify.scan.ensemble.ensemble_result`, its models' maps together); None:
+            every map counts the same (one model).
 
     In Jupyter a result shows itself: the image with the top class's map and the detections, the
     top classes as a caption (``_repr_html_``, ``_repr_png_``).
@@ -97,6 +100,7 @@ class ScanResult:
     object_box: Region | None = None
     source: str | None = None
     thumbnail: np.ndarray | None = field(default=None, repr=False, compare=False)
+    weights: tuple[float, ...] | None = None
 
     def __repr__(self) -> str:
         """One line: the image, classes, scales and best class (never the maps' values)."""
@@ -129,7 +133,7 @@ class ScanResult:
     def heatmaps(self, classes: Sequence[int | str]) -> torch.Tensor:
         """``(k, H, W)`` float32 maps at image resolution (:func:`densify.scan.heatmap.heatmaps`)."""
         idx = [self.class_index(c) for c in classes]
-        return _heatmap.heatmaps(self.maps, idx, self.image_size)
+        return _heatmap.heatmaps(self.maps, idx, self.image_size, self.weights)
 
     def heatmap(self, cls: int | str) -> np.ndarray:
         """``(H, W)`` float32 map of one class, registered to the original image."""
@@ -137,7 +141,7 @@ class ScanResult:
 
     def scores(self) -> torch.Tensor:
         """``Tensor[K]`` image-level scores (OverFeat, :func:`densify.scan.heatmap.image_scores`)."""
-        return _heatmap.image_scores(self.maps)
+        return _heatmap.image_scores(self.maps, self.weights)
 
     def top_classes(self, k: int = 5, background: bool = False) -> list[ClassScore]:
         """The ``k`` best classes by image-level score, each with the box of its best window.
@@ -228,7 +232,7 @@ class ScanResult:
     def panel_maps(self, classes: Sequence[int], size_hw: Sequence[int]) -> np.ndarray:
         """``(k, S + 1, h, w)`` float32 on a ``size_hw`` grid over the whole image: per class,
         each scale's raw cells, then the aggregate (:func:`densify.scan.heatmap.sampled_maps`)."""
-        return _heatmap.sampled_maps(self.maps, list(classes), size_hw).numpy()
+        return _heatmap.sampled_maps(self.maps, list(classes), size_hw, self.weights).numpy()
 
     def panel_titles(self, classes: Sequence[int]) -> list[list[str]]:
         """Two-line titles per panel: scale factor and cell grid; the class's best probability
@@ -236,7 +240,8 @@ class ScanResult:
         scores = self.scores()
         return [[f"x{m.factor:.3g}  {m.cells[0]}x{m.cells[1]} cells\n"
                  f"best {float(m.probs[cls].max()):.3f}" for m in self.maps]
-                + [f"mean of {len(self.maps)} scales\nscore {float(scores[cls]):.3f}"]
+                + [f"{'weighted ' if self.weights else ''}mean of {len(self.maps)} "
+                   f"{'maps' if self.weights else 'scales'}\nscore {float(scores[cls]):.3f}"]
                 for cls in classes]
 
     def caption(self, k: int = 3) -> str:
