@@ -53,6 +53,7 @@ def test_torchscript_export_of_both_paths_equals_the_dense_net(tmp_path, name, h
     _assert_same(torch.jit.load(str(tmp_path / "net.pt")), dense, size, dense.output_stride)
 
 
+@pytest.mark.slow  # 30 s here: float64 resnet18, both paths
 def test_torchscript_export_of_a_torchvision_net_at_a_small_input(tmp_path):
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
