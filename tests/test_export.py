@@ -27,10 +27,11 @@ CASES = [("attention_pool", "auto", "general"), ("interpolated_head", "auto", "g
          ("dict_outputs_softmax", "auto", "fast")]
 
 
-def _dense(name: str, head: str):
+def _dense(name: str, head: str, output_stride: int | None = None):
     factory, size, _ = CORPUS[name]
     torch.manual_seed(sum(map(ord, name)))
-    return convolutionize(factory().double().eval(), size, head=head), size
+    model = factory().double().eval()
+    return convolutionize(model, size, head=head, output_stride=output_stride), size
 
 
 def _assert_same(loaded, dense, size, stride):
@@ -80,6 +81,15 @@ class OddHead(nn.Module):
 
     def forward(self, x):
         return odd_scale(self.fc(self.conv(x).flatten(1)), 1.0, 2.0)
+
+
+def test_torchscript_export_of_a_dilated_window_head(tmp_path):
+    """Stride-1 final pooling dilates the general path's WindowHead: still exported exactly."""
+    dense, size = _dense("attention_pool", "auto", output_stride=2)
+    assert dense.outputs[0].path == "general" and dense.output_stride == 2
+    assert dense.net.densify_head.dilation == (2, 2)
+    export(dense, tmp_path / "net.pt")
+    _assert_same(torch.jit.load(str(tmp_path / "net.pt")), dense, size, 2)
 
 
 def test_a_head_torchscript_cannot_compile_is_refused_in_one_line(tmp_path):

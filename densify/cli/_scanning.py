@@ -61,8 +61,17 @@ def current_job() -> dict:
     """The running command and the options that shape its output (each as text), from click's
     context: the key under which a batch's records are reused by a rerun."""
     ctx = click.get_current_context()
-    settings = {k: str(v) for k, v in sorted(ctx.params.items()) if k not in RUN_ONLY}
+    settings = {k: str(_one(v) if k in ("model", "weights") else v)
+                for k, v in sorted(ctx.params.items()) if k not in RUN_ONLY}
     return {"command": ctx.info_name, "settings": settings}
+
+
+def _one(value):
+    """A repeatable option's value as one model's was before ensembles (``"x"``, ``None``), so
+    that records of one model's runs keep their key."""
+    if isinstance(value, tuple) and len(value) <= 1:
+        return value[0] if value else None
+    return value
 
 
 def fail(message: str) -> None:
