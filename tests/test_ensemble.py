@@ -102,6 +102,35 @@ def test_detections_pool_the_members_boxes(image):
                                torch.cat([ra.scores, rb.scores]).sort().values)
 
 
+class ScoresAndBoxes(nn.Module):
+    """Scores of 3 classes and a class-agnostic box per 4-px window."""
+
+    def __init__(self):
+        super().__init__()
+        self.scores, self.boxes = nn.Conv2d(1, 3, 4), nn.Conv2d(1, 4, 4)
+
+    def forward(self, x):
+        return self.scores(x).flatten(1), 0.1 * self.boxes(x).flatten(1)
+
+
+def test_members_with_and_without_a_box_head_keep_their_own_boxes(image):
+    """``boxes="auto"``: the box head's member proposes regressed boxes, the other its object
+    box (not whole windows), as each does alone."""
+    torch.manual_seed(8)
+    common = {"input_size": (1, 4, 4), "mean": (0.5,), "std": (0.25,), "scales": [1.0],
+              "output_stride": None, "device": "cpu", "object_box": (1.0, 0.5, 3.0, 3.5)}
+    boxed = Scanner(ScoresAndBoxes().eval(), scores=0, boxes=1, **common)
+    plain = Scanner(nn.Sequential(nn.Conv2d(1, 3, 4), nn.Flatten()), **common)
+    alone = [s(image).detections(0.45, iou=1.0) for s in (boxed, plain)]
+    both = Ensemble([boxed, plain])(image).detections(0.45, iou=1.0)
+    assert all(len(d) > 0 for d in alone) and len(both) == sum(len(d) for d in alone)
+    got = {tuple(b) for b in both.boxes.tolist()}
+    for d in alone:
+        assert {tuple(b) for b in d.boxes.tolist()} <= got
+    sizes = alone[1].boxes[:, 2:] - alone[1].boxes[:, :2]
+    assert torch.all(sizes <= torch.tensor([2.0, 3.0]))  # object boxes, not 4-px windows
+
+
 def test_a_result_file_keeps_each_models_geometry(tmp_path, image):
     a, b = _scanner(4, seed=3), _scanner(8, seed=4, scales=(1.0,))
     result = Ensemble([a, b])(image)

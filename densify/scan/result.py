@@ -172,8 +172,9 @@ class ScanResult:
 
         ``boxes`` says where a cell's box comes from (:data:`BOX_SOURCES`): ``"regressed"`` (the
         scan's box-regression output), ``"object"`` (the model card's :attr:`object_box` inside
-        the window), ``"window"`` (the whole window), or ``"auto"``: regressed when the scan has
-        a regression output, else the object box when known, else the window. ``refine`` and
+        the window), ``"window"`` (the whole window), or ``"auto"``: a map's regressed boxes when it has a
+        regression output, else the object box when known, else the window (an ensemble's
+        members may differ: :mod:`densify.scan.ensemble`). ``refine`` and
         ``window_boxes`` are deprecated spellings of ``boxes``.
         """
         region, regress = self._box_source(boxes, refine, window_boxes)
@@ -199,8 +200,8 @@ class ScanResult:
                 boxes = "regressed" if self.regressed else "window"
         if boxes not in BOX_SOURCES:
             raise ParameterError(f"unknown boxes {boxes!r}; use one of {', '.join(BOX_SOURCES)}")
-        if boxes == "auto":
-            return (None, True) if self.regressed else (self.object_box, False)
+        if boxes == "auto":  # regressed maps ignore the region; maps without (an ensemble's
+            return self.object_box, self.regressed  # members may differ) use the object box
         if boxes == "regressed" and not self.regressed:
             raise ParameterError("this scan has no box-regression output; use boxes 'object' or "
                                  "'window' (or scan with a boxes output)")
