@@ -176,3 +176,18 @@ def test_cli_refuses_mismatched_weights_and_classes(tmp_path):
     result = CliRunner().invoke(main, ["heatmap", str(SCENE), *models, "-o", str(tmp_path)])
     assert result.exit_code != 0 and "different classes: 11 (" in result.output
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_cli_heatmap_pairs_each_model_with_its_weights(tmp_path):
+    """``-m a -w DEFAULT -m b -w random``: the first model's maps in the result file are the
+    trained model's (the files store probabilities to 7.6e-6)."""
+    result = CliRunner().invoke(main, ["heatmap", str(SCENE), "-m", "lenet5-digits", "-w",
+                                       "DEFAULT", "-m", "lenet5-digits", "-w", "random",
+                                       "--scales", "1", "--sheet", "-o", str(tmp_path), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "2 models, 2 maps" in result.output and (tmp_path / "digits_scene_sheet.png").is_file()
+    saved = load_result(tmp_path / "digits_scene_heatmap.npz")
+    trained = Scanner("lenet5-digits", scales=1, device="cpu")(SCENE)
+    assert len(saved.maps) == 2 and saved.weights is None
+    torch.testing.assert_close(saved.maps[0].probs, trained.maps[0].probs, atol=1e-5, rtol=0)
+    assert not torch.allclose(saved.maps[1].probs, trained.maps[0].probs, atol=1e-2)

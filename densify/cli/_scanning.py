@@ -337,7 +337,7 @@ def write_all(outputs: dict[Path, Callable[[Path], object]]) -> list[str]:
     return [str(p) for p in done]
 
 
-def notes(result: ScanResult, scanner: Scanner) -> list[str]:
+def notes(result: ScanResult, scanner: Scanner | Ensemble) -> list[str]:
     notes = []
     maps = [m for m in result.maps if not m.flipped]  # a flipped scale repeats its level
     if result.padded_to_window:
@@ -352,11 +352,12 @@ def notes(result: ScanResult, scanner: Scanner) -> list[str]:
     return notes
 
 
-def summary(path: Path, result: ScanResult, scanner: Scanner) -> dict:
+def summary(path: Path, result: ScanResult, scanner: Scanner | Ensemble) -> dict:
     factors = [m.factor for m in result.maps if not m.flipped]  # one per scale, flips or not
     return {"image": str(path), "size": list(result.image_size), "factors": factors,
             "flip": scanner.flip, "output_stride": scanner.output_stride, "notes": notes(result, scanner),
-            "padded_to_window": result.padded_to_window, "upscaled": result.upscaled}
+            "padded_to_window": result.padded_to_window, "upscaled": result.upscaled,
+            **({"models": len(scanner)} if isinstance(scanner, Ensemble) else {})}
 
 
 def finish(failed: int, total: int) -> None:

@@ -62,7 +62,9 @@ def _heatmap_table(records: list[dict]) -> str:
     lines = []
     for r in records:
         factors = r["factors"]
-        lines.append(f"{r['image']} ({r['size'][0]}x{r['size'][1]}): {len(factors)} scale(s) "
+        maps = (f"{r['models']} models, {len(factors)} maps" if r.get("models") else
+                f"{len(factors)} scale(s)")
+        lines.append(f"{r['image']} ({r['size'][0]}x{r['size'][1]}): {maps} "
                      f"{min(factors):.3g}-{max(factors):.3g}{' and flips' if r['flip'] else ''}, "
                      f"map of {r['class']!r}")
         lines.append(f"  {'#':>2}  {'class':24s} {'score':>6}  {'best window x1,y1,x2,y2':24s} "
