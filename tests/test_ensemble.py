@@ -113,14 +113,20 @@ class ScoresAndBoxes(nn.Module):
         return self.scores(x).flatten(1), 0.1 * self.boxes(x).flatten(1)
 
 
-def test_members_with_and_without_a_box_head_keep_their_own_boxes(image):
-    """``boxes="auto"``: the box head's member proposes regressed boxes, the other its object
-    box (not whole windows), as each does alone."""
+def _boxed_and_plain(window: int):
     torch.manual_seed(8)
-    common = {"input_size": (1, 4, 4), "mean": (0.5,), "std": (0.25,), "scales": [1.0],
-              "output_stride": None, "device": "cpu", "object_box": (1.0, 0.5, 3.0, 3.5)}
-    boxed = Scanner(ScoresAndBoxes().eval(), scores=0, boxes=1, **common)
-    plain = Scanner(nn.Sequential(nn.Conv2d(1, 3, 4), nn.Flatten()), **common)
+    common = {"mean": (0.5,), "std": (0.25,), "scales": [1.0], "output_stride": None,
+              "device": "cpu", "object_box": (1.0, 0.5, 3.0, 3.5)}
+    boxed = Scanner(ScoresAndBoxes().eval(), scores=0, boxes=1, input_size=(1, 4, 4), **common)
+    net = (nn.Sequential(nn.Conv2d(1, 3, 4), nn.Flatten()) if window == 4 else
+           _scanner(8, seed=9).dense)
+    return boxed, Scanner(net, input_size=(1, window, window), **common)
+
+
+def test_members_of_other_geometry_keep_their_own_boxes(image):
+    """``boxes="auto"``: the box head's member proposes regressed boxes, the other (an 8-px
+    window at stride 2: no cells in common) its object box, not whole windows, as each alone."""
+    boxed, plain = _boxed_and_plain(8)
     alone = [s(image).detections(0.45, iou=1.0) for s in (boxed, plain)]
     both = Ensemble([boxed, plain])(image).detections(0.45, iou=1.0)
     assert all(len(d) > 0 for d in alone) and len(both) == sum(len(d) for d in alone)
@@ -128,7 +134,25 @@ def test_members_with_and_without_a_box_head_keep_their_own_boxes(image):
     for d in alone:
         assert {tuple(b) for b in d.boxes.tolist()} <= got
     sizes = alone[1].boxes[:, 2:] - alone[1].boxes[:, :2]
-    assert torch.all(sizes <= torch.tensor([2.0, 3.0]))  # object boxes, not 4-px windows
+    assert torch.all(sizes <= torch.tensor([2.0, 3.0]))  # object boxes, not 8-px windows
+
+
+def test_members_of_one_geometry_detect_on_averaged_cells(image):
+    """Cells that see the same windows are averaged before proposing: a detection's score is
+    the members' mean probability there, and a member without a box head takes the box head's
+    boxes."""
+    a, b = _scanner(4, seed=1), _scanner(4, seed=2)
+    ra, rb = a(image), b(image)
+    found = Ensemble([a, b])(image).detections(0.4, iou=1.0)
+    means = [(ma.probs.double() + mb.probs.double()) / 2 for ma, mb in
+             zip(ra.maps, rb.maps, strict=True)]
+    want = torch.cat([p[p >= 0.4] for p in means]).sort(descending=True).values
+    assert len(found) == want.numel() > 0
+    torch.testing.assert_close(found.scores.double(), want, atol=1e-6, rtol=0)
+    boxed, plain = _boxed_and_plain(4)
+    regressed = {tuple(b) for b in boxed(image).detections(1e-6, iou=1.0).boxes.tolist()}
+    mixed = Ensemble([boxed, plain])(image).detections(0.4, iou=1.0)
+    assert len(mixed) > 0 and {tuple(b) for b in mixed.boxes.tolist()} <= regressed
 
 
 def test_a_result_file_keeps_each_models_geometry(tmp_path, image):

@@ -14,9 +14,11 @@ number of maps). So:
   are averaged only once registered to the image;
 - image-level scores (and so :meth:`ScanResult.top_classes`) are the weighted mean of the
   members' scores (OverFeat averages the models' class vectors);
-- detections pool every member's proposals (its cells above the threshold, with its own windows
-  or regressed boxes) and merge them by NMS or OverFeat's greedy merge: each model's boxes
-  merged. Cells of different geometries have no common grid on which to average them first.
+- detections: members whose cells see the same windows (same window, stride and pyramid, e.g.
+  one architecture with other weights) have their maps averaged cell by cell first
+  (:mod:`densify.scan.cellmean`), and the averaged cells propose boxes; the cells of members of
+  other geometries, which share no grid with them, propose their own boxes, and all proposals are
+  merged by NMS or OverFeat's greedy merge.
 
 Why a class of its own rather than a :class:`Scanner` taking a list: a scanner is one dense net
 with one geometry, preprocessing, memory budget and CUDA-graph cache; an ensemble composes

@@ -31,6 +31,7 @@ from ..io.image import read_image, resize, thumbnail
 from ..io.sheet import PANEL, contact_sheet, panel_size
 from . import detect as _detect
 from . import heatmap as _heatmap
+from .cellmean import average_maps
 from .maps import Region, ScaleMap
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,8 @@ class ScanResult:
         region, regress = self._box_source(boxes, refine, window_boxes)
         idx = None if classes is None else [self.class_index(c) for c in classes]
         extra = {} if merge_threshold is None else {"merge_threshold": merge_threshold}
-        return _detect.detect(self.maps, threshold, iou, idx, self.background_class, region,
+        maps = average_maps(self.maps, self.weights)  # an ensemble's, where cells coincide
+        return _detect.detect(maps, threshold, iou, idx, self.background_class, region,
                               regress=regress, merge=merge, **extra)
 
     @property
