@@ -88,8 +88,8 @@ def test_models_of_different_window_and_stride_average_registered_maps(image):
 
 
 def test_detections_pool_the_members_boxes(image):
-    """Each model's boxes merged: twice the same model detects what the model detects (NMS
-    removes the exact duplicates); two models find the union of their boxes, merged."""
+    """Twice the same model detects what the model detects (its cells averaged with
+    themselves); two models of different geometry find the union of their boxes, merged."""
     a, b = _scanner(4, seed=5), _scanner(8, seed=6)
     single = a(image).detections(0.45)
     twice = Ensemble([a, a])(image).detections(0.45)

@@ -169,7 +169,9 @@ class ScanResult:
                    refine: bool | None = None, window_boxes: bool | None = None
                    ) -> _detect.Detections:
         """Boxes of cells with probability >= ``threshold``, merged by NMS or, with
-        ``merge="overfeat"``, OverFeat's greedy merge (:func:`densify.scan.detect.detect`).
+        ``merge="overfeat"``, OverFeat's greedy merge (:func:`densify.scan.detect.detect`). An
+        ensemble's maps that see the same windows are averaged cell by cell first
+        (:func:`densify.scan.cellmean.average_maps`).
 
         ``boxes`` says where a cell's box comes from (:data:`BOX_SOURCES`): ``"regressed"`` (the
         scan's box-regression output), ``"object"`` (the model card's :attr:`object_box` inside
