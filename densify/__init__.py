@@ -46,7 +46,7 @@ _LAZY = {
     "check_canonical": "convert.verify", "check_head": "convert.verify",
     "check_output_stride": "convert.verify", "check_crops": "convert.verify",
     "levels": "scan.pyramid", "Level": "scan.pyramid", "parse_scales": "scan.pyramid",
-    "Scanner": "scan.scanner", "ScanSettings": "scan.settings",
+    "Scanner": "scan.scanner", "ScanSettings": "scan.settings", "Ensemble": "scan.ensemble",
     "ScanResult": "scan.result", "ClassScore": "scan.result", "ScaleMap": "scan.maps",
     "Detections": "scan.detect",
     "save_result": "scan.resultfile", "load_result": "scan.resultfile",
@@ -57,7 +57,7 @@ __all__ = [  # the names of _LAZY, then the errors
     "ModelCard", "load_model", "ModelChoice", "ScanSettings",
     "convolutionize", "DenseNet", "available_strides", "OutputInfo", "Geometry", "check_canonical",
     "check_head", "check_output_stride", "check_crops", "levels", "Level", "parse_scales", "Scanner",
-    "ScanResult", "ClassScore", "ScaleMap", "Detections", "save_result", "load_result",
+    "Ensemble", "ScanResult", "ClassScore", "ScaleMap", "Detections", "save_result", "load_result",
     "DensifyError", "ConversionError", "ModelError", "WeightsError", "ImageError", "OutputError",
     "ResultError",
 ]
@@ -86,6 +86,7 @@ if _TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eager
     from .models.user import ModelChoice, load_model
     from .models.weights import Classifier, load_classifier
     from .scan.detect import Detections
+    from .scan.ensemble import Ensemble
     from .scan.maps import ScaleMap
     from .scan.pyramid import Level, levels, parse_scales
     from .scan.result import ClassScore, ScanResult

@@ -103,8 +103,8 @@ def test_every_option_reaches_the_scanner(user_model, monkeypatch):
     """The options become one ModelChoice and one ScanSettings; the scanner built from them
     (single process) and the one a Ray worker builds from what it is sent are configured
     alike: every option arrives, also with a module:factory model."""
-    import densify.cli._scanning as scanning
     import densify.cli._ray as ray_cli
+    import densify.cli._scanning as scanning
     import densify.distributed as distributed
     from densify.scan.scanner import Scanner
 

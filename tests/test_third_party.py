@@ -198,18 +198,19 @@ def test_cli_detect_reads_scores_and_regressed_boxes_of_a_user_model(tmp_path):
     assert {tuple(e["bbox"]) for e in reg} != {tuple(e["bbox"]) for e in win}  # edges moved
 
 
-def test_general_path_exports_to_onnx_and_refuses_torchscript(tmp_path):
+def test_general_path_exports_to_onnx_and_torchscript(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from densify.convert.export import export
 
     factory, size, _ = CORPUS["attention_pool"]
     torch.manual_seed(0)
     dense = convolutionize(factory().eval(), size)
-    with pytest.raises(ConversionError, match="export to .onnx"):
-        export(dense, tmp_path / "net.pt")
+    export(dense, tmp_path / "net.pt")  # more in tests/test_export.py
     export(dense, tmp_path / "net.onnx")
     session = ort.InferenceSession(str(tmp_path / "net.onnx"))
+    scripted = torch.jit.load(str(tmp_path / "net.pt"))
     for h, w in ((size[0] + 8, size[1] + 4), (size[0] + 20, size[1] + 12)):
         x = torch.randn(1, 3, h, w)
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
         torch.testing.assert_close(torch.from_numpy(got), dense(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(scripted(x), dense(x), rtol=1e-5, atol=1e-6)

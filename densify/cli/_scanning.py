@@ -37,6 +37,7 @@ from ..io.image import expand_inputs, read_image
 from ..io.records import Recorder, already_done, skipped_record
 from ..models.user import ModelChoice
 from ..runtime import trim_heap, tuned
+from ..scan.ensemble import Ensemble
 from ..scan.records import PER_IMAGE_ERRORS, error_message, error_record, ok_record
 from ..scan.result import ScanResult, class_index
 from ..scan.scanner import Scanner
@@ -58,8 +59,17 @@ def current_job() -> dict:
     """The running command and the options that shape its output (each as text), from click's
     context: the key under which a batch's records are reused by a rerun."""
     ctx = click.get_current_context()
-    settings = {k: str(v) for k, v in sorted(ctx.params.items()) if k not in RUN_ONLY}
+    settings = {k: str(_one(v) if k in ("model", "weights") else v)
+                for k, v in sorted(ctx.params.items()) if k not in RUN_ONLY}
     return {"command": ctx.info_name, "settings": settings}
+
+
+def _one(value):
+    """A repeatable option's value as one model's was before ensembles (``"x"``, ``None``), so
+    that records of one model's runs keep their key."""
+    if isinstance(value, tuple) and len(value) <= 1:
+        return value[0] if value else None
+    return value
 
 
 def fail(message: str) -> None:
@@ -82,9 +92,27 @@ def expand(inputs: Iterable[Path], errors: list[tuple[str, str]] | None = None
     return found, failed
 
 
-def make_scanner(model: ModelChoice, settings: ScanSettings) -> Scanner:
-    """The scanner every scanning command uses: the options' model and settings, unchanged."""
-    return Scanner(model, settings)
+def make_scanner(model: ModelChoice | tuple[ModelChoice, ...], settings: ScanSettings
+                 ) -> Scanner | Ensemble:
+    """The scanner every scanning command uses: the options' model and settings, unchanged; for
+    several ``--model`` an :class:`Ensemble` of their scanners, each at the ``--output-stride``
+    given, else its own :func:`default_stride`."""
+    if isinstance(model, ModelChoice):
+        return Scanner(model, settings)
+    return Ensemble([Scanner(m, settings if settings.output_stride else settings.replace(
+        output_stride=default_stride(m.model))) for m in model])
+
+
+def model_name(model: ModelChoice | tuple[ModelChoice, ...]) -> str:
+    """``lenet5-digits``, or ``a + b`` for an ensemble."""
+    return model.model if isinstance(model, ModelChoice) else " + ".join(m.model for m in model)
+
+
+def one_model(model: ModelChoice | tuple[ModelChoice, ...], option: str) -> None:
+    """Refuse an ensemble (several ``--model``) where ``option`` scans with one model."""
+    if not isinstance(model, ModelChoice):
+        raise click.UsageError(f"{option} scans with one --model; drop {option} to scan with an "
+                               f"ensemble of {len(model)}")
 
 
 def on_driver(ray) -> dict:
@@ -312,12 +340,14 @@ def write_all(outputs: dict[Path, Callable[[Path], object]]) -> list[str]:
     return [str(p) for p in done]
 
 
-def notes(result: ScanResult, scanner: Scanner) -> list[str]:
+def notes(result: ScanResult, scanner: Scanner | Ensemble) -> list[str]:
     notes = []
     maps = [m for m in result.maps if not m.flipped]  # a flipped scale repeats its level
     if result.padded_to_window:
         small = [f"{m.factor:.3g}" for m in maps if m.level.padded_to_window]
-        notes.append(f"smaller than the {scanner.geometry.window[1]} px window at factor(s) "
+        window = "/".join(sorted({str(m.geometry.window[1]) for m in maps
+                                  if m.level.padded_to_window}))
+        notes.append(f"smaller than the {window} px window at factor(s) "
                      f"{', '.join(small)}: padded with the mean colour")
     if result.upscaled:
         big = [f"{m.factor:.3g}" for m in maps if m.level.upscaled]
@@ -325,11 +355,12 @@ def notes(result: ScanResult, scanner: Scanner) -> list[str]:
     return notes
 
 
-def summary(path: Path, result: ScanResult, scanner: Scanner) -> dict:
+def summary(path: Path, result: ScanResult, scanner: Scanner | Ensemble) -> dict:
     factors = [m.factor for m in result.maps if not m.flipped]  # one per scale, flips or not
     return {"image": str(path), "size": list(result.image_size), "factors": factors,
             "flip": scanner.flip, "output_stride": scanner.output_stride, "notes": notes(result, scanner),
-            "padded_to_window": result.padded_to_window, "upscaled": result.upscaled}
+            "padded_to_window": result.padded_to_window, "upscaled": result.upscaled,
+            **({"models": len(scanner)} if isinstance(scanner, Ensemble) else {})}
 
 
 def finish(failed: int, total: int) -> None:
@@ -338,7 +369,10 @@ def finish(failed: int, total: int) -> None:
         raise SystemExit(1)
 
 
-def header(scanner: Scanner, weights: str | None = None) -> str:
+def header(scanner: Scanner | Ensemble, weights: str | None = None) -> str:
+    if isinstance(scanner, Ensemble):
+        return f"ensemble of {len(scanner)}, equal weights: " + "; ".join(
+            header(m, weights) for m in scanner.members)
     stride = scanner.output_stride
     asked = scanner.requested_stride
     fallback = f" (native; {asked} not reachable)" if asked and asked != stride else ""

@@ -76,12 +76,16 @@ def detect(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, p
         finish,
         header,
         make_scanner,
+        model_name,
         on_driver,
+        one_model,
         resolve_class,
         run_tuned,
     )
 
     out = ensure_output_dir(output_dir)
+    if ray is not None:
+        one_model(model, "--ray")
     json_path = json_path or str(out / "detections.json")
     with run_tuned(settings, keep_memory) as threads:
         # with --ray the driver's scanner only resolves classes and the threshold
@@ -105,7 +109,7 @@ def detect(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, p
                                              out, overwrite, current_job())
     options.write_json_output(json_path, [d for r in records for d in r["detections"]])
     if json_path != "-":
-        click.echo(f"{model.model}: {header(scanner)}")
+        click.echo(f"{model_name(model)}: {header(scanner)}")
         if records:
             click.echo(_detect_lines(records))
         click.echo(f"wrote {json_path}")

@@ -12,6 +12,7 @@ import click
 from . import options
 
 if TYPE_CHECKING:
+    from ..scan.ensemble import Ensemble
     from ..scan.result import ScanResult
     from ..scan.scanner import Scanner
 
@@ -27,9 +28,9 @@ def _colormap(value: str) -> str:
     return value
 
 
-def _heatmap_one(path: Path, stem: str, rgb, result: ScanResult, *, scanner: Scanner, out: Path,
-                 chosen: int | None, top_k: int, alpha: float, colormap: str, sheet: bool,
-                 full_maps: bool) -> dict:
+def _heatmap_one(path: Path, stem: str, rgb, result: ScanResult, *, scanner: Scanner | Ensemble,
+                 out: Path, chosen: int | None, top_k: int, alpha: float, colormap: str,
+                 sheet: bool, full_maps: bool) -> dict:
     from ..io.draw import draw_boxes, draw_caption, overlay_heatmap
     from ..io.files import write_image
     from ..scan.records import top_rows
@@ -61,7 +62,9 @@ def _heatmap_table(records: list[dict]) -> str:
     lines = []
     for r in records:
         factors = r["factors"]
-        lines.append(f"{r['image']} ({r['size'][0]}x{r['size'][1]}): {len(factors)} scale(s) "
+        maps = (f"{r['models']} models, {len(factors)} maps" if r.get("models") else
+                f"{len(factors)} scale(s)")
+        lines.append(f"{r['image']} ({r['size'][0]}x{r['size'][1]}): {maps} "
                      f"{min(factors):.3g}-{max(factors):.3g}{' and flips' if r['flip'] else ''}, "
                      f"map of {r['class']!r}")
         lines.append(f"  {'#':>2}  {'class':24s} {'score':>6}  {'best window x1,y1,x2,y2':24s} "
@@ -75,24 +78,34 @@ def _heatmap_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _write_report(out: Path, scanner: Scanner, model: str, top_k: int, records: list[dict],
-                  errors: list[tuple[str, str]], seconds: float) -> Path:
+def _write_report(out: Path, scanner: Scanner | Ensemble, model: str, top_k: int,
+                  records: list[dict], errors: list[tuple[str, str]], seconds: float) -> Path:
     from ..io.report import write_report
+    from ..scan.ensemble import Ensemble
     from ..scan.records import error_record
 
     failed = [error_record(path, message, None) for path, message in errors]
+    members = scanner.members if isinstance(scanner, Ensemble) else (scanner,)
+    each = [_model_settings(m) for m in members]  # an ensemble: each model's, joined by " | "
+    settings = {"command": "densify heatmap", "model": model,
+                **{key: " | ".join(dict.fromkeys(e[key] for e in each)) for key in each[0]},
+                "classes listed": top_k}
+    return write_report(out / "report.html", [*records, *failed], settings, seconds,
+                        title=f"densify heatmap: {len(records) + len(failed)} input(s), {model}")
+
+
+def _model_settings(scanner: Scanner) -> dict[str, str]:
+    """What the report says of one scanner: weights, window, stride, scales, precision, device."""
     clf = scanner.classifier
     source = ("random (maps are meaningless)" if clf.random else str(clf.weights)) if clf else "?"
     stride = scanner.output_stride
     asked = scanner.requested_stride
-    settings = {"command": "densify heatmap", "model": model, "weights": source,
-                "window": f"{scanner.geometry.window[0]}x{scanner.geometry.window[1]} px (HxW)",
-                "output stride": f"{stride} px" + (f" (native; {asked} not reachable)"
-                                                   if asked and asked != stride else ""),
-                "scales": _scales_text(scanner), "precision": scanner.precision,
-                "device": str(scanner.device), "classes listed": top_k}
-    return write_report(out / "report.html", [*records, *failed], settings, seconds,
-                        title=f"densify heatmap: {len(records) + len(failed)} input(s), {model}")
+    return {"weights": source,
+            "window": f"{scanner.geometry.window[0]}x{scanner.geometry.window[1]} px (HxW)",
+            "output stride": f"{stride} px" + (f" (native; {asked} not reachable)"
+                                               if asked and asked != stride else ""),
+            "scales": _scales_text(scanner), "precision": scanner.precision,
+            "device": str(scanner.device)}
 
 
 def _scales_text(scanner: Scanner) -> str:
@@ -144,13 +157,17 @@ def heatmap(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, 
         finish,
         header,
         make_scanner,
+        model_name,
         on_driver,
+        one_model,
         resolve_class,
         run_tuned,
     )
 
     start = time.perf_counter()
     out = ensure_output_dir(output_dir)
+    if ray is not None:
+        one_model(model, "--ray")
     with run_tuned(settings, keep_memory) as threads:
         # with --ray the driver's scanner only names classes and describes the run
         scanner = make_scanner(model, settings.replace(threads=threads, **on_driver(ray)))
@@ -167,10 +184,10 @@ def heatmap(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, 
 
             records, bad = each_image_on_ray(ray, model, settings, paths, quiet, work, errors,
                                              out, overwrite, current_job())
-    page = _write_report(out, scanner, model.model, top_k, records, errors,
+    page = _write_report(out, scanner, model_name(model), top_k, records, errors,
                          time.perf_counter() - start) if report else None
     if not options.write_json_output(json_path, records) or json_path != "-":
-        click.echo(f"{model.model}: {header(scanner)}")
+        click.echo(f"{model_name(model)}: {header(scanner)}")
         if records:
             click.echo(_heatmap_table(records))
         if page:

@@ -26,7 +26,8 @@ __all__ = [
     "keep_memory", "batch_size",
     "sheet", "report", "flip", "overwrite", "prefetch", "mean", "std", "classes", "scores_output",
     "boxes_output", "box_format", "model_options", "scan_options", "head", "RayOptions",
-    "ray_options", "settings_options", "write_json_output",
+    "ray_options", "settings_options", "write_json_output", "models", "scan_weights",
+    "model_choices",
 ]
 
 #: The model every command uses when ``--model`` is not given: the project's digit spotter,
@@ -105,6 +106,36 @@ weights = click.option(
     "--weights", "-w", default=None, show_default="DEFAULT (random for a model without any)",
     help="DEFAULT (torchvision/timm pretrained, or the project's shipped file), random, or a "
          "PATH to a state dict.")
+
+# Used by: heatmap, detect. Repeatable: several --model scan as an ensemble
+# (densify.scan.ensemble); --weights then gives one file for all or one per --model, in order.
+models = click.option(
+    "--model", "-m", multiple=True, default=(DEFAULT_MODEL,), show_default=True,
+    callback=callback(lambda names: tuple(_model_name(n) for n in names)),
+    help="Catalogue name (densify models lists them), or your own classifier as "
+         "package.module:factory (give --input-size). Repeat it to scan with an ensemble of "
+         "models of the same classes: their heat maps and scores are averaged, their boxes "
+         "merged.")
+scan_weights = click.option(
+    "--weights", "-w", multiple=True, show_default="DEFAULT (random for a model without any)",
+    help="DEFAULT, random, or a PATH to a state dict; with several --model, once for all or "
+         "once per --model, in order.")
+
+
+def model_choices(values: dict) -> list[dict]:
+    """The ModelChoice fields of each model: ``values`` as is for one ``--model``, else one
+    dict per repeated ``--model`` with its ``--weights`` (one for all, or one each)."""
+    names, weights = values["model"], values.get("weights")
+    if isinstance(names, str):
+        return [values]
+    weights = tuple(weights or ())
+    if len(weights) not in (0, 1, len(names)):
+        raise click.BadParameter(f"{len(weights)} values for {len(names)} models; give one for "
+                                 "all or one per --model", param_hint="--weights")
+    return [{**values, "model": name, "weights": (weights[i] if len(weights) == len(names)
+                                                  else weights[0] if weights else None)}
+            for i, name in enumerate(names)]
+
 
 # Used by: verify, convert, heatmap, detect, bench.
 output_stride = click.option(
@@ -328,8 +359,9 @@ def scan_options(fn: Callable) -> Callable:
     stack = [
         click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_DIR...",
                        type=click.Path(path_type=Path)),
-        model, weights, scales, flip, object_sizes, output_stride, device, precision, output_dir,
-        max_memory, threads, batch_size, keep_memory, quiet, overwrite, prefetch, model_options,
+        models, scan_weights, scales, flip, object_sizes, output_stride, device, precision,
+        output_dir, max_memory, threads, batch_size, keep_memory, quiet, overwrite, prefetch,
+        model_options,
     ]
     for option in reversed(stack):
         fn = option(fn)
@@ -351,10 +383,11 @@ MODEL_OPTIONS = {"model": "model", "weights": "weights", "input_size": "input_si
 def settings_options(fn: Callable) -> Callable:
     """Turn the parsed options into two values, built once here and passed on unchanged to the
     scanner, ``evaluate`` and the Ray workers: ``model`` (a :class:`densify.models.user.
-    ModelChoice`) and ``settings`` (a :class:`densify.scan.settings.ScanSettings`). Without
-    ``--output-stride`` the stride is :func:`densify.cli._scanning.default_stride`; with
-    ``--threads`` absent it is chosen by the runtime's rule when the command runs. Apply it
-    above (after) the option decorators."""
+    ModelChoice`, or a tuple of them for several ``--model``: an ensemble) and ``settings`` (a
+    :class:`densify.scan.settings.ScanSettings`). Without ``--output-stride`` the stride is
+    :func:`densify.cli._scanning.default_stride` (an ensemble's: each model's, when the scanner is
+    made); with ``--threads`` absent it is chosen by the runtime's rule when the command runs.
+    Apply it above (after) the option decorators."""
 
     @functools.wraps(fn)
     def command(*args, **kwargs):
@@ -362,11 +395,12 @@ def settings_options(fn: Callable) -> Callable:
         from ..scan.settings import ScanSettings
         from ._scanning import default_stride
 
-        choice = ModelChoice(**{MODEL_OPTIONS[k]: kwargs.pop(k) for k in list(kwargs)
-                                if k in MODEL_OPTIONS})
+        choices = [ModelChoice(**v) for v in model_choices(
+            {MODEL_OPTIONS[k]: kwargs.pop(k) for k in list(kwargs) if k in MODEL_OPTIONS})]
         values = {SETTING_OPTIONS[k]: kwargs.pop(k) for k in list(kwargs) if k in SETTING_OPTIONS}
-        if values.get("output_stride", 0) is None:
-            values["output_stride"] = default_stride(choice.model)
-        return fn(*args, model=choice, settings=ScanSettings(**values), **kwargs)
+        if values.get("output_stride", 0) is None and len(choices) == 1:  # an ensemble: each
+            values["output_stride"] = default_stride(choices[0].model)  # model's own (_scanning)
+        model = choices[0] if len(choices) == 1 else tuple(choices)
+        return fn(*args, model=model, settings=ScanSettings(**values), **kwargs)
 
     return command

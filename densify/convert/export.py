@@ -1,4 +1,13 @@
-"""Saving dense nets: TorchScript (``.pt``) or ONNX with dynamic height and width (``.onnx``)."""
+"""Saving dense nets: TorchScript (``.pt``) or ONNX with dynamic height and width (``.onnx``).
+
+TorchScript: :func:`torch.jit.script` compiles the dense net, both paths: the fast path's
+convolutions and the general path's :class:`densify.convert.general.WindowHead`, which runs the
+classifier's own head code (an ``torch.fx`` graph, compiled as written) on every window. Scripting,
+unlike tracing, keeps every size symbolic; the saved module is then checked against the dense net
+at two input sizes (the canonical one plus a stride down, plus two strides across) and refused if
+it differs. A head op TorchScript cannot compile (a Python function it cannot read) is refused in
+one line that names it and points to ONNX.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +19,7 @@ import torch
 from ..errors import ConversionError
 from .dense import DenseNet
 
-__all__ = ["export"]
+__all__ = ["export", "script", "check_script"]
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +36,11 @@ def export(dense: DenseNet, path: str | Path, opset: int | None = None) -> Path:
     path = Path(path)
     dense = dense.eval()
     if path.suffix == ".pt" or path.name.endswith(".pt"):
-        if any(o.path == "general" for o in dense.outputs):
-            raise ConversionError("TorchScript cannot compile a general-path head (the "
-                                  "classifier's own head code run per window); export to .onnx")
         if dense.multi_output:
             dense = dense.subset(*(info.key for info in dense.outputs))
-        torch.jit.save(torch.jit.script(dense), str(path))
+        scripted = script(dense)
+        check_script(dense, scripted)
+        torch.jit.save(scripted, str(path))
         return path
     c, h, w = dense.input_size
     param = next(dense.parameters())
@@ -46,3 +54,44 @@ def export(dense: DenseNet, path: str | Path, opset: int | None = None) -> Path:
                                 verbose=False)
     program.save(str(path))
     return path
+
+
+def script(dense: DenseNet) -> torch.jit.ScriptModule:
+    """``torch.jit.script(dense)``, or a one-line :class:`ConversionError` naming the code
+    TorchScript cannot compile (the line its compiler points at) and pointing to ONNX."""
+    try:
+        return torch.jit.script(dense)
+    except (RuntimeError, torch.jit.frontend.FrontendError) as exc:  # NotSupportedError included
+        raise ConversionError(f"TorchScript cannot compile {_culprit(str(exc))} "
+                              "(from the classifier's code); export to .onnx instead") from exc
+
+
+def _culprit(message: str) -> str:
+    """The source line a TorchScript compiler error points at (the line above its ``~~~ <---
+    HERE`` marker), with the error's first line, in one line."""
+    lines = message.splitlines()
+    first = next((line.strip() for line in lines if line.strip()), "an op")
+    marker = next((i for i, line in enumerate(lines) if "<--- HERE" in line), None)
+    if marker is None or marker == 0:
+        return first.rstrip(":")
+    return f"'{lines[marker - 1].strip()}' ({first.rstrip(':')})"
+
+
+def check_script(dense: DenseNet, scripted: torch.jit.ScriptModule) -> None:
+    """Raise :class:`ConversionError` unless ``scripted`` gives ``dense``'s maps on two inputs:
+    ``(H + S, W)`` and ``(H, W + 2·S)`` for the canonical ``(H, W)`` and output stride ``S``
+    (close to float rounding: TorchScript may fuse point-wise ops)."""
+    c, h, w = dense.input_size
+    param = next(dense.parameters())
+    stride = dense.output_stride
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    with torch.inference_mode():
+        for size in ((h + stride, w), (h, w + 2 * stride)):
+            x = torch.randn(1, c, *size, generator=generator, dtype=param.dtype).to(param.device)
+            want, got = dense(x), scripted(x)
+            tol = {torch.float64: 1e-9, torch.float32: 1e-4}.get(param.dtype, 1e-2)
+            if got.shape != want.shape or not torch.allclose(got, want, rtol=tol,
+                                                              atol=tol * float(want.abs().max())):
+                raise ConversionError(
+                    f"the TorchScript module differs from the dense net on a {size[0]}x{size[1]} "
+                    f"input ({tuple(got.shape)} vs {tuple(want.shape)}); export to .onnx instead")

@@ -27,9 +27,9 @@ from ..errors import ConversionError
 from .graph import descendants, output_node, pair, replace_with_module, shape_of, subgraph
 from .head import Head, feature_map
 from .layers import WindowLayer
-from .outputs import leaves, set_leaves
+from .outputs import leaf_nodes, set_leaves
 
-__all__ = ["CHUNK_ELEMENTS", "WindowHead", "build_general"]
+__all__ = ["CHUNK_ELEMENTS", "WindowHead", "build_general", "flat_outputs"]
 
 #: Window elements per chunk (16 MiB of float32): bounds the general path's extra memory.
 CHUNK_ELEMENTS = 1 << 22
@@ -47,47 +47,66 @@ class WindowHead(WindowLayer):
             windows at once: its height and width stay symbolic).
 
     Shape:
-        ``(N, C, H, W) -> tuple of (N, K_i, H - dh·(kh - 1), W - dw·(kw - 1))``, one map per
+        ``(N, C, H, W) -> list of (N, K_i, H - dh·(kh - 1), W - dw·(kw - 1))``, one map per
         output of ``head`` in structure order.
     """
 
     def __init__(self, head: fx.GraphModule, kernel_size, in_shape, chunk_elements: int =
                  CHUNK_ELEMENTS):
         super().__init__()
-        self.head = head
+        self.head = flat_outputs(head)
         self.kernel_size: tuple[int, int] = pair(kernel_size)
         self.stride: tuple[int, int] = (1, 1)
         self.dilation: tuple[int, int] = (1, 1)
         self.padding: tuple[int, int] = (0, 0)
         self.in_shape = tuple(int(v) for v in in_shape)
+        self.window_shape: list[int] = [-1, *self.in_shape]  # for reshape (TorchScript: no *)
         self.chunk_elements = int(chunk_elements)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        n, c, height, width = x.shape
-        (kh, kw), (dh, dw) = self.kernel_size, self.dilation
+    # Written in the TorchScript subset (torch.jit.script compiles it for `densify convert -o
+    # x.pt`): lists rather than variable-length tuples, no star-args, no zip(*...).
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        n, c, height, width = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+        kh, kw = self.kernel_size
+        dh, dw = self.dilation
         h, w = height - dh * (kh - 1), width - dw * (kw - 1)
-        if _exporting():  # one chunk: the exported graph keeps height and width symbolic
-            return self._maps(x, n, h, w)
+        if not torch.jit.is_scripting():
+            if _exporting():  # one chunk: the exported graph keeps height and width symbolic
+                return self._maps(x, n, h, w)
         if h < 1 or w < 1:
             raise RuntimeError(f"a {height}x{width} feature map is smaller than the head's "
                                f"{kh}x{kw} window (dilation {dh}x{dw})")
         rows = max(1, self.chunk_elements // (n * w * c * kh * kw))
-        parts = []
+        parts: list[list[torch.Tensor]] = []
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
             parts.append(self._maps(x[:, :, r0:r1 + dh * (kh - 1)], n, r1 - r0, w))
-        return tuple(torch.cat(maps, dim=2) for maps in zip(*parts, strict=True))
+        if len(parts) == 1:
+            return parts[0]
+        return [torch.cat([part[i] for part in parts], dim=2) for i in range(len(parts[0]))]
 
-    def _maps(self, band: torch.Tensor, n: int, rows: int, w: int) -> tuple[torch.Tensor, ...]:
+    def _maps(self, band: torch.Tensor, n: int, rows: int, w: int) -> list[torch.Tensor]:
         """The head on every window of ``band`` (``rows × w`` cells): one map per output."""
         cols = F.unfold(band, self.kernel_size, dilation=self.dilation)  # (n, c·kh·kw, cells)
-        windows = cols.transpose(1, 2).reshape(-1, *self.in_shape)
-        return tuple(t.reshape(n, rows, w, -1).permute(0, 3, 1, 2)
-                     for _, t in leaves(self.head(windows)))
+        windows = cols.transpose(1, 2).reshape(self.window_shape)
+        maps: list[torch.Tensor] = []
+        for t in self.head(windows):  # a tuple of tensors (flat_outputs)
+            maps.append(t.reshape(n, rows, w, -1).permute(0, 3, 1, 2))
+        return maps
 
     def extra_repr(self) -> str:
         return (f"kernel_size={self.kernel_size}, dilation={self.dilation}, "
                 f"in_shape={self.in_shape}")
+
+
+def flat_outputs(head: fx.GraphModule) -> fx.GraphModule:
+    """``head`` returning the tuple of its output tensors in structure order
+    (:func:`densify.convert.outputs.leaf_nodes`) instead of its dict, named tuple or tensor:
+    what :class:`WindowHead` folds into maps, and a type TorchScript can compile."""
+    out = output_node(head)
+    out.args = (tuple(node for _, node in leaf_nodes(head)),)
+    head.recompile()
+    return head
 
 
 def _exporting() -> bool:

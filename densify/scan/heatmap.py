@@ -20,6 +20,10 @@ Image-level scores (OverFeat, Sermanet et al. 2013, section 4.2): the spatial ma
 class at each scale (and flip), averaged over all of them: 6 scales × 2 flips = 12 vectors in
 the paper. They rank :meth:`ScanResult.top_classes`.
 
+Weights: an ensemble's result (:mod:`densify.scan.ensemble`) holds every model's maps, each
+with its share of the average (``weights``, summing to 1); heat maps and scores are then the
+weighted means instead of the plain ones (``weights=None``).
+
 Shape:
     maps at image resolution are ``(k, H, W)`` float32 for ``k`` chosen classes: never all
     classes at once (1000 ImageNet maps of a 12-megapixel photo would need 48 GB).
@@ -101,29 +105,30 @@ def nearest_cells(m: ScaleMap, classes: Sequence[int], size_hw: Sequence[int]) -
     return probs[:, wy.argmax(1)][:, :, wx.argmax(1)]
 
 
-def heatmaps(maps: Sequence[ScaleMap], classes: Sequence[int], image_size: Sequence[int]
-             ) -> torch.Tensor:
+def heatmaps(maps: Sequence[ScaleMap], classes: Sequence[int], image_size: Sequence[int],
+             weights: Sequence[float] | None = None) -> torch.Tensor:
     """``(k, H, W)`` float32: the mean over scales of :func:`scale_heatmap`, at ``image_size``
     (the image's own size, or any grid covering the whole image: a panel, a preview).
 
     Computed as one product: each scale's columns are painted first (``probs · wxᵀ``, ``(k, h,
     W)``), the scales are stacked along the cell rows, and one ``(H, Σh) · (Σh, W)`` product
-    paints and sums every scale at once: no image-sized map per scale.
+    paints and sums every scale at once: no image-sized map per scale. ``weights``: each map's
+    share (summing to 1; module docstring), None: ``1 / len(maps)`` each.
     """
     if not maps:
         raise ParameterError("no scales to aggregate; scan with at least one scale")
     size_hw = (int(image_size[0]), int(image_size[1]))
     rows, cols = [], []
-    for m in maps:
+    for i, m in enumerate(maps):
         wy, wx = axis_weights(m, size_hw)
-        rows.append(wy)
+        rows.append(wy if weights is None else wy * (float(weights[i]) * len(maps)))
         cols.append(torch.matmul(m.probs[list(classes)].float(), wx.T))
     out = torch.matmul(torch.cat(rows, dim=1) / len(maps), torch.cat(cols, dim=1))
     return out.contiguous()
 
 
-def sampled_maps(maps: Sequence[ScaleMap], classes: Sequence[int], size_hw: Sequence[int]
-                 ) -> torch.Tensor:
+def sampled_maps(maps: Sequence[ScaleMap], classes: Sequence[int], size_hw: Sequence[int],
+                 weights: Sequence[float] | None = None) -> torch.Tensor:
     """``(k, S + 1, h, w)`` float32 on a ``size_hw`` grid covering the whole image: per class,
     each scale's raw cells (:func:`nearest_cells`), then the aggregate (:func:`heatmaps` at the
     grid's pixels).
@@ -137,15 +142,20 @@ def sampled_maps(maps: Sequence[ScaleMap], classes: Sequence[int], size_hw: Sequ
     out = torch.empty(len(classes), len(maps) + 1, *size_hw)
     for s, m in enumerate(maps):
         out[:, s] = nearest_cells(m, classes, size_hw)
-    out[:, -1] = heatmaps(maps, classes, size_hw)
+    out[:, -1] = heatmaps(maps, classes, size_hw, weights)
     return out
 
 
-def image_scores(maps: Sequence[ScaleMap]) -> torch.Tensor:
-    """``Tensor[K]``: per class, the spatial max at each scale and flip, averaged over them."""
+def image_scores(maps: Sequence[ScaleMap], weights: Sequence[float] | None = None
+                 ) -> torch.Tensor:
+    """``Tensor[K]``: per class, the spatial max at each scale and flip, averaged over them
+    (weighted by ``weights``, each map's share, when given)."""
     if not maps:
         raise ParameterError("no scales to score; scan with at least one scale")
-    return torch.stack([m.probs.flatten(1).amax(dim=1) for m in maps]).mean(dim=0)
+    peaks = torch.stack([m.probs.flatten(1).amax(dim=1) for m in maps])
+    if weights is None:
+        return peaks.mean(dim=0)
+    return (torch.as_tensor(weights, dtype=peaks.dtype)[:, None] * peaks).sum(dim=0)
 
 
 def peak(maps: Sequence[ScaleMap], cls: int) -> tuple[int, int, float]:

@@ -31,6 +31,7 @@ from ..io.image import read_image, resize, thumbnail
 from ..io.sheet import PANEL, contact_sheet, panel_size
 from . import detect as _detect
 from . import heatmap as _heatmap
+from .cellmean import average_maps
 from .maps import Region, ScaleMap
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,9 @@ class ScanResult:
         thumbnail: RGB ``uint8`` copy of the image, longer side at most :data:`THUMBNAIL_SIDE`,
             for display only (notebook preview, :meth:`sheet`, :meth:`show`); None: re-read
             ``source`` when needed (:meth:`display_image`).
+        weights: each map's share of heat maps and image scores, summing to 1: an ensemble's
+            (:func:`densify.scan.ensemble.ensemble_result`, its models' maps together); None:
+            every map counts the same (one model).
 
     In Jupyter a result shows itself: the image with the top class's map and the detections, the
     top classes as a caption (``_repr_html_``, ``_repr_png_``).
@@ -97,6 +101,7 @@ class ScanResult:
     object_box: Region | None = None
     source: str | None = None
     thumbnail: np.ndarray | None = field(default=None, repr=False, compare=False)
+    weights: tuple[float, ...] | None = None
 
     def __repr__(self) -> str:
         """One line: the image, classes, scales and best class (never the maps' values)."""
@@ -129,7 +134,7 @@ class ScanResult:
     def heatmaps(self, classes: Sequence[int | str]) -> torch.Tensor:
         """``(k, H, W)`` float32 maps at image resolution (:func:`densify.scan.heatmap.heatmaps`)."""
         idx = [self.class_index(c) for c in classes]
-        return _heatmap.heatmaps(self.maps, idx, self.image_size)
+        return _heatmap.heatmaps(self.maps, idx, self.image_size, self.weights)
 
     def heatmap(self, cls: int | str) -> np.ndarray:
         """``(H, W)`` float32 map of one class, registered to the original image."""
@@ -137,7 +142,7 @@ class ScanResult:
 
     def scores(self) -> torch.Tensor:
         """``Tensor[K]`` image-level scores (OverFeat, :func:`densify.scan.heatmap.image_scores`)."""
-        return _heatmap.image_scores(self.maps)
+        return _heatmap.image_scores(self.maps, self.weights)
 
     def top_classes(self, k: int = 5, background: bool = False) -> list[ClassScore]:
         """The ``k`` best classes by image-level score, each with the box of its best window.
@@ -165,20 +170,21 @@ class ScanResult:
                    window_boxes: bool | None = None
                    ) -> _detect.Detections:
         """Boxes of cells with probability >= ``threshold``, merged by NMS or, with
-        ``merge="overfeat"``, OverFeat's greedy merge (:func:`densify.scan.detect.detect`).
+        ``merge="overfeat"``, OverFeat's greedy merge (:func:`densify.scan.detect.detect`). An
+        ensemble's maps that see the same windows are averaged cell by cell first
+        (:func:`densify.scan.cellmean.average_maps`).
 
         ``boxes`` says where a cell's box comes from (:data:`BOX_SOURCES`): ``"regressed"`` (the
         scan's box-regression output), ``"object"`` (the model card's :attr:`object_box` inside
-        the window), ``"window"`` (the whole window), or ``"auto"``: regressed when the scan has
-        a regression output, else the object box when known, else the window. ``top_k``: at
-        each scale only the ``top_k`` classes with the highest map maximum propose boxes
-        (OverFeat's preselection). ``refine`` and ``window_boxes`` are deprecated spellings of
-        ``boxes``.
+        maps = average_maps(self.maps, self.weights)  # an ensemble's, where cells coincide
+        return _detect.detect(maps, threshold, iou, idx, self.background_class, region,
+                              regress=regress, merge=merge, top_k=top_k, **extra)
         """
         region, regress = self._box_source(boxes, refine, window_boxes)
         idx = None if classes is None else [self.class_index(c) for c in classes]
         extra = {} if merge_threshold is None else {"merge_threshold": merge_threshold}
-        return _detect.detect(self.maps, threshold, iou, idx, self.background_class, region,
+        maps = average_maps(self.maps, self.weights)  # an ensemble's, where cells coincide
+        return _detect.detect(maps, threshold, iou, idx, self.background_class, region,
                               regress=regress, merge=merge, top_k=top_k, **extra)
 
     @property
@@ -198,8 +204,8 @@ class ScanResult:
                 boxes = "regressed" if self.regressed else "window"
         if boxes not in BOX_SOURCES:
             raise ParameterError(f"unknown boxes {boxes!r}; use one of {', '.join(BOX_SOURCES)}")
-        if boxes == "auto":
-            return (None, True) if self.regressed else (self.object_box, False)
+        if boxes == "auto":  # regressed maps ignore the region; maps without (an ensemble's
+            return self.object_box, self.regressed  # members may differ) use the object box
         if boxes == "regressed" and not self.regressed:
             raise ParameterError("this scan has no box-regression output; use boxes 'object' or "
                                  "'window' (or scan with a boxes output)")
@@ -231,7 +237,7 @@ class ScanResult:
     def panel_maps(self, classes: Sequence[int], size_hw: Sequence[int]) -> np.ndarray:
         """``(k, S + 1, h, w)`` float32 on a ``size_hw`` grid over the whole image: per class,
         each scale's raw cells, then the aggregate (:func:`densify.scan.heatmap.sampled_maps`)."""
-        return _heatmap.sampled_maps(self.maps, list(classes), size_hw).numpy()
+        return _heatmap.sampled_maps(self.maps, list(classes), size_hw, self.weights).numpy()
 
     def panel_titles(self, classes: Sequence[int]) -> list[list[str]]:
         """Two-line titles per panel: scale factor and cell grid; the class's best probability
@@ -239,7 +245,8 @@ class ScanResult:
         scores = self.scores()
         return [[f"x{m.factor:.3g}  {m.cells[0]}x{m.cells[1]} cells\n"
                  f"best {float(m.probs[cls].max()):.3f}" for m in self.maps]
-                + [f"mean of {len(self.maps)} scales\nscore {float(scores[cls]):.3f}"]
+                + [f"{'weighted ' if self.weights else ''}mean of {len(self.maps)} "
+                   f"{'maps' if self.weights else 'scales'}\nscore {float(scores[cls]):.3f}"]
                 for cls in classes]
 
     def caption(self, k: int = 3) -> str:

@@ -21,7 +21,13 @@ A result file is an uncompressed-pickle-free ``.npz`` (zip, deflated) holding:
 - the summary: ``top_index``, ``top_score``, ``top_box`` ``(k, 4)``, ``top_factor`` of
   :meth:`ScanResult.top_classes`, computed from the float32 maps;
 - only on request (``full_maps=[classes]``): ``heatmaps`` ``(k, H, W)`` float16 at image
-  resolution and ``heatmap_classes``.
+  resolution and ``heatmap_classes``;
+- only for an ensemble's result (:mod:`densify.scan.ensemble`: maps of several models, each
+  with its own geometry and share), written as version :data:`ENSEMBLE_VERSION` (which older
+  readers refuse rather than misread): per map ``map_window``, ``map_stride``, ``map_offset``,
+  ``map_rf_size`` (``-1`` when None), ``map_rf_offset``, ``map_level_window`` ``(S, 2)``,
+  ``map_box_format`` ``(S,)``, and ``map_weights`` ``(S,)`` (:attr:`ScanResult.weights`; absent
+  when every map counts the same).
 
 Accuracy and size: 16 bits per probability in fixed point, so a probability comes back within
 ``0.5 / 65535 = 7.6e-6`` (absolute). That is tighter than float16 (whose error reaches 2.4e-4
@@ -52,13 +58,16 @@ from .pyramid import Level
 from .result import ScanResult
 from .slideresult import SlideResult, load_slide_result
 
-__all__ = ["FORMAT", "VERSION", "FILE_THUMBNAIL_SIDE", "save_result", "load_result", "result_arrays"]
+__all__ = ["FORMAT", "VERSION", "ENSEMBLE_VERSION", "FILE_THUMBNAIL_SIDE", "save_result",
+           "load_result", "result_arrays"]
 
 FORMAT = "densify-result"
 #: Longer side of the thumbnail a result file keeps (pixels): enough to draw on, a few dozen KB.
 FILE_THUMBNAIL_SIDE = 320
 #: Version 1 was the 0.2 layout (float32 maps at image resolution, no ``format`` key).
 VERSION = 2
+#: Files with per-map geometries and weights (an ensemble's result); this reader reads both.
+ENSEMBLE_VERSION = 3
 #: Fixed-point levels of a stored probability.
 LEVELS = 65535
 #: Box regression is stored where some non-background class reaches this probability.
@@ -97,10 +106,32 @@ def result_arrays(result: ScanResult, full_maps: Sequence[int | str] = (), top_k
         if m.regression is not None:
             arrays[f"regression_{i}"] = _regression(m, result.background_class)
             arrays["box_format"] = np.array(m.box_format)
+    arrays.update(_per_map(result))
     if full_maps:
         idx = [result.class_index(c) for c in full_maps]
         arrays["heatmaps"] = result.heatmaps(idx).numpy().astype(np.float16)  # float16: 2 B/px
         arrays["heatmap_classes"] = np.array(idx, np.int64)
+    return arrays
+
+
+def _per_map(result: ScanResult) -> dict[str, np.ndarray]:
+    """The per-map keys of an ensemble's result (module docstring); ``{}`` for one model's."""
+    maps, m0 = result.maps, result.maps[0]
+    if result.weights is None and all(m.geometry == m0.geometry and m.level.window ==
+                                      m0.level.window and m.box_format == m0.box_format
+                                      for m in maps):
+        return {}
+    arrays = {"version": np.array(ENSEMBLE_VERSION),
+              "map_box_format": np.array([m.box_format for m in maps], dtype=str)}
+    for key, value in (("window", lambda m: m.geometry.window),
+                       ("stride", lambda m: m.geometry.stride),
+                       ("offset", lambda m: m.geometry.offset),
+                       ("rf_size", lambda m: m.geometry.rf_size or (-1, -1)),
+                       ("rf_offset", lambda m: m.geometry.rf_offset),
+                       ("level_window", lambda m: m.level.window)):
+        arrays[f"map_{key}"] = np.array([value(m) for m in maps], np.int64).reshape(-1, 2)
+    if result.weights is not None:
+        arrays["map_weights"] = np.array(result.weights, np.float64)
     return arrays
 
 
@@ -194,7 +225,7 @@ def _check_version(path: Path, data: dict) -> None:
         what = "a densify 0.2 heatmap file" if "heatmaps" in data else "not a densify result"
         raise ResultError(f"{path}: {what} (no format version); scan the image again to write "
                           f"a version {VERSION} result")
-    if str(data["format"]) != FORMAT or int(data["version"]) != VERSION:
+    if str(data["format"]) != FORMAT or int(data["version"]) not in (VERSION, ENSEMBLE_VERSION):
         raise ResultError(f"{path}: {data['format']} version {int(data['version'])} is not "
                           f"readable here (this densify reads {FORMAT} version {VERSION}); scan "
                           "the image again")
@@ -204,25 +235,38 @@ def _pair(a: np.ndarray) -> tuple[int, int]:
     return int(a[0]), int(a[1])
 
 
+def _geometry(data: dict, i: int) -> tuple[Geometry, tuple[int, int], str]:
+    """``(geometry, level window, box format)`` of map ``i``: the file's, or the map's own in an
+    ensemble's file."""
+    if "map_window" not in data:
+        rf = data["rf_size"]
+        return (Geometry(_pair(data["window"]), _pair(data["stride"]), _pair(data["offset"]),
+                         _pair(rf) if rf.size else None, _pair(data["rf_offset"])),
+                _pair(data["level_window"]), str(data.get("box_format", "offsets")))
+    rf = _pair(data["map_rf_size"][i])
+    return (Geometry(_pair(data["map_window"][i]), _pair(data["map_stride"][i]),
+                     _pair(data["map_offset"][i]), None if rf[0] < 0 else rf,
+                     _pair(data["map_rf_offset"][i])),
+            _pair(data["map_level_window"][i]), str(data["map_box_format"][i]))
+
+
 def _result(data: dict) -> ScanResult:
-    rf = data["rf_size"]
-    geometry = Geometry(_pair(data["window"]), _pair(data["stride"]), _pair(data["offset"]),
-                        _pair(rf) if rf.size else None, _pair(data["rf_offset"]))
     image_size = _pair(data["image_size"])
     maps = []
     for i, factor in enumerate(data["factors"].tolist()):
+        geometry, window, box_format = _geometry(data, i)
         level = Level(float(factor), _pair(data["sizes"][i]),
-                      tuple(int(v) for v in data["paddings"][i]), image_size,
-                      _pair(data["level_window"]))
+                      tuple(int(v) for v in data["paddings"][i]), image_size, window)
         probs = torch.from_numpy(data[f"probs_{i}"].astype(np.float32) / np.float32(LEVELS))
         regression = data.get(f"regression_{i}")
         maps.append(ScaleMap(level, geometry, probs,
                              None if regression is None else torch.from_numpy(
                                  regression.astype(np.float32)),
-                             str(data.get("box_format", "offsets")), bool(data["flipped"][i])))
+                             box_format, bool(data["flipped"][i])))
     background = int(data["background_class"])
     box = data["object_box"]
     return ScanResult(image_size, tuple(str(c) for c in data["categories"]), tuple(maps),
                       None if background < 0 else background,
                       tuple(float(v) for v in box) if box.size else None,
-                      str(data["source"]) or None, data.get("thumbnail"))
+                      str(data["source"]) or None, data.get("thumbnail"),
+                      tuple(data["map_weights"].tolist()) if "map_weights" in data else None)
