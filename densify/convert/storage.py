@@ -104,9 +104,10 @@ class ChunkedConv2d(nn.Conv2d):
             piece = F.conv2d(x, self.weight[k0:k0 + step], b, self.stride, self.padding,
                              self.dilation)
             if out is None:
+                layout = (torch.channels_last if piece.is_contiguous(
+                    memory_format=torch.channels_last) else torch.contiguous_format)
                 out = torch.empty((piece.shape[0], k, *piece.shape[2:]), dtype=piece.dtype,
-                                  device=piece.device,
-                                  memory_format=x.suggest_memory_format())
+                                  device=piece.device, memory_format=layout)
             out[:, k0:k0 + step] = piece
             del piece
         return out

@@ -108,8 +108,9 @@ class MemoryBudget:
                 f"{format_bytes(budget.minimum)} for this model (the process with its weights "
                 f"{format_bytes(budget.fixed)} + the smallest tile "
                 f"{format_bytes(budget.minimum - budget.fixed)}); raise --max-memory")
-        log.info("memory budget %s: fixed %s, smallest tile %s", format_bytes(total),
-                 format_bytes(budget.fixed), format_bytes(budget.smallest_tile))
+        log.info("memory budget %s: fixed %s, smallest tile %s; start-up peak %s",
+                 format_bytes(total), format_bytes(budget.fixed),
+                 format_bytes(budget.smallest_tile), format_bytes(peak_rss_bytes()))
         return budget
 
     @property
