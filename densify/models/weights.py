@@ -144,7 +144,8 @@ def assign_state(model: nn.Module, state: dict) -> nn.Module | None:
         >>> from densify.models.catalogue import build_skeleton
         >>> state = build_model("lenet5").state_dict()
         >>> model = assign_state(build_skeleton("lenet5"), state)
-        >>> model.conv1.weight.data_ptr() == state["conv1.weight"].data_ptr()
+        >>> name, tensor = next(iter(state.items()))
+        >>> model.state_dict()[name].data_ptr() == tensor.data_ptr()
         True
     """
     own = model.state_dict()
