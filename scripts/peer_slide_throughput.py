@@ -5,8 +5,11 @@ inference, on the same slide region, the same ResNet-18 weights and the same pat
     PYTHONPATH=/tmp/monai_pkgs python scripts/peer_slide_throughput.py /tmp/densify-slides/slide20000.ome.tif
 
 MONAI is this script's dependency, not densify's (``--target`` keeps it out of densify's
-environment; it runs on densify's torch). TIAToolbox's patch predictor, the issue's first choice,
-pins an older torch; this machine installs from a local index only, so MONAI stands in.
+environment; it runs on densify's torch). TIAToolbox's patch predictor pins an older torch: with
+``--tiatoolbox /tmp/tiavenv/bin/python`` (``python3 -m venv /tmp/tiavenv &&
+/tmp/tiavenv/bin/pip install tiatoolbox``) it runs on the same region in that environment
+(``scripts/tia_patch_grid.py``, a child process; its patches include those overhanging the
+region's right and bottom border, which TIAToolbox pads).
 
 What runs, in one process, with ``--threads`` threads for both:
 
@@ -55,6 +58,9 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=Path("/tmp/resnet18_seed0.pt"))
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--skip-slide", action="store_true", help="no full-slide densify scan")
+    parser.add_argument("--tiatoolbox", metavar="PYTHON", default=None,
+                        help="also run TIAToolbox's patch predictor on the region with this "
+                             "interpreter (its own venv: scripts/tia_patch_grid.py)")
     args = parser.parse_args()
 
     import torchvision
@@ -104,6 +110,10 @@ def main() -> None:
     print(f"MONAI sliding_window_inference: {cells} patches in {peer_s:.1f} s = "
           f"{cells / peer_s:.1f} patches/s = {mpx / peer_s:.4f} Mpx/s")
 
+    if args.tiatoolbox:
+        tia_rate = _tiatoolbox(args, rgb)
+        print(f"TIAToolbox PatchPredictor: {tia_rate:.4f} Mpx/s")
+
     # densify: the dense net on the same region
     scanner = densify.Scanner("resnet18", weights=str(args.weights), output_stride=STRIDE,
                               scales=[1.0], device="cpu", threads=args.threads)
@@ -114,8 +124,9 @@ def main() -> None:
         maps = dense(x.contiguous(memory_format=torch.channels_last))[0]
         dense_s = time.perf_counter() - start
     diff = (maps - grid).abs().max().item() / grid.abs().max().item()
+    versus = f"; {mpx / dense_s / tia_rate:.1f}x TIAToolbox's rate" if args.tiatoolbox else ""
     print(f"densify dense pass on the region: {dense_s:.2f} s = {mpx / dense_s:.3f} Mpx/s; "
-          f"{peer_s / dense_s:.1f}x the patch grid; max |difference| of the logits "
+          f"{peer_s / dense_s:.1f}x MONAI's patch grid{versus}; max |difference| of the logits "
           f"{diff:.1e} of the largest (zero padding: see the module docstring)")
     if args.skip_slide:
         return
@@ -136,6 +147,29 @@ def main() -> None:
     print(f"densify scan_slide, whole slide: {h}x{w} cells ({done.tiles} tiles) in {slide_s:.0f} s"
           f" = {slide_mpx / slide_s:.3f} Mpx/s; {slide_mpx / slide_s / (mpx / peer_s):.1f}x the "
           "patch grid's rate")
+
+
+def _tiatoolbox(args, rgb) -> float:
+    """Run ``scripts/tia_patch_grid.py`` on the region (a PNG) with ``args.tiatoolbox``; its
+    rate in Mpx/s (patches × 32² px / seconds, the patches overhanging the region included)."""
+    import json
+    import subprocess
+    import sys
+
+    import cv2
+
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "region.png"
+        cv2.imwrite(str(png), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        out = subprocess.run([args.tiatoolbox, str(Path(__file__).with_name("tia_patch_grid.py")),
+                              str(png), str(args.weights), "--threads", str(args.threads),
+                              "--batch", str(args.batch)], check=True, capture_output=True,
+                             text=True, stdin=subprocess.DEVNULL).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    print(f"TIAToolbox {r['tiatoolbox']} (torch {r['torch']}) PatchPredictor: {r['patches']} "
+          f"patches (first {r['first']}, last {r['last']}) in {r['seconds']:.1f} s = "
+          f"{r['patches'] / r['seconds']:.1f} patches/s", file=sys.stdout)
+    return r["patches"] * STRIDE * STRIDE / 1e6 / r["seconds"]
 
 
 if __name__ == "__main__":
