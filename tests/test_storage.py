@@ -122,3 +122,19 @@ def test_meta_skeleton_load_equals_the_cpu_build(tmp_path):
     assert assigned.state_dict()[first].data_ptr() == state[first].data_ptr()
     # keys that differ: None (the caller builds on the CPU instead)
     assert assign_state(zoo.build_skeleton("lenet5"), {first: state[first]}) is None
+
+
+def test_torchvision_weights_load_into_a_meta_skeleton(monkeypatch):
+    """DEFAULT torchvision weights (the download replaced by a seeded state dict): assigned to a
+    skeleton, no copy, and the model computes what torchvision's own build with them does."""
+    import torchvision
+    from torchvision.models import ResNet18_Weights
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18().eval()
+    state = reference.state_dict()
+    monkeypatch.setattr(ResNet18_Weights, "get_state_dict", lambda self, *a, **k: state)
+    model = load_classifier("resnet18", "DEFAULT").model
+    assert model.conv1.weight.data_ptr() == state["conv1.weight"].data_ptr()
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.equal(model(x), reference(x))

@@ -118,20 +118,18 @@ def _torchvision_pretrained(spec: ModelSpec, tag: str) -> nn.Module:
         raise WeightsError(
             f"cannot download {chosen} ({_reason(exc)}); offline, fetch {chosen.url} elsewhere and "
             "pass --weights PATH, or place it in ~/.cache/torch/hub/checkpoints/") from None
-    model = assign_state(build_skeleton(spec.name), state)
-    if model is None:  # a builder that changes the net for its weights (Inception's aux head)
-        model = tvm.get_model(spec.name, weights=None, **_weights_kwargs(chosen, spec))
-        model.load_state_dict(state)
+    # Builders that change the net for their weights (GoogLeNet's and Inception's input
+    # transform) are left to torchvision; the others take the tensors as they are, no copy.
+    model = None if spec.name in WEIGHTS_CHANGE_THE_NET else assign_state(
+        build_skeleton(spec.name), state)
+    if model is None:
+        del state
+        model = tvm.get_model(spec.name, weights=chosen)
     return model.eval()
 
 
-def _weights_kwargs(chosen, spec: ModelSpec) -> dict:
-    """What torchvision's builder sets for ``chosen`` weights (class count, Inception's input
-    transform and auxiliary head)."""
-    kwargs = {"num_classes": len(chosen.meta["categories"])}
-    if spec.name in ("googlenet", "inception_v3"):
-        kwargs.update(transform_input=True, aux_logits=True, init_weights=False)
-    return kwargs
+#: torchvision builders that set other arguments when given weights (``transform_input``).
+WEIGHTS_CHANGE_THE_NET = ("googlenet", "inception_v3")
 
 
 def assign_state(model: nn.Module, state: dict) -> nn.Module | None:
