@@ -149,8 +149,9 @@ def chunk_convs(net: nn.Module, max_bytes: int) -> int:
 @torch.no_grad()
 def to_channels_last(net: nn.Module, keep_bytes: int = 64 * 2**20) -> nn.Module:
     """``net`` (in place) with each 4-d convolution weight up to ``keep_bytes`` laid out
-    ``channels_last``, one at a time; larger ones stay as they are (still shared, re-laid out per
-    call or per chunk). Returns ``net``.
+    ``channels_last``, one at a time; larger ones on the CPU stay as they are (still shared,
+    re-laid out per call or per chunk; on a GPU, where the weights were copied to the device
+    anyway, all are laid out). Returns ``net``.
 
     Examples:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3))
@@ -160,7 +161,7 @@ def to_channels_last(net: nn.Module, keep_bytes: int = 64 * 2**20) -> nn.Module:
     """
     for _, m in _convs(net):
         w = m.weight
-        if w.numel() * w.element_size() <= keep_bytes:
+        if w.device.type != "cpu" or w.numel() * w.element_size() <= keep_bytes:
             m.weight = nn.Parameter(w.detach().contiguous(memory_format=torch.channels_last),
                                     requires_grad=w.requires_grad)
     return net
