@@ -1,5 +1,6 @@
 """Throughput of densify's dense scan against a patch grid run by MONAI's sliding-window
-inference, on the same slide region, the same ResNet-18 weights and the same patch grid.
+inference (and TIAToolbox's patch predictor, ``--tiatoolbox``), on the same slide region, the
+same ResNet-18 weights and the same patch grid.
 
     python -m venv /tmp/monaivenv && /tmp/monaivenv/bin/pip install --no-deps --target /tmp/monai_pkgs monai
     PYTHONPATH=/tmp/monai_pkgs python scripts/peer_slide_throughput.py /tmp/densify-slides/slide20000.ome.tif
