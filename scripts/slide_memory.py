@@ -3,6 +3,7 @@
     # peak RSS (VmHWM) of scanning generated slides of growing size, one fresh process each
     python scripts/slide_memory.py memory 10000 20000 -m resnet18 -w random -s 32
     python scripts/slide_memory.py memory 10000 20000 40000 -m tiny     # a small stride-32 net
+    python scripts/slide_memory.py memory 40000 --time-limit 1800     # stop after 30 min
     # the shipped digit spotter on a generated slide with digits at known places
     python scripts/slide_memory.py recall 8000
 
@@ -108,7 +109,13 @@ def child(slide, store, model, weights, output_stride, tile_cells, threads) -> N
 @click.option("--threads", type=int, default=None)
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("/tmp/densify-slides"), show_default=True)
-def memory(sizes, model, weights, output_stride, tile_cells, threads, workdir) -> None:
+@click.option("--time-limit", type=float, default=None,
+              help="Stop a scan after this many seconds and report its peak then (VmHWM, "
+                   "sampled every second) and the tiles it finished.")
+@click.option("--keep-slides/--remove-slides", default=True, show_default=True,
+              help="Keep the generated slides in --workdir for reruns.")
+def memory(sizes, model, weights, output_stride, tile_cells, threads, workdir, time_limit,
+           keep_slides) -> None:
     """Peak RSS of scanning generated SIZES² px slides, one process each."""
     workdir.mkdir(parents=True, exist_ok=True)
     click.echo(f"{'slide':>13} {'Mpx':>7} {'tiles':>6} {'start-up peak':>14} {'scan peak':>10} "
@@ -121,13 +128,51 @@ def memory(sizes, model, weights, output_stride, tile_cells, threads, workdir) -
                weights, "-s", str(output_stride)]
         cmd += ["--tile-cells", str(tile_cells)] if tile_cells else []
         cmd += ["--threads", str(threads)] if threads else []
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                             env={**os.environ, "PYTHONWARNINGS": "ignore"}).stdout
-        r = json.loads(out.strip().splitlines()[-1])
-        click.echo(f"{size:>6}x{size:<6} {r['pixels'] / 1e6:7.0f} {r['tiles']:6d} "
-                   f"{r['startup_peak'] / 2**20:11.0f} MiB {r['scan_peak'] / 2**20:6.0f} MiB "
-                   f"{r['scan_seconds']:7.0f} {r['mpx_per_s']:6.2f} {r['store_bytes'] / 1e6:9.1f}")
+        r = _watch(cmd, store, time_limit)
+        if "tiles" in r:
+            click.echo(f"{size:>6}x{size:<6} {r['pixels'] / 1e6:7.0f} {r['tiles']:6d} "
+                       f"{r['startup_peak'] / 2**20:11.0f} MiB {r['scan_peak'] / 2**20:6.0f} MiB "
+                       f"{r['scan_seconds']:7.0f} {r['mpx_per_s']:6.2f} "
+                       f"{r['store_bytes'] / 1e6:9.1f}")
+        else:
+            click.echo(f"{size:>6}x{size:<6} {size * size / 1e6:7.0f} {r['done']:>6} "
+                       f"{'':>15} {r['peak'] / 2**20:6.0f} MiB  stopped at {time_limit:.0f} s "
+                       f"after {r['done']} tiles")
         shutil.rmtree(store, ignore_errors=True)
+        if not keep_slides:
+            path.unlink()
+            path.with_name(f"slide{size}.json").unlink(missing_ok=True)
+
+
+def _watch(cmd: list[str], store: Path, time_limit: float | None) -> dict:
+    """Run a ``child`` command; its JSON line, or, when stopped at ``time_limit`` seconds,
+    ``{"peak": VmHWM then, "done": tiles finished}``."""
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    start, peak = time.perf_counter(), 0
+    while child.poll() is None:
+        peak = max(peak, _hwm(child.pid))
+        if time_limit is not None and time.perf_counter() - start > time_limit:
+            progress = store / "densify_progress.jsonl"
+            done = max(0, len(progress.read_text().splitlines()) - 1) if progress.is_file() else 0
+            child.kill()
+            child.wait()
+            return {"peak": peak, "done": done}
+        time.sleep(1)
+    out = child.stdout.read()
+    if child.returncode:
+        raise SystemExit(f"child failed ({child.returncode}): {' '.join(cmd)}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _hwm(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _match(truth: np.ndarray, labels_t: list[str], boxes: np.ndarray, scores: np.ndarray,

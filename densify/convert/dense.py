@@ -175,6 +175,11 @@ def convolutionize(model: nn.Module, input_size=None, output_stride: int | None 
                    verify: bool = True, head: str = "auto") -> DenseNet:
     """Return a fully convolutional copy of ``model`` in eval mode; ``model`` is left untouched.
 
+    The copy's modules are new, but its weights share ``model``'s storage (views, no copy:
+    :mod:`densify.convert.storage`; a linear layer's weight becomes its convolution's), so
+    converting costs no weight memory. Changing ``model``'s weights in place later changes the
+    dense net's too; ``copy.deepcopy`` the dense net to keep it apart.
+
     Args:
         model: a CNN classifier mapping ``(N, C, H, W)`` at its canonical size to ``(N, K)``
             vectors, or to a tuple/list/dict/NamedTuple of them (:attr:`DenseNet.outputs`).

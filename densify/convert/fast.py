@@ -345,22 +345,24 @@ def is_activation(m: nn.Module) -> bool:
 
 
 def _linear_to_conv(lin: nn.Linear, lay: Layout, name: str) -> nn.Conv2d:
-    """``Linear(C·kh·kw → K)`` as ``Conv2d(C → K, (kh, kw))``: same weights, reshaped in the
-    order the flatten read the window (``lay.order``), then laid out as ``(K, C, kh, kw)``."""
+    """``Linear(C·kh·kw → K)`` as ``Conv2d(C → K, (kh, kw))``: the same weights (a view of them,
+    sharing their storage), reshaped in the order the flatten read the window (``lay.order``),
+    then indexed as ``(K, C, kh, kw)``."""
     c, kh, kw, order = lay
     if lin.in_features != c * kh * kw:  # an op between pool and Linear the layout missed
         raise UnsupportedHead(
             f"{name}: Linear expects {lin.in_features} features but the fast path tracked "
             f"{c}×{kh}×{kw} = {c * kh * kw} before it")
     conv = nn.Conv2d(c, lin.out_features, (kh, kw), bias=lin.bias is not None,
-                     device=device_of(lin), dtype=dtype_of(lin))
+                     device="meta", dtype=dtype_of(lin))
     size = {1: c, 2: kh, 3: kw}
-    with torch.no_grad():
-        weight = lin.weight.reshape(lin.out_features, *(size[a] for a in order))
-        conv.weight.copy_(weight.permute(0, *(order.index(a) + 1 for a in (1, 2, 3))))
-        if lin.bias is not None:
-            conv.bias.copy_(lin.bias)
-    return conv
+    # A view of the linear weight, no copy (a permuted flatten gives channels_last strides).
+    weight = lin.weight.detach().reshape(lin.out_features, *(size[a] for a in order))
+    weight = weight.permute(0, *(order.index(a) + 1 for a in (1, 2, 3)))
+    conv.weight = nn.Parameter(weight, requires_grad=lin.weight.requires_grad)
+    if lin.bias is not None:
+        conv.bias = nn.Parameter(lin.bias.detach(), requires_grad=lin.bias.requires_grad)
+    return conv.train(lin.training)
 
 
 def _batchnorm1d_to_2d(bn: nn.BatchNorm1d) -> nn.BatchNorm2d:

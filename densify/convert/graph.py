@@ -242,10 +242,11 @@ def pair(v) -> tuple[int, int]:
 def prepare(model: nn.Module, size: tuple[int, int, int]) -> tuple[fx.GraphModule, torch.Tensor]:
     """``model`` (deep-copied, eval mode) traced, shape-annotated at the canonical ``size``
     (``(C, H, W)``; ``C = 0``: from the first convolution), functional pools made modules and
-    dropout removed: the graph the converter rewrites. Returns it with the example input."""
-    import copy
+    dropout removed: the graph the converter rewrites. Returns it with the example input. The
+    copy's weights view ``model``'s storage (:func:`densify.convert.storage.shared_copy`)."""
+    from .storage import shared_copy
 
-    gm = trace(copy.deepcopy(model).eval())
+    gm = trace(shared_copy(model).eval())
     example = example_input(gm, size)
     propagate_shapes(gm, example)
     functional_pools_to_modules(gm)

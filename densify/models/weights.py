@@ -25,9 +25,10 @@ from torch import nn
 
 from ..errors import WeightsError
 from .card import ModelCard
-from .catalogue import WEIGHTS_DIR, ModelSpec, build_model, get_spec
+from .catalogue import WEIGHTS_DIR, ModelSpec, build_model, build_skeleton, get_spec
 
-__all__ = ["WeightsError", "Classifier", "load_classifier", "load_state_dict_file", "categories_for"]
+__all__ = ["WeightsError", "Classifier", "load_classifier", "load_state_dict_file", "assign_state",
+           "categories_for"]
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +84,16 @@ def load_classifier(name: str, weights: str | Path | None = None) -> Classifier:
                     "or a PATH)", spec.name)
         return Classifier(build_model(spec.name), spec, categories, "random", True)
     if Path(text).suffix in (".pt", ".pth", ".bin", ".ckpt") or Path(text).exists():
-        model = build_model(spec.name)
-        load_state_dict_file(model, text)
+        model = load_state_dict_file(build_skeleton(spec.name), text,
+                                     rebuild=lambda: build_model(spec.name))
         return Classifier(model, spec, categories, text, False)
     return Classifier(_pretrained(spec, text), spec, categories, f"{spec.weights or text}", False)
 
 
 def _pretrained(spec: ModelSpec, tag: str) -> nn.Module:
     if spec.family == "project":
-        model = build_model(spec.name)
-        load_state_dict_file(model, WEIGHTS_DIR / spec.weights)
-        return model
+        return load_state_dict_file(build_skeleton(spec.name), WEIGHTS_DIR / spec.weights,
+                                    rebuild=lambda: build_model(spec.name))
     if spec.family == "torchvision":
         return _torchvision_pretrained(spec, tag)
     if spec.family == "timm":
@@ -113,11 +113,46 @@ def _torchvision_pretrained(spec: ModelSpec, tag: str) -> nn.Module:
         raise WeightsError(f"{spec.name} has no weights {tag!r}; choose DEFAULT or one of {names}"
                            ) from None
     try:
-        return tvm.get_model(spec.name, weights=chosen).eval()
+        state = chosen.get_state_dict(progress=False, check_hash=True)
     except (urllib.error.URLError, OSError, RuntimeError) as exc:
         raise WeightsError(
             f"cannot download {chosen} ({_reason(exc)}); offline, fetch {chosen.url} elsewhere and "
             "pass --weights PATH, or place it in ~/.cache/torch/hub/checkpoints/") from None
+    # Builders that change the net for their weights (GoogLeNet's and Inception's input
+    # transform) are left to torchvision; the others take the tensors as they are, no copy.
+    model = None if spec.name in WEIGHTS_CHANGE_THE_NET else assign_state(
+        build_skeleton(spec.name), state)
+    if model is None:
+        del state
+        model = tvm.get_model(spec.name, weights=chosen)
+    return model.eval()
+
+
+#: torchvision builders that set other arguments when given weights (``transform_input``).
+WEIGHTS_CHANGE_THE_NET = ("googlenet", "inception_v3")
+
+
+def assign_state(model: nn.Module, state: dict) -> nn.Module | None:
+    """``model`` (a skeleton on the meta device) with ``state``'s tensors assigned as its
+    parameters and buffers (``load_state_dict(assign=True)``: no initialisation, no copy), in
+    eval mode; None when the keys or shapes differ or a tensor would stay on the meta device
+    (a non-persistent buffer), for the caller to build the model on the CPU instead.
+
+    Examples:
+        >>> from densify.models.catalogue import build_skeleton
+        >>> state = build_model("lenet5").state_dict()
+        >>> model = assign_state(build_skeleton("lenet5"), state)
+        >>> name, tensor = next(iter(state.items()))
+        >>> model.state_dict()[name].data_ptr() == tensor.data_ptr()
+        True
+    """
+    own = model.state_dict()
+    if set(own) != set(state) or any(own[k].shape != v.shape for k, v in state.items()):
+        return None
+    model.load_state_dict(state, assign=True)
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        return None
+    return model.eval()
 
 
 def _timm_pretrained(spec: ModelSpec) -> nn.Module:
@@ -136,8 +171,12 @@ def _reason(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:120]
 
 
-def load_state_dict_file(model: nn.Module, path: str | Path) -> None:
-    """Load a state dict or checkpoint file into ``model`` (in place), checking every shape."""
+def load_state_dict_file(model: nn.Module, path: str | Path, rebuild=None) -> nn.Module:
+    """Load a state dict or checkpoint file into ``model``, checking every shape; returns the
+    model in eval mode: ``model`` itself, loaded in place, or for a skeleton on the meta device
+    (:func:`densify.models.catalogue.build_skeleton`) the skeleton with the file's tensors
+    assigned, no copy (:func:`assign_state`), or where that cannot be (a non-persistent buffer),
+    ``rebuild()`` (a model on the CPU) loaded."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file; pass an existing .pt/.pth file, "
@@ -162,8 +201,15 @@ def load_state_dict_file(model: nn.Module, path: str | Path) -> None:
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
         raise WeightsError(f"{path}: weights for another architecture: {'; '.join(parts)}; "
                            "pass the --model these weights were trained for")
+    if any(p.is_meta for p in model.parameters()):
+        assigned = assign_state(model, state)
+        if assigned is not None:
+            return assigned
+        if rebuild is None:
+            raise ValueError("load_state_dict_file: a meta skeleton needs rebuild=")  # a bug
+        model = rebuild()  # a skeleton that cannot take the tensors as they are
     model.load_state_dict(state)
-    model.eval()
+    return model.eval()
 
 
 def _unwrap(obj, path: Path) -> dict:

@@ -11,7 +11,9 @@ allocator slack (:data:`densify.scan.tiling.HEADROOM`).
 
 The minimum budget is the fixed cost plus the smallest tile (a window-sized input, with the
 headroom): a smaller one is refused at start-up in one line that states the minimum. On CUDA the
-same accounting uses the device's allocated memory instead of RSS.
+same accounting uses the device's allocated memory instead of RSS. Under a budget, convolutions
+with over :data:`CHUNK_BYTES` of weights (VGG's fc6) run in output-channel chunks
+(:class:`densify.convert.storage.ChunkedConv2d`), so the per-call re-laid-out weight is a chunk.
 
 The library changes no allocator setting: the command line, when given a budget, has glibc
 return freed blocks of 1 MiB and more at once (:func:`densify.runtime.limit_heap_slack`), so that
@@ -34,14 +36,18 @@ import torch.nn.functional as F
 
 from .._parse import format_bytes
 from ..convert.dense import DenseNet
+from ..convert.storage import chunk_convs
 from ..io.image import to_tensor
 from .pyramid import Level
 from .tiling import HEADROOM, TilingError, estimate_bytes
 
-__all__ = ["rss_bytes", "peak_rss_bytes", "MemoryBudget",
+__all__ = ["rss_bytes", "peak_rss_bytes", "MemoryBudget", "CHUNK_BYTES",
            "level_input"]
 
 log = logging.getLogger(__name__)
+
+#: Under a budget, convolutions with more weight bytes than this run in output-channel chunks.
+CHUNK_BYTES = 16 * 2**20
 
 
 def _status_bytes(field: str) -> int:
@@ -85,7 +91,14 @@ class MemoryBudget:
     @classmethod
     def measure(cls, dense: DenseNet, total: int, dtype: torch.dtype, device: torch.device
                 ) -> MemoryBudget:
-        """Measure the fixed cost now; :class:`TilingError` if ``total`` is below the minimum."""
+        """Measure the fixed cost now; :class:`TilingError` if ``total`` is below the minimum.
+
+        First, every convolution of ``dense`` whose weight exceeds :data:`CHUNK_BYTES` is set to
+        run in output-channel chunks (in place, :func:`densify.convert.storage.chunk_convs`):
+        a pass then re-lays out one chunk of VGG's 411 MB fc6 weight at a time, not all of it."""
+        if chunk_convs(dense, CHUNK_BYTES):
+            log.info("large convolutions run in chunks of at most %s of weights",
+                     format_bytes(CHUNK_BYTES))
         gc.collect()
         h, w = dense.input_size[1:]
         budget = cls(int(total), _used_bytes(device), estimate_bytes(dense, h, w, dtype))
@@ -95,8 +108,9 @@ class MemoryBudget:
                 f"{format_bytes(budget.minimum)} for this model (the process with its weights "
                 f"{format_bytes(budget.fixed)} + the smallest tile "
                 f"{format_bytes(budget.minimum - budget.fixed)}); raise --max-memory")
-        log.info("memory budget %s: fixed %s, smallest tile %s", format_bytes(total),
-                 format_bytes(budget.fixed), format_bytes(budget.smallest_tile))
+        log.info("memory budget %s: fixed %s, smallest tile %s; start-up peak %s",
+                 format_bytes(total), format_bytes(budget.fixed),
+                 format_bytes(budget.smallest_tile), format_bytes(peak_rss_bytes()))
         return budget
 
     @property

@@ -36,6 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..convert.outputs import select_key
+from ..convert.storage import to_channels_last
 from ..errors import ParameterError
 from ..io.image import thumbnail
 from ..models.card import ModelCard
@@ -149,7 +150,7 @@ class Scanner:
         net = self.classifier.model if self.classifier else model
         size = card.input_size if card else input_size
         self.dense = dense_for(net, size, s.output_stride, s.fold_bn).to(self.device).eval()
-        self.dense = self.dense.to(memory_format=torch.channels_last)
+        self.dense = to_channels_last(self.dense)  # fc6-sized weights stay shared
         self._select_outputs(*card_outputs(card, s.scores, s.boxes, s.box_format))
         self.requested_stride = s.output_stride
         self._set_preprocessing(card, mean, std)

@@ -45,10 +45,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,15 +55,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.ops import batched_nms
 from tqdm.auto import tqdm
 
 from ..errors import ParameterError
 from ..io.omezarr import create_map_store, open_map_store, write_multiscales
 from ..io.slides import CorruptTileError, Slide
-from .detect import MAX_CANDIDATES, Detections, candidates, detect
+from .detect import Detections, candidates, detect
 from .maps import ScaleMap
 from .memory import level_input
+from .progress import PROGRESS_FILE, fingerprint, merge_tiles, record_tile, resume_state
 from .pyramid import Level, grid_padding
 from .scanner import PRECISIONS, Scanner, to_probabilities
 from .threads import thread_limit
@@ -85,8 +83,6 @@ __all__ = ["PROGRESS_FILE", "TILE_CANDIDATES", "SlideScan", "slide_level", "defa
 
 log = logging.getLogger(__name__)
 
-PROGRESS_FILE = "densify_progress.jsonl"
-_FORMAT = "densify-slide-progress"
 #: A tile with more proposals than this merges them by NMS before they are kept.
 TILE_CANDIDATES = 3000
 
@@ -242,63 +238,6 @@ def _tile_detections(scanner: Scanner, scale: Level, t: Tile, probs, regression,
     return detect([m], threshold, iou, None, background, scanner.object_box)
 
 
-def _fingerprint(scanner: Scanner, slide: Slide, level: int, tile_cells: int,
-                 classes: Sequence[int], threshold: float, iou: float) -> dict:
-    digest = hashlib.sha256()
-    for p in scanner.scan_net.parameters():  # cheap and exact: up to 4097 values per tensor
-        flat = p.detach().reshape(-1)
-        digest.update(flat[::max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
-    stat = slide.path.stat()
-    return {"format": _FORMAT, "version": 1, "slide": slide.path.name, "bytes": stat.st_size,
-            "sizes": [list(lv.size) for lv in slide.levels], "level": level,
-            "tile_cells": tile_cells, "classes": list(classes), "threshold": threshold,
-            "iou": iou, "weights": digest.hexdigest()[:16], "precision": scanner.precision,
-            "window": list(scanner.geometry.window), "stride": list(scanner.geometry.stride)}
-
-
-def _resume(store: Path, header: dict) -> dict[int, dict] | None:
-    """Finished tiles recorded in ``store`` for the same ``header``; None: start afresh."""
-    progress = store / PROGRESS_FILE
-    if not progress.is_file():
-        if store.exists():
-            raise ParameterError(f"{store} exists and is not a scan in progress; remove it or "
-                                 "choose another output")
-        return None
-    lines = progress.read_text().splitlines()
-    if not lines or json.loads(lines[0]) != header:
-        raise ParameterError(f"{store} holds a scan with other settings (slide, model, level, "
-                             "tile size or thresholds); remove it to start again")
-    done = {}
-    for line in lines[1:]:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by the kill: that tile runs again
-            break
-        done[row["tile"]] = row
-    return done
-
-
-def _record(f, i: int, det: Detections, bad) -> dict:
-    row = {"tile": i, "boxes": det.boxes.tolist(), "scores": det.scores.tolist(),
-           "labels": det.labels.tolist(), "missing": [list(b) for b in bad]}
-    f.write(json.dumps(row) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-    return row
-
-
-def _merge(rows, iou: float) -> Detections:
-    """Per-class NMS over every tile's proposals, as :func:`densify.scan.detect.detect` does."""
-    boxes = torch.tensor([b for r in rows for b in r["boxes"]], dtype=torch.float32).reshape(-1, 4)
-    scores = torch.tensor([s for r in rows for s in r["scores"]], dtype=torch.float32)
-    labels = torch.tensor([k for r in rows for k in r["labels"]], dtype=torch.long)
-    if scores.numel() > MAX_CANDIDATES:
-        top = scores.topk(MAX_CANDIDATES).indices
-        boxes, scores, labels = boxes[top], scores[top], labels[top]
-    keep = batched_nms(boxes, scores, labels, iou)
-    return Detections(boxes[keep], scores[keep], labels[keep])
-
-
 def _batches(tiles: list[Tile], todo: list[int], batch: int) -> list[list[int]]:
     """``todo`` cut into runs of at most ``batch`` consecutive tiles of one input size."""
     out: list[list[int]] = []
@@ -395,8 +334,8 @@ def scan_slide(scanner: Scanner, slide: Slide, store: str | Path, level: int = 0
         raise ParameterError(f"classes must be indices in 0..{num - 1}, got {list(chosen)}")
     tiles = tile_boxes(scanner.scan_net, *scale.input_size, tile_cells)
     cells = (tiles[-1].rows[1], tiles[-1].cols[1])
-    header = _fingerprint(scanner, slide, level, tile_cells, chosen, threshold, iou)
-    rows = _resume(store, header)
+    header = fingerprint(scanner, slide, level, tile_cells, chosen, threshold, iou)
+    rows = resume_state(store, header)
     resumed = len(rows or {})
     if rows is None:
         create_map_store(store, (len(chosen), *cells), tile_cells)
@@ -411,11 +350,11 @@ def scan_slide(scanner: Scanner, slide: Slide, store: str | Path, level: int = 0
                                             iou, prefetch, progress, batch):
             t = tiles[i]
             array[:, t.rows[0]:t.rows[1], t.cols[0]:t.cols[1]] = probs[keep]
-            rows[i] = _record(f, i, det, bad)
+            rows[i] = record_tile(f, i, det, bad)
     missing = tuple(sorted({tuple(b) for r in rows.values() for b in r["missing"]}))
     _finish(store, scanner, slide, scale, chosen, level, attrs, missing)
     return SlideScan(store, level, scale, cells, chosen, tuple(scanner.categories), len(tiles),
-                     resumed, missing, _merge([rows[i] for i in sorted(rows)], iou),
+                     resumed, missing, merge_tiles([rows[i] for i in sorted(rows)], iou),
                      time.perf_counter() - start)
 
 

@@ -172,7 +172,12 @@ class _LiveBytes(fx.Interpreter):
             self.held.update(live)
         m = self.module.get_submodule(n.target) if n.op == "call_module" else None
         weights = m.weight.numel() if isinstance(m, torch.nn.Conv2d) else 0
-        self.rows.append((sum(live.values()), weights, sum(t.nbytes for t in _fake_tensors(out))))
+        size = sum(t.nbytes for t in _fake_tensors(out))
+        pieces = getattr(m, "chunks", 1)
+        if pieces > 1:  # ChunkedConv2d: a piece's weight, laid out twice, and its output
+            weights = 2 * -(-weights // pieces)
+            live[-1] = -(-size // pieces)
+        self.rows.append((sum(live.values()), weights, size))
         return out
 
 
