@@ -69,9 +69,7 @@ def detect(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, p
     """
     from ..io.files import ensure_output_dir
     from ._scanning import (
-        current_job,
         default_threshold,
-        each_image,
         expand,
         finish,
         header,
@@ -81,6 +79,7 @@ def detect(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, p
         one_model,
         resolve_class,
         run_tuned,
+        scan_images,
     )
 
     out = ensure_output_dir(output_dir)
@@ -99,14 +98,8 @@ def detect(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, p
                 "merge_threshold": merge_threshold, "top_k": top_k}
         paths, failed = expand(inputs)
         work = functools.partial(_detect_one, out=out, opts=opts)
-        if ray is None:
-            records, bad = each_image(scanner, paths, quiet, functools.partial(
-                work, scanner=scanner), None, out, overwrite, prefetch, current_job())
-        else:  # the same records and files, scanned by Ray actors (densify.cli._ray)
-            from ._ray import each_image_on_ray
-
-            records, bad = each_image_on_ray(ray, model, settings, paths, quiet, work, None,
-                                             out, overwrite, current_job())
+        records, bad = scan_images(ray, scanner, model, settings, paths, quiet, work,
+                                   None, out, overwrite, prefetch)
     options.write_json_output(json_path, [d for r in records for d in r["detections"]])
     if json_path != "-":
         click.echo(f"{model_name(model)}: {header(scanner)}")

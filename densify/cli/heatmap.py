@@ -151,8 +151,6 @@ def heatmap(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, 
     """
     from ..io.files import ensure_output_dir
     from ._scanning import (
-        current_job,
-        each_image,
         expand,
         finish,
         header,
@@ -162,6 +160,7 @@ def heatmap(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, 
         one_model,
         resolve_class,
         run_tuned,
+        scan_images,
     )
 
     start = time.perf_counter()
@@ -176,14 +175,8 @@ def heatmap(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, 
         paths, failed = expand(inputs, errors)
         work = functools.partial(_heatmap_one, out=out, chosen=chosen, top_k=top_k, alpha=alpha,
                                  colormap=colormap, sheet=sheet or report, full_maps=full_maps)
-        if ray is None:
-            records, bad = each_image(scanner, paths, quiet, functools.partial(
-                work, scanner=scanner), errors, out, overwrite, prefetch, current_job())
-        else:  # the same records and files, scanned by Ray actors (densify.cli._ray)
-            from ._ray import each_image_on_ray
-
-            records, bad = each_image_on_ray(ray, model, settings, paths, quiet, work, errors,
-                                             out, overwrite, current_job())
+        records, bad = scan_images(ray, scanner, model, settings, paths, quiet, work,
+                                   errors, out, overwrite, prefetch)
     page = _write_report(out, scanner, model_name(model), top_k, records, errors,
                          time.perf_counter() - start) if report else None
     if not options.write_json_output(json_path, records) or json_path != "-":
