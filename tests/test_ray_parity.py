@@ -127,7 +127,8 @@ def same_folders(a: Path, b: Path, order: list[str]) -> None:
 
 def test_ray_writes_what_the_single_process_run_writes(ray_local, folder, tmp_path):
     order = [str(p) for p in sorted(folder.iterdir())]
-    for command in (HEATMAP + ["--json", "{out}/heatmap.json"], ["detect", *SCAN]):
+    ensemble = ["-m", "lenet5-digits", "-m", "lenet5-digits-pc"]  # the actors build it too
+    for command in (HEATMAP + ["--json", "{out}/heatmap.json"], ["detect", *SCAN, *ensemble]):
         outs = []
         for how, extra in (("one", []), ("ray", ["--ray", "--workers", "1"])):
             out = tmp_path / f"{command[0]}-{how}"

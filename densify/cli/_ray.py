@@ -57,15 +57,19 @@ def default_workers(ray, options: RayOptions, cpus_per_worker: int) -> int:
 
 
 class WorkActor:
-    """The callable class of ``map_batches``: one scanner per actor; per row (``index``,
-    ``path``, ``stem``) it reads, scans and works the image
-    (:func:`densify.cli._scanning.scan_one`) and returns ``index`` and the record as JSON."""
+    """The callable class of ``map_batches``: one scanner (or ensemble) per actor, built from the
+    options' ``model`` and ``settings`` as the command builds its own
+    (:func:`densify.cli._scanning.make_scanner`); per row (``index``, ``path``, ``stem``) it
+    reads, scans and works the image (:func:`densify.cli._scanning.scan_one`) and returns
+    ``index`` and the record as JSON."""
 
-    def __init__(self, config, work):
+    def __init__(self, model, settings, work):
         import torch
 
-        torch.set_num_threads(choose_threads(config.settings.threads))
-        self.scanner = config.scanner()
+        from ._scanning import make_scanner
+
+        torch.set_num_threads(choose_threads(settings.threads))
+        self.scanner = make_scanner(model, settings)
         self.work = functools.partial(work, scanner=self.scanner)
 
     def __call__(self, batch):
@@ -131,8 +135,6 @@ def each_image_on_ray(options: RayOptions, model, settings, paths: list[Path], q
 
 def _scan(ray, options: RayOptions, model, settings, todo: list[dict], quiet: bool, work):
     """``(index, record)`` of every image of ``todo``, as the actors finish them."""
-    from ..distributed import ScanConfig
-
     ray.data.DataContext.get_current().enable_progress_bars = not quiet
     if quiet:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -141,7 +143,7 @@ def _scan(ray, options: RayOptions, model, settings, todo: list[dict], quiet: bo
     batch = max(1, min(8, -(-len(todo) // workers)))
     inputs = ray.data.from_items(todo, override_num_blocks=max(1, -(-len(todo) // batch)))
     rows = inputs.map_batches(
-        WorkActor, fn_constructor_args=(ScanConfig(model, settings.replace(threads=cpus)), work),
+        WorkActor, fn_constructor_args=(model, settings.replace(threads=cpus), work),
         batch_size=batch, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=cpus, num_gpus=options.gpus_per_worker or None)
     for table in rows.iter_batches(batch_format="pyarrow", batch_size=None):

@@ -109,13 +109,6 @@ def model_name(model: ModelChoice | tuple[ModelChoice, ...]) -> str:
     return model.model if isinstance(model, ModelChoice) else " + ".join(m.model for m in model)
 
 
-def one_model(model: ModelChoice | tuple[ModelChoice, ...], option: str) -> None:
-    """Refuse an ensemble (several ``--model``) where ``option`` scans with one model."""
-    if not isinstance(model, ModelChoice):
-        raise click.UsageError(f"{option} scans with one --model; drop {option} to scan with an "
-                               f"ensemble of {len(model)}")
-
-
 def on_driver(ray) -> dict:
     """Settings overrides for the command's own scanner: with ``--ray`` (``ray`` not None) it
     only names classes and describes the run, on the CPU (the actors scan); none without."""

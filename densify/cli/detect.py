@@ -76,15 +76,12 @@ def detect(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, p
         make_scanner,
         model_name,
         on_driver,
-        one_model,
         resolve_class,
         run_tuned,
         scan_images,
     )
 
     out = ensure_output_dir(output_dir)
-    if ray is not None:
-        one_model(model, "--ray")
     json_path = json_path or str(out / "detections.json")
     with run_tuned(settings, keep_memory) as threads:
         # with --ray the driver's scanner only resolves classes and the threshold

@@ -157,7 +157,6 @@ def heatmap(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, 
         make_scanner,
         model_name,
         on_driver,
-        one_model,
         resolve_class,
         run_tuned,
         scan_images,
@@ -165,8 +164,6 @@ def heatmap(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, 
 
     start = time.perf_counter()
     out = ensure_output_dir(output_dir)
-    if ray is not None:
-        one_model(model, "--ray")
     with run_tuned(settings, keep_memory) as threads:
         # with --ray the driver's scanner only names classes and describes the run
         scanner = make_scanner(model, settings.replace(threads=threads, **on_driver(ray)))
