@@ -92,6 +92,13 @@ def test_held_out_scenes_and_the_evaluate_command(clf, tmp_path):
     assert half.exit_code == 2 and "--detections" in half.output
     bad = CliRunner().invoke(main, ["evaluate", "--size", "12x12"])
     assert bad.exit_code == 2 and "HxW" in bad.output
+    # An ensemble of the model with itself scores as the model does.
+    twice = CliRunner().invoke(main, ["evaluate", "--scenes", "1", "--size", "240x320",
+                                      "--threads", "1", "--json", "-", "-q", "-m",
+                                      "lenet5-digits", "-m", "lenet5-digits"])
+    assert twice.exit_code == 0, twice.output
+    assert {k: json.loads(twice.output)[k] for k in ("AP", "AP50", "tp", "fp")} == {
+        k: out[k] for k in ("AP", "AP50", "tp", "fp")}
 
 
 def test_detect_with_the_greedy_merge_on_the_demo_scene(tmp_path):

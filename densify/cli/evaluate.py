@@ -43,8 +43,8 @@ def _read_json(path: Path, what: str):
 
 
 @click.command()
-@options.model
-@options.weights
+@options.models
+@options.scan_weights
 @click.option("--scenes", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--seed", type=int, default=90_000, show_default=True,
               help="First scene seed (training never used 90000 and up).")
@@ -110,7 +110,7 @@ def _save(path: Path | None, data) -> None:
 def _scan_and_score(model, settings, scenes, seed, split, size, threshold, nms_iou, merge,
                     merge_threshold, top_k, boxes, quiet, keep_memory=False) -> dict:
     from ..digits.evaluation import evaluate_scenes
-    from ._scanning import default_threshold, make_scanner, run_tuned
+    from ._scanning import default_threshold, make_scanner, model_name, run_tuned
 
     if size is not None and min(size) < 28:
         raise click.BadParameter(f"{size[0]}x{size[1]} is smaller than a 28x28 window; give HxW "
@@ -118,8 +118,8 @@ def _scan_and_score(model, settings, scenes, seed, split, size, threshold, nms_i
     with run_tuned(settings, keep_memory) as threads:
         scanner = make_scanner(model, settings.replace(threads=threads))
         if scanner.background_class is None:
-            raise click.ClickException(f"{model.model} has no background class; evaluate needs "
-                                       "a digit spotter such as lenet5-digits")
+            raise click.ClickException(f"{model_name(model)} has no background class; evaluate "
+                                       "needs a digit spotter such as lenet5-digits")
         detect_options = {"merge": merge, "merge_threshold": merge_threshold, "boxes": boxes,
                           "top_k": top_k}
         return evaluate_scenes(scanner, scenes, seed, split, size or (1200, 1600),

@@ -107,7 +107,7 @@ weights = click.option(
     help="DEFAULT (torchvision/timm pretrained, or the project's shipped file), random, or a "
          "PATH to a state dict.")
 
-# Used by: heatmap, detect. Repeatable: several --model scan as an ensemble
+# Used by: heatmap, detect, evaluate. Repeatable: several --model scan as an ensemble
 # (densify.scan.ensemble); --weights then gives one file for all or one per --model, in order.
 models = click.option(
     "--model", "-m", multiple=True, default=(DEFAULT_MODEL,), show_default=True,
