@@ -254,7 +254,7 @@ def test_every_error_on_any_module_is_one_densify_error(model):
 
 def test_an_unforeseen_failure_inside_densify_is_still_one_densify_error(monkeypatch):
     """Mutation caught: removing the catch-all in ``convolutionize`` lets this IndexError (as
-    ``eca_resnet33ts`` raised in ``head._same_axes``) escape bare."""
+    ``eca_resnet33ts`` raised in ``axes._same_axes``) escape bare."""
     from densify.convert import dense
 
     def broken(gm):

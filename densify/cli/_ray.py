@@ -22,7 +22,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -30,7 +32,11 @@ from ..errors import ParameterError
 from ..runtime import choose_threads
 from .ray_options import RayOptions
 
-__all__ = ["each_image_on_ray", "WorkActor", "connect", "default_workers"]
+if TYPE_CHECKING:
+    from ..scan.scanner import Scanner
+    from ..scan.settings import ScanSettings
+
+__all__ = ["scan_images", "each_image_on_ray", "WorkActor", "connect", "default_workers"]
 
 
 def connect(ray, address: str | None) -> bool:
@@ -131,6 +137,23 @@ def each_image_on_ray(options: RayOptions, model, settings, paths: list[Path], q
         errors.sort(key=lambda e: order.get(e[0], -1))
     records = [r for _, r in sorted(arrived, key=lambda pair: pair[0]) if r["status"] != "error"]
     return records, recorder.failed
+
+
+def scan_images(ray, scanner: Scanner, model, settings: ScanSettings, paths: list[Path],
+                quiet: bool, work: Callable[..., dict], errors: list | None, out: Path,
+                overwrite: bool, prefetch: bool) -> tuple[list[dict], int]:
+    """The folder run of ``heatmap`` and ``detect``: :func:`densify.cli._scanning.each_image`
+    with ``work(..., scanner=scanner)``, or with ``--ray`` (``ray`` a
+    :class:`densify.cli.ray_options.RayOptions`) the same records and files scanned by Ray
+    actors (:func:`each_image_on_ray`, which builds each actor's scanner from ``model`` and
+    ``settings``)."""
+    from ._scanning import current_job, each_image
+
+    if ray is None:
+        return each_image(scanner, paths, quiet, functools.partial(work, scanner=scanner), errors,
+                          out, overwrite, prefetch, current_job())
+    return each_image_on_ray(ray, model, settings, paths, quiet, work, errors, out, overwrite,
+                             current_job())
 
 
 def _scan(ray, options: RayOptions, model, settings, todo: list[dict], quiet: bool, work):

@@ -19,7 +19,6 @@ runs with the scanning done by Ray actors (:mod:`densify.cli._ray`, through :fun
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import sys
@@ -221,23 +220,6 @@ def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[
             emit(pending.popleft())
     recorder.close()
     return recorder.records, recorder.failed
-
-
-def scan_images(ray, scanner: Scanner, model, settings: ScanSettings,
-                              paths: list[Path], quiet: bool, work: Callable[..., dict],
-                              errors: list | None, out: Path, overwrite: bool, prefetch: bool
-                              ) -> tuple[list[dict], int]:
-    """:func:`each_image` with ``work(..., scanner=scanner)``, or with ``--ray`` (``ray`` a
-    :class:`densify.cli.ray_options.RayOptions`) the same records and files scanned by Ray
-    actors (:func:`densify.cli._ray.each_image_on_ray`, which builds each actor's scanner from
-    ``model`` and ``settings``)."""
-    if ray is None:
-        return each_image(scanner, paths, quiet, functools.partial(work, scanner=scanner), errors,
-                          out, overwrite, prefetch, current_job())
-    from ._ray import each_image_on_ray
-
-    return each_image_on_ray(ray, model, settings, paths, quiet, work, errors, out, overwrite,
-                             current_job())
 
 
 def scan_one(scanner: Scanner, path: Path, stem: str, work: Callable[..., dict]) -> dict:

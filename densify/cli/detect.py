@@ -68,6 +68,7 @@ def detect(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, p
     (--overwrite redoes them) and the COCO file holds every image's boxes.
     """
     from ..io.files import ensure_output_dir
+    from ._ray import scan_images
     from ._scanning import (
         default_threshold,
         expand,
@@ -78,7 +79,6 @@ def detect(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, p
         on_driver,
         resolve_class,
         run_tuned,
-        scan_images,
     )
 
     out = ensure_output_dir(output_dir)

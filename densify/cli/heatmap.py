@@ -159,10 +159,11 @@ def heatmap(inputs, model, settings, output_dir, keep_memory, quiet, overwrite, 
         on_driver,
         resolve_class,
         run_tuned,
-        scan_images,
     )
 
     start = time.perf_counter()
+    from ._ray import scan_images
+
     out = ensure_output_dir(output_dir)
     with run_tuned(settings, keep_memory) as threads:
         # with --ray the driver's scanner only names classes and describes the run

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConversionError
+from .axes import MATMULS, NCHW
 from .graph import (
     ADAPTIVE,
     DROPS,
@@ -42,7 +43,7 @@ from .graph import (
     set_module,
     shape_of,
 )
-from .head import GLOBAL, MATMULS, NCHW, Head
+from .head import GLOBAL, Head
 from .layers import ChannelLayerNorm
 from .outputs import is_namedtuple_node
 
