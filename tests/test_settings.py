@@ -144,7 +144,7 @@ def test_every_option_reaches_the_scanner(user_model, monkeypatch):
 def test_settings_are_one_list():
     """ScanSettings names every scan option once; every field but the library-only ones has a
     CLI option; a misspelt one is one line."""
-    from densify.cli.options import SETTING_OPTIONS
+    from densify.cli.option_values import SETTING_OPTIONS
 
     assert {"scales", "flip", "output_stride", "device", "precision", "max_memory", "threads",
             "fold_bn", "object_sizes"} <= set(SETTING_NAMES)

@@ -3,7 +3,10 @@
 Each option's docstring-comment lists the commands that use it. Values are parsed by callbacks
 that raise :class:`click.BadParameter`, so a bad value stops the command before any work with one
 line naming the option and the fix. Nothing here imports torch: ``densify --help`` stays fast;
-callbacks that need the library import it when they run.
+callbacks that need the library import it when they run. ``--json`` (:mod:`densify.cli.json_options`),
+``--ray`` (:mod:`densify.cli.ray_options`) and the step from parsed options to one model and one
+:class:`densify.scan.settings.ScanSettings` (:mod:`densify.cli.option_values`) have modules of
+their own and are re-exported here.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import click
 from .._parse import parse_bytes, parse_hw
 from ..errors import DensifyError
 from .json_options import json_output, write_json_output
+from .option_values import model_choices, settings_options
 from .ray_options import RayOptions, ray_options
 
 __all__ = [
@@ -120,21 +124,6 @@ scan_weights = click.option(
     "--weights", "-w", multiple=True, show_default="DEFAULT (random for a model without any)",
     help="DEFAULT, random, or a PATH to a state dict; with several --model, once for all or "
          "once per --model, in order.")
-
-
-def model_choices(values: dict) -> list[dict]:
-    """The ModelChoice fields of each model: ``values`` as is for one ``--model``, else one
-    dict per repeated ``--model`` with its ``--weights`` (one for all, or one each)."""
-    names, weights = values["model"], values.get("weights")
-    if isinstance(names, str):
-        return [values]
-    weights = tuple(weights or ())
-    if len(weights) not in (0, 1, len(names)):
-        raise click.BadParameter(f"{len(weights)} values for {len(names)} models; give one for "
-                                 "all or one per --model", param_hint="--weights")
-    return [{**values, "model": name, "weights": (weights[i] if len(weights) == len(names)
-                                                  else weights[0] if weights else None)}
-            for i, name in enumerate(names)]
 
 
 # Used by: verify, convert, heatmap, detect, bench.
@@ -366,41 +355,3 @@ def scan_options(fn: Callable) -> Callable:
     for option in reversed(stack):
         fn = option(fn)
     return fn
-
-
-#: click parameter -> ScanSettings field, for every option that is a scan setting.
-SETTING_OPTIONS = {"scales": "scales", "flip": "flip", "object_sizes": "object_sizes",
-                   "output_stride": "output_stride", "device": "device",
-                   "precision": "precision", "max_memory": "max_memory", "threads": "threads",
-                   "scores_output": "scores", "boxes_output": "boxes", "box_format": "box_format",
-                   "batch_size": "batch_size"}
-
-#: click parameter -> ModelChoice field.
-MODEL_OPTIONS = {"model": "model", "weights": "weights", "input_size": "input_size",
-                 "mean": "mean", "std": "std", "classes_file": "categories"}
-
-
-def settings_options(fn: Callable) -> Callable:
-    """Turn the parsed options into two values, built once here and passed on unchanged to the
-    scanner, ``evaluate`` and the Ray workers: ``model`` (a :class:`densify.models.user.
-    ModelChoice`, or a tuple of them for several ``--model``: an ensemble) and ``settings`` (a
-    :class:`densify.scan.settings.ScanSettings`). Without ``--output-stride`` the stride is
-    :func:`densify.cli._scanning.default_stride` (an ensemble's: each model's, when the scanner is
-    made); with ``--threads`` absent it is chosen by the runtime's rule when the command runs.
-    Apply it above (after) the option decorators."""
-
-    @functools.wraps(fn)
-    def command(*args, **kwargs):
-        from ..models.user import ModelChoice
-        from ..scan.settings import ScanSettings
-        from ._scanning import default_stride
-
-        choices = [ModelChoice(**v) for v in model_choices(
-            {MODEL_OPTIONS[k]: kwargs.pop(k) for k in list(kwargs) if k in MODEL_OPTIONS})]
-        values = {SETTING_OPTIONS[k]: kwargs.pop(k) for k in list(kwargs) if k in SETTING_OPTIONS}
-        if values.get("output_stride", 0) is None and len(choices) == 1:  # an ensemble: each
-            values["output_stride"] = default_stride(choices[0].model)  # model's own (_scanning)
-        model = choices[0] if len(choices) == 1 else tuple(choices)
-        return fn(*args, model=model, settings=ScanSettings(**values), **kwargs)
-
-    return command
