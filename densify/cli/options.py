@@ -98,14 +98,14 @@ def _device(value: str) -> str:
     return value
 
 
-# Used by: models (NAME argument aside), verify, convert, heatmap, detect, evaluate, bench.
+# Used by: verify, convert, slide, bench (one model; heatmap, detect, evaluate: `models`).
 model = click.option(
     "--model", "-m", default=DEFAULT_MODEL, show_default=True, callback=callback(_model_name),
     help="Catalogue name (densify models lists them), or your own classifier as "
          "package.module:factory (an importable callable returning the nn.Module; verify, "
          "convert, heatmap and detect; give --input-size).")
 
-# Used by: verify, convert, heatmap, detect, evaluate, bench.
+# Used by: verify, convert, slide, bench (heatmap, detect, evaluate: `scan_weights`).
 weights = click.option(
     "--weights", "-w", default=None, show_default="DEFAULT (random for a model without any)",
     help="DEFAULT (torchvision/timm pretrained, or the project's shipped file), random, or a "

@@ -24,7 +24,7 @@ from .memory import level_input
 from .preprocess import level_batch, upload
 from .pyramid import Level
 
-__all__ = ["to_probabilities", "softmax_rows", "LevelSource", "HostCopy", "to_host", "same_size_groups",
+__all__ = ["to_probabilities", "softmax_rows", "LevelSource", "HostCopy", "same_size_groups",
            "autotune"]
 
 
@@ -83,7 +83,8 @@ class HostCopy:
     """
 
     def __init__(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor | None]]):
-        self.pairs = list(pairs)
+        self.pairs = list(pairs)  # kept only while the maps are host-side already
+        self.regressed = [r is not None for _, r in self.pairs]
         tensors = [t for pair in self.pairs for t in pair if t is not None]
         self.shapes = [t.shape for t in tensors]
         self.flat, self.event = None, None
@@ -91,7 +92,7 @@ class HostCopy:
             return
         # the device maps may go now: the copy is queued (the allocator reuses their memory
         # only for work queued after it on the same stream)
-        self.pairs = [(None, None if r is None else True) for _, r in self.pairs]
+        self.pairs = None
         flat = torch.cat([t.reshape(-1) for t in tensors])
         if flat.is_cuda:
             self.flat = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
@@ -109,15 +110,7 @@ class HostCopy:
             self.event.synchronize()
         parts = iter(p.view(shape) for p, shape in zip(
             self.flat.split([shape.numel() for shape in self.shapes]), self.shapes, strict=True))
-        return [(next(parts), None if r is None else next(parts)) for _, r in self.pairs]
-
-
-def to_host(pairs: Sequence[tuple[torch.Tensor, torch.Tensor | None]]
-            ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """``(probs, regression)`` per level on the CPU; from another device in one copy (one
-    synchronisation for every level and image of a group, none per level): :class:`HostCopy`
-    waited for at once."""
-    return HostCopy(pairs).wait()
+        return [(next(parts), next(parts) if r else None) for r in self.regressed]
 
 
 def same_size_groups(shapes: Sequence[Sequence[int]], size: int) -> list[list[int]]:

@@ -138,23 +138,24 @@ def card_scale_range(card: ModelCard | None, object_sizes=None) -> tuple[float, 
 MAX_AUTO_BATCH = 8
 
 
-def batch_size_for(batch_size: int | None, scanner=None) -> int:
-    """``batch_size`` checked, or ``scanner``'s default: 1 on the CPU (a batch there only adds
-    memory) and with a memory budget; on a GPU as many 1080p images as half the device's free
-    memory holds in one pass of the largest level (:func:`densify.scan.tiling.estimate_bytes`),
-    at most :data:`MAX_AUTO_BATCH`.
+def batch_size_for(batch_size: int | None, device: torch.device | None = None,
+                   net: nn.Module | None = None, dtype: torch.dtype = torch.float32,
+                   budget=None) -> int:
+    """``batch_size`` checked, or the default for scanning with ``net`` in ``dtype`` on
+    ``device``: 1 on the CPU (a batch there only adds memory) and with a memory ``budget``; on a
+    GPU as many 1080p images as half the device's free memory holds in one pass of the largest
+    level (:func:`densify.scan.tiling.estimate_bytes`), at most :data:`MAX_AUTO_BATCH`.
 
     Examples:
-        >>> batch_size_for(4)
-        4
+        >>> batch_size_for(4), batch_size_for(None, torch.device("cpu"))
+        (4, 1)
     """
     if batch_size is not None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ParameterError(f"batch size must be a positive integer, got {batch_size!r}")
         return batch_size
-    if scanner is None or scanner.device.type != "cuda" or scanner.budget is not None:
+    if device is None or device.type != "cuda" or budget is not None:
         return 1
-    free, _ = torch.cuda.mem_get_info(scanner.device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(scanner.precision, scanner.dtype)
-    per_image = max(1, estimate_bytes(scanner.scan_net, 1088, 1920, dtype))
+    free, _ = torch.cuda.mem_get_info(device)
+    per_image = max(1, estimate_bytes(net, 1088, 1920, dtype))
     return max(1, min(MAX_AUTO_BATCH, int(0.5 * free // per_image)))

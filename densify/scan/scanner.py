@@ -169,7 +169,8 @@ class Scanner:
         self.autotune = bool(s.autotune)
         self._graphs = (GraphCache(self.scan_net) if s.cuda_graphs and self.device.type == "cuda"
                         else None)
-        self.batch_size = batch_size_for(s.batch_size, self)
+        self.batch_size = batch_size_for(s.batch_size, self.device, self.scan_net,
+                                         PRECISIONS[s.precision] or self.dtype, self.budget)
 
     @property
     def default_threshold(self) -> float:
