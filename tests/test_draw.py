@@ -95,3 +95,13 @@ def test_caption_is_a_dark_box_with_white_text_scaled_to_the_image(size):
     assert (out[-5:, -5:] == 200).all()
     if size[0] > 1000:
         assert rows.max() > 40  # scaled up on a large photo
+
+
+def test_overlay_colours_every_value_by_the_documented_formula():
+    rng = np.random.default_rng(0)
+    heat = rng.uniform(-0.2, 1.2, (37, 53)).astype(np.float32)
+    heat[3, 4] = np.nan
+    only_heat = overlay_heatmap(np.zeros((37, 53, 3), np.uint8), heat, alpha=1.0,
+                                colormap="turbo")
+    index = np.rint(np.clip(np.nan_to_num(heat, nan=0.0), 0, 1) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(only_heat, colormap_lut("turbo")[index])

@@ -256,6 +256,6 @@ def test_level_input_equals_resize_normalize_pad(photo):
         top, bottom, left, right = level.padding
         ref = F.pad(to_tensor(resize(rgb, level.size), (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)),
                     (left, right, top, bottom))
-        got = level_input(rgb, level, (0.4, 0.5, 0.6), (0.2, 0.3, 0.25), rows=5)
+        got = level_input(rgb, level, (0.4, 0.5, 0.6), (0.2, 0.3, 0.25))
         assert got.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(got, ref)

@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -41,7 +42,7 @@ from ..io.image import to_tensor
 from .pyramid import Level
 from .tiling import HEADROOM, TilingError, estimate_bytes
 
-__all__ = ["rss_bytes", "peak_rss_bytes", "MemoryBudget", "CHUNK_BYTES",
+__all__ = ["rss_bytes", "peak_rss_bytes", "MemoryBudget", "CHUNK_BYTES", "chunk_large_convs",
            "level_input"]
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,17 @@ def peak_rss_bytes() -> int:
     return _status_bytes("VmHWM")
 
 
+def chunk_large_convs(dense: DenseNet) -> DenseNet:
+    """``dense`` with every convolution whose weight exceeds :data:`CHUNK_BYTES` set to run in
+    output-channel chunks (in place, :func:`densify.convert.storage.chunk_convs`; equal outputs):
+    a pass then re-lays out one chunk of VGG's 411 MB fc6 weight at a time, not all of it. The
+    scanner does this under a memory budget, before measuring it."""
+    if chunk_convs(dense, CHUNK_BYTES):
+        log.info("large convolutions run in chunks of at most %s of weights",
+                 format_bytes(CHUNK_BYTES))
+    return dense
+
+
 def _used_bytes(device: torch.device) -> int:
     return torch.cuda.memory_allocated(device) if device.type == "cuda" else rss_bytes()
 
@@ -91,14 +103,9 @@ class MemoryBudget:
     @classmethod
     def measure(cls, dense: DenseNet, total: int, dtype: torch.dtype, device: torch.device
                 ) -> MemoryBudget:
-        """Measure the fixed cost now; :class:`TilingError` if ``total`` is below the minimum.
-
-        First, every convolution of ``dense`` whose weight exceeds :data:`CHUNK_BYTES` is set to
-        run in output-channel chunks (in place, :func:`densify.convert.storage.chunk_convs`):
-        a pass then re-lays out one chunk of VGG's 411 MB fc6 weight at a time, not all of it."""
-        if chunk_convs(dense, CHUNK_BYTES):
-            log.info("large convolutions run in chunks of at most %s of weights",
-                     format_bytes(CHUNK_BYTES))
+        """Measure the fixed cost now (``dense`` as it will run: after
+        :func:`chunk_large_convs`, under a budget); :class:`TilingError` if ``total`` is below
+        the minimum. Changes nothing."""
         gc.collect()
         h, w = dense.input_size[1:]
         budget = cls(int(total), _used_bytes(device), estimate_bytes(dense, h, w, dtype))
@@ -133,14 +140,14 @@ class MemoryBudget:
         return room
 
 
-def level_input(rgb: np.ndarray, level: Level, mean, std, in_chans: int = 3,
-                rows: int = 256) -> torch.Tensor:
+def level_input(rgb: np.ndarray, level: Level, mean, std, in_chans: int = 3) -> torch.Tensor:
     """The net's input for one level: resized, normalized, padded, ``(1, C, H', W')`` float32
     in ``channels_last`` layout (``H', W' = level.input_size``).
 
     Equal, value for value, to ``F.pad(to_tensor(resize(rgb, level.size), ...), padding)``, but
-    built in place: one tensor of the input's size plus a band of ``rows`` rows, instead of
-    four full-size copies.
+    built in one pass: each channel's 256 possible values are normalized once, with the same
+    float32 operations in the same order (``/ 255``, ``- mean``, ``/ std``), and OpenCV's
+    ``LUT`` writes the looked-up values straight into the padded tensor's interior.
     """
     from ..io.image import resize
 
@@ -151,14 +158,14 @@ def level_input(rgb: np.ndarray, level: Level, mean, std, in_chans: int = 3,
         x = F.pad(x, (left, right, top, bottom), value=0.0) if any(level.padding) else x
         return x.contiguous(memory_format=torch.channels_last)
     to_tensor(resized[:1, :1], mean, std, in_chans)  # validates mean and std
-    m = np.asarray(torch.as_tensor(tuple(mean), dtype=torch.float32).expand(3))
-    s = np.asarray(torch.as_tensor(tuple(std), dtype=torch.float32).expand(3))
+    m = torch.as_tensor(tuple(mean), dtype=torch.float32).expand(3)
+    s = torch.as_tensor(tuple(std), dtype=torch.float32).expand(3)
+    values = torch.arange(256, dtype=torch.float32).view(256, 1)
+    lut = ((values / torch.full((3,), 255.0) - m) / s).numpy().reshape(256, 1, 3)
     (h, w), (ph, pw) = level.size, level.input_size
     out = np.zeros((ph, pw, 3), np.float32)  # HWC memory is NCHW channels_last
-    for r0 in range(0, h, rows):
-        band = resized[r0:r0 + rows].astype(np.float32)
-        band /= np.float32(255)
-        band -= m
-        band /= s
-        out[top + r0:top + r0 + band.shape[0], left:left + w] = band
+    inner = out[top:top + h, left:left + w]
+    written = cv2.LUT(np.ascontiguousarray(resized), lut, dst=inner)
+    if not np.shares_memory(written, out):  # OpenCV wrote elsewhere: copy it in
+        inner[...] = written
     return torch.from_numpy(out).permute(2, 0, 1).unsqueeze(0)

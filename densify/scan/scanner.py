@@ -52,7 +52,7 @@ from .engine import (
 )
 from .graphs import GraphCache
 from .maps import BOX_FORMATS, ScaleMap
-from .memory import MemoryBudget
+from .memory import MemoryBudget, chunk_large_convs
 from .prepare import (
     as_rgb,
     batch_size_for,
@@ -161,7 +161,8 @@ class Scanner:
         del net
         self.max_memory = None if s.max_memory is None else parse_bytes(s.max_memory)
         self.budget = None if s.max_memory is None else MemoryBudget.measure(
-            self.scan_net, self.max_memory, PRECISIONS[s.precision] or self.dtype, self.device)
+            chunk_large_convs(self.scan_net), self.max_memory,
+            PRECISIONS[s.precision] or self.dtype, self.device)
         if s.preprocess not in PREPROCESS:
             raise ParameterError(f"unknown preprocess {s.preprocess!r}; use one of "
                                  f"{', '.join(PREPROCESS)}")
