@@ -16,8 +16,9 @@ region is read from the file (:meth:`densify.io.slides.Slide.read_region`), norm
 (:func:`densify.scan.memory.level_input`), run through the dense net, turned into probabilities,
 its own cells (:func:`densify.scan.tiling.own_cells`) written into level ``"0"`` of an OME-Zarr
 store (:mod:`densify.io.omezarr`; one chunk per tile and class), its detections collected, and
-everything freed. The next tile is read and decoded in a worker thread meanwhile (``prefetch``).
-What stays in memory: the net, two tiles' inputs, one tile's maps, and the detections.
+everything freed. The next tile is read and decoded in a worker thread meanwhile (``prefetch``),
+and a tile's chunks are compressed and written in another while the next tile computes. What stays
+in memory: the net, two tiles' inputs, two tiles' maps, and the detections.
 
 Resume: after each tile a line goes to ``densify_progress.jsonl`` in the store (the tile's index,
 its detections, its missing cells), flushed to disk after the tile's chunks. A rerun with the
@@ -345,12 +346,23 @@ def scan_slide(scanner: Scanner, slide: Slide, store: str | Path, level: int = 0
              level, *scale.size, len(tiles), tile_cells, resumed)
     todo = [i for i in range(len(tiles)) if i not in rows]
     array, keep = _level0(store), list(chosen)
-    with open(store / PROGRESS_FILE, "a") as f:
+    def store_tile(i: int, probs: np.ndarray, det, bad) -> None:
+        t = tiles[i]
+        array[:, t.rows[0]:t.rows[1], t.cols[0]:t.cols[1]] = probs[keep]
+        rows[i] = record_tile(f, i, det, bad)  # logged once its cells are on disk
+
+    # the store's writes (compression, one file per class and tile) run in a thread while the
+    # next tile computes; at most one tile waits to be written
+    with (open(store / PROGRESS_FILE, "a") as f,
+          ThreadPoolExecutor(1, thread_name_prefix="densify-store") as writer):
+        written = None
         for i, probs, det, bad in _computed(scanner, slide, level, scale, tiles, todo, threshold,
                                             iou, prefetch, progress, batch):
-            t = tiles[i]
-            array[:, t.rows[0]:t.rows[1], t.cols[0]:t.cols[1]] = probs[keep]
-            rows[i] = record_tile(f, i, det, bad)
+            if written is not None:
+                written.result()
+            written = writer.submit(store_tile, i, probs, det, bad)
+        if written is not None:
+            written.result()
     missing = tuple(sorted({tuple(b) for r in rows.values() for b in r["missing"]}))
     _finish(store, scanner, slide, scale, chosen, level, attrs, missing)
     return SlideScan(store, level, scale, cells, chosen, tuple(scanner.categories), len(tiles),
