@@ -239,7 +239,7 @@ def test_an_image_failing_in_its_chunk_costs_only_itself(folder, monkeypatch, wh
 def test_an_ensemble_goes_through_the_overlapped_loop(folder, monkeypatch):
     """Several ``--model``: each member launches every chunk before the previous chunk's
     results are taken, and the records are the ensemble's one image at a time."""
-    ensemble = Ensemble([Scanner("lenet5-digits", scales=2, weights=w, device="cpu",
+    ensemble = Ensemble([Scanner("lenet5-digits", scales=1, weights=w, device="cpu",
                                  batch_size=2) for w in ("DEFAULT", "random")])
     expected = [_work(p, p.stem, None, ensemble(read_image(p)))["top"]
                 for p in folder if p != folder[3]]

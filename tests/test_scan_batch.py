@@ -123,9 +123,10 @@ def test_launch_batch_results_equal_scan_batch_and_one_at_a_time(digits, crops):
     same numbers) and of one image at a time (<= 1e-6), in input order, sources kept.
     Mutations caught: results in group order; a second ``results()`` call rebuilding (or
     losing) them; the path of a launched image dropped."""
-    one = [digits(c) for c in crops]
-    batch = digits.scan_batch(crops, batch_size=2)
-    pending = digits.launch_batch(crops, batch_size=2)
+    scales = [1.0, 0.6]
+    one = [digits(c, scales) for c in crops]
+    batch = digits.scan_batch(crops, batch_size=2, scales=scales)
+    pending = digits.launch_batch(crops, batch_size=2, scales=scales)
     launched = pending.results()
     assert len(pending) == len(crops) and pending.results() is launched
     assert _worst(one, launched) <= 1e-6
@@ -173,9 +174,9 @@ def test_under_a_budget_launch_batch_finishes_each_image_before_the_next(digits,
     events: list = []
     _trace_groups(monkeypatch, events)
     monkeypatch.setattr(digits, "budget", _RoomyBudget())
-    one = [digits(c) for c in crops[:3]]
+    one = [digits(c, [1.0]) for c in crops[:3]]
     events.clear()
-    pending = digits.launch_batch(crops[:3], batch_size=2, scales=None)
+    pending = digits.launch_batch(crops[:3], batch_size=2, scales=[1.0])
     assert events == [("launch", 1), ("finish", 1)] * 3
     assert _worst(one, pending.results()) <= 1e-6
 
