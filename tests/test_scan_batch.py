@@ -118,6 +118,69 @@ def test_each_group_finishes_after_the_next_is_launched(digits, crops, monkeypat
     assert [r.image_size for r in results] == [c.shape[:2] for c in crops]
 
 
+def test_launch_batch_results_equal_scan_batch_and_one_at_a_time(digits, crops):
+    """``launch_batch(...).results()``: the maps of :meth:`scan_batch` (the same passes, so the
+    same numbers) and of one image at a time (<= 1e-6), in input order, sources kept.
+    Mutations caught: results in group order; a second ``results()`` call rebuilding (or
+    losing) them; the path of a launched image dropped."""
+    scales = [1.0, 0.6]
+    one = [digits(c, scales) for c in crops]
+    batch = digits.scan_batch(crops, batch_size=2, scales=scales)
+    pending = digits.launch_batch(crops, batch_size=2, scales=scales)
+    launched = pending.results()
+    assert len(pending) == len(crops) and pending.results() is launched
+    assert _worst(one, launched) <= 1e-6
+    assert _worst(batch, launched) == 0.0
+    assert [r.image_size for r in launched] == [c.shape[:2] for c in crops]
+    assert digits.launch_batch([SCENE], scales=[1.0]).results()[0].source == str(SCENE)
+
+
+class _RoomyBudget:
+    """A memory budget that always has room: the budgeted code path without measuring RSS."""
+
+    def room(self, held: int, need: int, what: str) -> int:
+        return 1 << 40
+
+
+def _trace_groups(monkeypatch, events: list) -> None:
+    original = Scanner._launch_group
+
+    def spy(self, rgbs, *args):
+        events.append(("launch", len(rgbs)))
+        finish = original(self, rgbs, *args)
+
+        def traced():
+            events.append(("finish", len(rgbs)))
+            return finish()
+
+        return traced
+
+    monkeypatch.setattr(Scanner, "_launch_group", spy)
+
+
+def test_launch_batch_leaves_the_groups_in_flight_until_results(digits, crops, monkeypatch):
+    events: list = []
+    _trace_groups(monkeypatch, events)
+    pending = digits.launch_batch(crops, batch_size=2, scales=[1.0])
+    assert events == [("launch", 2), ("launch", 1), ("launch", 2)]
+    pending.results()
+    assert [e[0] for e in events[3:]] == ["finish"] * 3
+
+
+def test_under_a_budget_launch_batch_finishes_each_image_before_the_next(digits, crops,
+                                                                         monkeypatch):
+    """The budget is planned for one image: nothing stays in flight. Mutation caught: the
+    budgeted launch keeping its groups pending like the unbudgeted one."""
+    events: list = []
+    _trace_groups(monkeypatch, events)
+    monkeypatch.setattr(digits, "budget", _RoomyBudget())
+    one = [digits(c, [1.0]) for c in crops[:3]]
+    events.clear()
+    pending = digits.launch_batch(crops[:3], batch_size=2, scales=[1.0])
+    assert events == [("launch", 1), ("finish", 1)] * 3
+    assert _worst(one, pending.results()) <= 1e-6
+
+
 def test_batch_size_is_checked(digits, crops):
     for bad in (0, -1, 2.5, True):
         with pytest.raises(Exception, match="batch size"):

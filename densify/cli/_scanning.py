@@ -19,6 +19,7 @@ runs with the scanning done by Ray actors (:mod:`densify.cli._ray`, through :fun
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import sys
@@ -33,21 +34,27 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DensifyError, ImageError, OutputError
-from ..io.image import expand_inputs, read_image
+from ..io.image import expand_inputs
 from ..io.records import Recorder, already_done, skipped_record
 from ..models.user import ModelChoice
 from ..runtime import trim_heap, tuned
+from ..scan.engine import PendingScan
 from ..scan.ensemble import Ensemble
 from ..scan.records import PER_IMAGE_ERRORS, error_message, error_record, ok_record
 from ..scan.result import ScanResult, class_index
 from ..scan.scanner import Scanner
 from ..scan.settings import ScanSettings
+from ._reading import read_ahead, read_or_error
 
 log = logging.getLogger(__name__)
 
 #: Threads that finish scanned images (maps painted, files encoded and written) when scanning
 #: in batches.
 MAX_WORKERS = 8
+
+#: Chunks launched ahead: chunk k + 1 is launched before chunk k's results are taken
+#: (:func:`each_image`); none under a memory budget.
+LAUNCH_AHEAD = 1
 
 #: Options that change how a run goes but not what it writes; a record is reused across them.
 RUN_ONLY = frozenset({"inputs", "output_dir", "quiet", "overwrite", "prefetch", "threads",
@@ -158,45 +165,24 @@ def stems(paths: list[Path]) -> list[str]:
     return out
 
 
-def _read(path: Path) -> tuple[np.ndarray | None, DensifyError | None]:
-    try:
-        return read_image(path), None
-    except DensifyError as exc:
-        return None, exc
-
-
-def read_ahead(paths: list[Path], prefetch: bool = True, workers: int = 1, ahead: int = 1
-               ) -> Iterator[tuple]:
-    """``(rgb, None)`` or ``(None, error)`` per path, in order; with ``prefetch`` up to ``ahead``
-    images are decoded in ``workers`` background threads (OpenCV releases the GIL while it
-    decodes) while the caller works on the current one."""
-    if not prefetch:
-        yield from map(_read, paths)
-        return
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="densify-read") as pool:
-        pending = deque(pool.submit(_read, p) for p in paths[:max(1, ahead)])
-        queued = len(pending)
-        while pending:
-            current = pending.popleft().result()
-            if queued < len(paths):
-                pending.append(pool.submit(_read, paths[queued]))
-                queued += 1
-            yield current
-            del current
-
-
-def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[..., dict],
-               errors: list[tuple[str, str]] | None = None, out: Path | None = None,
-               overwrite: bool = False, prefetch: bool = True, job: dict | None = None
-               ) -> tuple[list[dict], int]:
+def each_image(scanner: Scanner | Ensemble, paths: list[Path], quiet: bool,
+               work: Callable[..., dict], errors: list[tuple[str, str]] | None = None,
+               out: Path | None = None, overwrite: bool = False, prefetch: bool = True,
+               job: dict | None = None) -> tuple[list[dict], int]:
     """Read and scan each image, then ``work(path, stem, rgb, result)`` (its record); a failure
     is one line (appended to ``errors`` as ``(path, message)`` when given). With ``out``,
     records (tagged with ``job``) are appended to ``out/summary.jsonl`` and images done by an
-    earlier run of the same job are skipped unless ``overwrite`` (module docstring). Images
-    go through the scanner :attr:`Scanner.batch_size` at a time (:meth:`Scanner.scan_batch`),
-    decoded ahead in worker threads; with batches their ``work`` runs in threads too, while
-    the next batch is scanned. Returns the ``ok`` and ``skipped`` records, in input order, and
-    the number of failures. (``densify.cli._ray.each_image_on_ray`` keeps this contract on Ray.)"""
+    earlier run of the same job are skipped unless ``overwrite`` (module docstring).
+
+    Images go through the scanner in chunks of :attr:`Scanner.batch_size`, decoded ahead in
+    worker threads (:mod:`densify.cli._reading`). Each chunk is launched
+    (:meth:`Scanner.launch_batch`) before the previous chunk's results are taken and their
+    ``work`` started (:data:`LAUNCH_AHEAD`), so on a GPU the device scans a chunk while the host
+    builds, paints and writes the one before (the gain is not yet measured on a GPU); on the
+    CPU the launch computes the maps, so this only holds one more chunk's maps. Under a memory
+    budget each chunk is finished before the next is launched (the budget counts one image).
+    With batches ``work`` runs in threads. Returns the ``ok`` and ``skipped`` records in input
+    order and the number of failures (``densify.cli._ray.each_image_on_ray``: the same on Ray)."""
     done = already_done(out, overwrite, job)
     items = list(zip(paths, stems(paths), strict=True))
     todo = [path for path, _ in items if str(path.resolve()) not in done]
@@ -204,18 +190,24 @@ def each_image(scanner: Scanner, paths: list[Path], quiet: bool, work: Callable[
     workers = min(MAX_WORKERS, os.cpu_count() or 1) if batch > 1 else 1
     reader = read_ahead(todo, prefetch and scanner.budget is None, min(4, workers), 2 * batch)
     recorder = Recorder(out, job, errors, len(items), quiet)
+    ahead = LAUNCH_AHEAD if scanner.budget is None else 0
 
     def emit(chunk_records) -> None:
         for record in chunk_records:
             recorder.add(record.result() if isinstance(record, Future) else record)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="densify-work") as pool:
-        pending: deque = deque()  # the previous batch's work runs while this one is scanned
-        for chunk in _chunks(items, done, batch):
-            pending.append(_scan_chunk(scanner, chunk, reader, quiet, work, pool, batch > 1))
-            while len(pending) > 1:
-                emit(pending.popleft())
-                trim_heap(collect=False)  # keeps RSS flat over long batches
+        launched: deque = deque()  # chunks on the device whose results are not taken yet
+        pending: deque = deque()  # the previous chunk's work runs while this one is taken
+        for chunk in itertools.chain(_chunks(items, done, batch), [None]):  # None: the end
+            if chunk is not None:
+                launched.append(_launch_chunk(scanner, chunk, reader, quiet))
+            while len(launched) > (ahead if chunk is not None else 0):
+                pending.append(_take_chunk(scanner, launched.popleft(), quiet, work, pool,
+                                           batch > 1))
+                while len(pending) > 1:
+                    emit(pending.popleft())
+                    trim_heap(collect=False)  # keeps RSS flat over long batches
         while pending:
             emit(pending.popleft())
     recorder.close()
@@ -226,7 +218,7 @@ def scan_one(scanner: Scanner, path: Path, stem: str, work: Callable[..., dict])
     """Read, scan and ``work`` one image (as :func:`each_image` does): its record, or the error
     record of a bad image (not printed: the caller reports it)."""
     start = time.perf_counter()
-    rgb, error = _read(path)
+    rgb, error = read_or_error(path)
     if error is not None:
         return _failure(path, error, start, report=False)
     try:
@@ -251,13 +243,22 @@ def _chunks(items: list[tuple[Path, str]], done: dict, size: int) -> Iterator[li
         yield chunk
 
 
-def _scan_chunk(scanner: Scanner, chunk: list[tuple], reader: Iterator[tuple], quiet: bool,
-                work: Callable[..., dict], pool: ThreadPoolExecutor, parallel: bool
-                ) -> list[dict | Future]:
-    """The records of one run of images: skipped ones as they were, the others scanned in one
-    :meth:`Scanner.scan_batch` (one at a time if the batch fails, so that one image's problem
-    costs only that image), then their ``work``: done here, or with ``parallel`` submitted to
-    ``pool`` (the list then holds futures of those records)."""
+@dataclasses.dataclass
+class _Launched:
+    """A launched chunk: records of skipped or unreadable images, ``(k, path, stem, rgb)`` to
+    scan (``k``: place in the chunk), their :class:`PendingScan` or launch error, seconds."""
+
+    chunk: list[tuple]
+    records: dict[int, dict]
+    scan: list[tuple]
+    pending: PendingScan | BaseException | None
+    seconds: float
+
+
+def _launch_chunk(scanner: Scanner | Ensemble, chunk: list[tuple], reader: Iterator[tuple],
+                  quiet: bool) -> _Launched:
+    """Read a chunk's images and launch those to scan together (:meth:`Scanner.launch_batch`);
+    skipped and unreadable images get their records here."""
     start = time.perf_counter()
     records: dict[int, dict] = {}
     scan = []
@@ -270,8 +271,26 @@ def _scan_chunk(scanner: Scanner, chunk: list[tuple], reader: Iterator[tuple], q
             records[k] = _failure(path, error, start)
         else:
             scan.append((k, path, stem, rgb))
-    results = _scan_batch(scanner, [rgb for *_, rgb in scan], quiet) if scan else []
-    share = (time.perf_counter() - start) / max(1, len(scan))
+    pending = None
+    if scan:
+        try:
+            pending = scanner.launch_batch([rgb for *_, rgb in scan], batch_size=len(scan),
+                                           progress=not quiet and len(scan) == 1)
+        except PER_IMAGE_ERRORS as exc:
+            pending = exc
+    return _Launched(chunk, records, scan, pending, time.perf_counter() - start)
+
+
+def _take_chunk(scanner: Scanner | Ensemble, launched: _Launched, quiet: bool,
+                work: Callable[..., dict], pool: ThreadPoolExecutor, parallel: bool
+                ) -> list[dict | Future]:
+    """The records of a launched chunk, in its order: its results taken (:func:`_results`),
+    then each image's ``work``: done here, or with ``parallel`` submitted to ``pool`` (the list
+    then holds futures of those records)."""
+    start = time.perf_counter()
+    scan, records = launched.scan, launched.records
+    results = _results(scanner, [rgb for *_, rgb in scan], launched.pending, quiet) if scan else []
+    share = (launched.seconds + time.perf_counter() - start) / max(1, len(scan))
 
     def finish(item, result) -> dict:
         k, path, stem, rgb = item
@@ -279,17 +298,23 @@ def _scan_chunk(scanner: Scanner, chunk: list[tuple], reader: Iterator[tuple], q
 
     for item, result in zip(scan, results, strict=True):
         records[item[0]] = pool.submit(finish, item, result) if parallel else finish(item, result)
-    return [records[k] for k in range(len(chunk))]
+    return [records[k] for k in range(len(launched.chunk))]
 
 
-def _scan_batch(scanner: Scanner, rgbs: list[np.ndarray], quiet: bool) -> list:
-    """Results (or the per-image error) of scanning ``rgbs`` together, else one by one."""
-    if len(rgbs) > 1:
+def _results(scanner: Scanner | Ensemble, rgbs: list[np.ndarray],
+             pending: PendingScan | BaseException, quiet: bool) -> list:
+    """Results (or the per-image error) of the images launched together; if the launch or its
+    results failed, the images are scanned one at a time, so that one image's problem costs
+    only that image."""
+    if not isinstance(pending, BaseException):
         try:
-            return scanner.scan_batch(rgbs, batch_size=len(rgbs), progress=False)
+            return pending.results()
         except PER_IMAGE_ERRORS as exc:
-            log.info("a batch of %d images failed (%s); scanning them one at a time", len(rgbs),
-                     error_message(exc, None))
+            pending = exc
+    if len(rgbs) == 1:
+        return [pending]
+    log.info("a batch of %d images failed (%s); scanning them one at a time", len(rgbs),
+             error_message(pending, None))
     results = []
     for rgb in rgbs:
         try:

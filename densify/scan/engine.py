@@ -6,7 +6,7 @@ or on the host with OpenCV), the class probabilities from the net's output
 (:func:`to_probabilities`, :func:`softmax_rows`), and, once the last level is launched, one
 asynchronous copy of every map back to the host (:class:`HostCopy`); images are grouped by size
 (:func:`same_size_groups`) and cuDNN autotunes the repeating shapes for the scan only
-(:func:`autotune`).
+(:func:`autotune`). A launched scan whose results are not built yet is a :class:`PendingScan`.
 
 Shape:
     a group's maps are ``(N, K, h, w)`` float32 per level (``N`` images, ``K`` classes).
@@ -15,17 +15,17 @@ Shape:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from .memory import level_input
+from .memory import MemoryBudget, level_input
 from .preprocess import level_batch, upload
 from .pyramid import Level
 
-__all__ = ["to_probabilities", "softmax_rows", "LevelSource", "HostCopy", "same_size_groups",
-           "autotune"]
+__all__ = ["to_probabilities", "softmax_rows", "LevelSource", "HostCopy", "PendingScan",
+           "same_size_groups", "autotune", "check_budget"]
 
 
 def to_probabilities(scores: torch.Tensor, activation: str | None, dim: int = 0) -> torch.Tensor:
@@ -113,6 +113,49 @@ class HostCopy:
         return [(next(parts), next(parts) if r else None) for r in self.regressed]
 
 
+class PendingScan:
+    """Images whose scan is launched and whose results are not built yet
+    (:meth:`densify.scan.scanner.Scanner.launch_batch`,
+    :meth:`densify.scan.ensemble.Ensemble.launch_batch`).
+
+    On a GPU the levels and the copy of the maps to the host are queued when this is made, and
+    the caller may queue more work before :meth:`results` waits for the copy; on the CPU the maps
+    are computed by then and :meth:`results` only builds the result objects.
+
+    Args:
+        parts: ``(indices, finish)`` pairs: ``finish()`` gives the results of the launched images
+            at ``indices`` (positions in the launch, every one of ``0 .. count - 1`` in exactly
+            one part), in that order.
+        count: how many images were launched.
+
+    Examples:
+        >>> pending = PendingScan([([1], lambda: ["b"]), ([2, 0], lambda: ["c", "a"])], 3)
+        >>> len(pending), pending.results()
+        (3, ['a', 'b', 'c'])
+    """
+
+    def __init__(self, parts: Sequence[tuple[Sequence[int], Callable[[], Sequence]]], count: int):
+        self.parts, self.count = list(parts), count
+        self.built: list | None = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def results(self) -> list:
+        """One result per launched image, in launch order (built once; later calls return the
+        same list)."""
+        if self.built is None:
+            built: list = [None] * self.count
+            for indices, finish in self.parts:
+                for i, result in zip(indices, finish(), strict=True):
+                    built[i] = result
+            if any(result is None for result in built):
+                raise RuntimeError(f"a launch of {self.count} images gave no result for image(s) "
+                                   f"{[i for i, r in enumerate(built) if r is None]}")
+            self.built, self.parts = built, []
+        return self.built
+
+
 def same_size_groups(shapes: Sequence[Sequence[int]], size: int) -> list[list[int]]:
     """Indices of images grouped by shape (groups in first-seen order), each group cut into
     chunks of at most ``size``.
@@ -139,3 +182,17 @@ def autotune(device: torch.device, enabled: bool = True):
     with backend.flags(enabled=backend.enabled, benchmark=True,
                        deterministic=backend.deterministic, allow_tf32=backend.allow_tf32):
         yield
+
+
+def check_budget(budget: MemoryBudget, geometry, pyramid: Sequence[Level], held: int,
+                 pixel_bytes: int, channels: int) -> None:
+    """Refuse an image that some level of ``pyramid`` cannot fit in ``budget``, before scanning
+    any (:meth:`densify.scan.memory.MemoryBudget.room` raises); ``held``: the bytes of the images,
+    ``pixel_bytes``: an input pixel's (channels x dtype size); each level's maps (``channels``
+    float32 per cell of its ``geometry.output_size``) are held from that level on."""
+    for level in pyramid:
+        h, w = geometry.output_size(*level.input_size)
+        maps = 4 * channels * h * w
+        budget.room(held + maps, pixel_bytes * level.input_size[0] * level.input_size[1],
+                    f"scale {level.factor:.3g} ({level.input_size[0]}x{level.input_size[1]})")
+        held += maps

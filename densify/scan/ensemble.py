@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import ParameterError
+from .engine import PendingScan
 from .prepare import as_rgb
 from .result import ScanResult
 from .scanner import Scanner
@@ -137,10 +138,43 @@ class Ensemble:
         equals calling the ensemble on each, in input order."""
         decoded = [as_rgb(image) for image in images]
         rgbs = [rgb for rgb, _ in decoded]
-        per_member = [m.scan_batch(rgbs, batch_size, scales, progress) for m in self.members]
+        return self._combined([m.scan_batch(rgbs, batch_size, scales, progress)
+                               for m in self.members], [source for _, source in decoded])
+
+    def launch_batch(self, images: Sequence[str | Path | np.ndarray | torch.Tensor],
+                     scales: int | str | Sequence[float] | None = None,
+                     progress: bool | None = None, batch_size: int | None = None
+                     ) -> PendingScan:
+        """:meth:`scan_batch` in two halves (:meth:`Scanner.launch_batch`): every member
+        launches the images now; ``.results()`` takes the members' results and averages them,
+        one :class:`ScanResult` per image in input order.
+
+        Examples:
+            >>> import torch, densify
+            >>> scanners = [densify.Scanner(torch.nn.Sequential(torch.nn.Conv2d(1, 3, 4),
+            ...     torch.nn.Flatten()), input_size=(1, 4, 4), mean=(0.5,), std=(0.5,),
+            ...     scales=[1.0], output_stride=None, device="cpu") for _ in range(2)]
+            >>> ensemble = densify.Ensemble(scanners)
+            >>> images = [torch.rand(1, 8, 8), torch.rand(1, 6, 9)]
+            >>> results = ensemble.launch_batch(images).results()
+            >>> [len(r.maps) for r in results], [r.image_size for r in results]
+            ([2, 2], [(8, 8), (6, 9)])
+            >>> torch.allclose(results[1].scores(), ensemble(images[1]).scores())
+            True
+        """
+        decoded = [as_rgb(image) for image in images]
+        rgbs = [rgb for rgb, _ in decoded]
+        launched = [m.launch_batch(rgbs, scales, progress, batch_size) for m in self.members]
+        sources = [source for _, source in decoded]
+        return PendingScan([(range(len(decoded)), lambda: self._combined(
+            [pending.results() for pending in launched], sources))], len(decoded))
+
+    def _combined(self, per_member: Sequence[Sequence[ScanResult]],
+                  sources: Sequence[str | None]) -> list[ScanResult]:
+        """Each image's members' results averaged (:func:`ensemble_result`), with its source;
+        ``per_member``: one list of results per member, in image order."""
         return [dataclasses.replace(ensemble_result(list(results), self.weights), source=source)
-                for results, (_, source) in zip(zip(*per_member, strict=True), decoded,
-                                                strict=True)]
+                for results, source in zip(zip(*per_member, strict=True), sources, strict=True)]
 
 
 def ensemble_result(results: Sequence[ScanResult], weights: Sequence[float] | None = None

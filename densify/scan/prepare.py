@@ -6,9 +6,10 @@ construction, or once per image).
 - :func:`classifier_for` loads any model form (:func:`densify.models.user.load_model`), and
   :func:`dense_for` converts it at the requested output stride (the native one, logged, when
   that stride cannot be reached) with batch norms folded;
-- :func:`card_outputs`, :func:`card_object_box` and :func:`card_scale_range` read the model
-  card's facts, given values first; :func:`batch_size_for` picks how many images go through
-  the net together.
+- :func:`card_outputs`, :func:`card_object_box`, :func:`card_scale_range`,
+  :func:`card_normalization` and :func:`card_classes` read the model card's facts, given values
+  first; :func:`select_outputs` picks the dense net's scores and boxes outputs;
+  :func:`batch_size_for` picks how many images go through the net together.
 """
 
 from __future__ import annotations
@@ -23,17 +24,21 @@ from torch import nn
 
 from ..convert.dense import DenseNet, convolutionize
 from ..convert.fold import fold_batchnorm
+from ..convert.outputs import OutputInfo, select_key
 from ..errors import ConversionError, ParameterError
 from ..io.image import read_array, read_image
 from ..models.card import ModelCard
+from ..models.catalogue import IMAGENET_MEAN, IMAGENET_STD
 from ..models.user import ModelChoice, load_model
 from ..models.weights import Classifier
 from .detect import object_region
+from .maps import BOX_FORMATS
 from .pyramid import object_range
 from .tiling import estimate_bytes
 
 __all__ = ["resolve_device", "as_rgb", "classifier_for", "dense_for", "card_outputs",
-           "card_object_box", "card_scale_range", "batch_size_for", "MAX_AUTO_BATCH"]
+           "card_object_box", "card_scale_range", "card_normalization", "card_classes",
+           "select_outputs", "batch_size_for", "MAX_AUTO_BATCH"]
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +137,56 @@ def card_scale_range(card: ModelCard | None, object_sizes=None) -> tuple[float, 
         raise ParameterError("object sizes need a model whose card gives object_height; pass "
                          "explicit --scales factors instead")
     return object_range(card.object_height, sizes)
+
+
+def card_normalization(card: ModelCard | None, in_chans: int, mean, std
+                       ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)``: the given ones, else the card's, else ImageNet's for 3 channels; a net of
+    another channel count needs them given (one-line error)."""
+    default = (card.mean, card.std) if card else (None, None)
+    if in_chans == 3:
+        default = (default[0] or IMAGENET_MEAN, default[1] or IMAGENET_STD)
+    mean = tuple(mean) if mean is not None else default[0]
+    std = tuple(std) if std is not None else default[1]
+    if mean is None or std is None:
+        raise ParameterError(f"the model takes {in_chans} channels: pass mean= and std= "
+                             "(the normalization it was trained with)")
+    return tuple(mean), tuple(std)
+
+
+def select_outputs(outputs, scores, boxes, box_format: str
+                   ) -> tuple[OutputInfo, OutputInfo | None, str]:
+    """``(scores output, boxes output or None, box_format)`` of a dense net's ``outputs``,
+    checked: a known box format, and a box output of 4 or 4 x K channels."""
+    scores_output = select_key(outputs, scores, "scores")
+    boxes_output = None if boxes is None else select_key(outputs, boxes, "boxes")
+    if box_format not in BOX_FORMATS:
+        raise ParameterError(f"unknown box format {box_format!r}; use one of "
+                             f"{', '.join(BOX_FORMATS)}")
+    num = scores_output.channels
+    if boxes_output is not None and boxes_output.channels not in (4, 4 * num):
+        raise ParameterError(f"box output {boxes_output.key!r} has {boxes_output.channels} "
+                             f"channels; a box regression has 4 or 4 x {num} (one box per class)")
+    return scores_output, boxes_output, box_format
+
+
+def card_classes(card: ModelCard | None, num: int, categories, background_class, object_box,
+                 window: Sequence[int]) -> tuple[tuple[str, ...], int | None, tuple | None]:
+    """``(category names, background class, object box)`` for a net of ``num`` classes: the
+    given ones, else the card's (names default to ``"0"``, ``"1"``, ...; ``object_box="auto"``:
+    the card's box in the ``window``, :func:`card_object_box`)."""
+    if categories is None:  # a user's model without a class list: indices
+        categories = card.categories if card and card.categories else range(num)
+    categories = tuple(str(c) for c in categories)
+    if len(categories) != num:
+        raise ParameterError(f"{len(categories)} categories given for a model with {num} "
+                             "outputs; pass one name per class")
+    background = (background_class if background_class is not None
+                  else card.background_class if card else None)
+    if object_box == "auto":
+        object_box = card_object_box(card, window)
+    return categories, background, None if object_box is None else tuple(
+        float(v) for v in object_box)
 
 
 #: The largest batch chosen automatically on a GPU (:attr:`densify.Scanner.batch_size`).

@@ -10,7 +10,8 @@ every level is built there (:mod:`densify.scan.preprocess`); on the CPU OpenCV b
 level runs in ``channels_last`` layout under ``torch.inference_mode`` (and autocast for
 ``bf16``/``fp16``), on CUDA with cuDNN autotuning and, for shapes seen before, as a CUDA graph
 (:mod:`densify.scan.graphs`); maps stay on the device until the last level, then come back in
-one copy. :meth:`Scanner.scan_batch` runs images of one size together.
+one copy. :meth:`Scanner.scan_batch` runs images of one size together;
+:meth:`Scanner.launch_batch` returns once they are launched (a :class:`PendingScan`).
 
 Convention:
     Images are RGB ``uint8`` ``(H, W, 3)`` (paths and tensors are converted by :func:`as_rgb`);
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,33 +37,34 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..convert.outputs import select_key
 from ..convert.storage import to_channels_last
 from ..errors import ParameterError
 from ..io.image import thumbnail
-from ..models.card import ModelCard
-from ..models.catalogue import IMAGENET_MEAN, IMAGENET_STD
 from ..models.weights import Classifier
 from .engine import (
     HostCopy,
     LevelSource,
+    PendingScan,
     autotune,
+    check_budget,
     same_size_groups,
     softmax_rows,
     to_probabilities,
 )
 from .graphs import GraphCache
-from .maps import BOX_FORMATS, ScaleMap
+from .maps import ScaleMap
 from .memory import MemoryBudget, chunk_large_convs
 from .prepare import (
     as_rgb,
     batch_size_for,
-    card_object_box,
+    card_classes,
+    card_normalization,
     card_outputs,
     card_scale_range,
     classifier_for,
     dense_for,
     resolve_device,
+    select_outputs,
 )
 from .pyramid import Level, levels, parse_scales
 from .result import THUMBNAIL_SIDE, ScanResult
@@ -69,7 +72,8 @@ from .settings import ScanSettings
 from .threads import check_threads, thread_limit
 from .tiling import HEADROOM, estimate_bytes, format_bytes, forward_tiled, parse_bytes
 
-__all__ = ["PRECISIONS", "PREPROCESS", "Scanner", "resolve_device", "as_rgb", "to_probabilities"]
+__all__ = ["PRECISIONS", "PREPROCESS", "Scanner", "PendingScan", "resolve_device", "as_rgb",
+           "to_probabilities"]
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +141,10 @@ class Scanner:
         self.settings = s.replace(scales=self.scales)
         self.device = resolve_device(s.device)
         self.precision = s.precision
-        self._check_autocast()
+        if PRECISIONS[s.precision] is not None and not torch.amp.is_autocast_available(
+                self.device.type):
+            raise ParameterError(f"{s.precision} autocast is not available on "
+                                 f"{self.device.type}; use --precision fp32")
         self.progress = s.progress
         self.flip = bool(s.flip)
         self.threads = None if s.threads is None else check_threads(s.threads)
@@ -151,10 +158,18 @@ class Scanner:
         size = card.input_size if card else input_size
         self.dense = dense_for(net, size, s.output_stride, s.fold_bn).to(self.device).eval()
         self.dense = to_channels_last(self.dense)  # fc6-sized weights stay shared
-        self._select_outputs(*card_outputs(card, s.scores, s.boxes, s.box_format))
+        # ``scan_net`` computes just the chosen outputs, as one ``(N, K [+ 4 or 4K], h, w)``
+        # tensor (tiling and memory estimates work on it)
+        self.scores_output, self.boxes_output, self.box_format = select_outputs(
+            self.dense.outputs, *card_outputs(card, s.scores, s.boxes, s.box_format))
+        chosen = [o for o in (self.scores_output, self.boxes_output) if o is not None]
+        self.scan_net = self.dense.subset(*[o.key for o in chosen])
+        self._out_channels = sum(o.channels for o in chosen)  # scores + any box regression
         self.requested_stride = s.output_stride
-        self._set_preprocessing(card, mean, std)
-        self._set_classes(card, categories, background_class, s.object_box)
+        self.mean, self.std = card_normalization(card, self.in_chans, mean, std)
+        self.categories, self.background_class, self.object_box = card_classes(
+            card, self.scores_output.channels, categories, background_class, s.object_box,
+            self.geometry.window)
         self.scale_range = card_scale_range(card, s.object_sizes)
         if self.classifier is not None:  # the scanner keeps one copy of the weights: the dense one
             self.classifier = dataclasses.replace(self.classifier, model=None)
@@ -197,53 +212,6 @@ class Scanner:
         param = next(self.dense.parameters(), None)
         return torch.float32 if param is None else param.dtype
 
-    def _set_preprocessing(self, card: ModelCard | None, mean, std) -> None:
-        default = (card.mean, card.std) if card else (None, None)
-        if self.in_chans == 3:
-            default = (default[0] or IMAGENET_MEAN, default[1] or IMAGENET_STD)
-        self.mean = tuple(mean) if mean is not None else default[0]
-        self.std = tuple(std) if std is not None else default[1]
-        if self.mean is None or self.std is None:
-            raise ParameterError(f"the model takes {self.in_chans} channels: pass mean= and std= "
-                             "(the normalization it was trained with)")
-
-    def _select_outputs(self, scores, boxes, box_format: str) -> None:
-        """Pick the scores (and boxes) outputs; ``self.scan_net`` computes just those, as one
-        ``(N, K [+ 4 or 4K], h, w)`` tensor (tiling and memory estimates work on it)."""
-        self.scores_output = select_key(self.dense.outputs, scores, "scores")
-        self.boxes_output = None if boxes is None else select_key(self.dense.outputs, boxes, "boxes")
-        if box_format not in BOX_FORMATS:
-            raise ParameterError(f"unknown box format {box_format!r}; use one of "
-                                 f"{', '.join(BOX_FORMATS)}")
-        self.box_format = box_format
-        num, reg = self.scores_output.channels, self.boxes_output
-        if reg is not None and reg.channels not in (4, 4 * num):
-            raise ParameterError(f"box output {reg.key!r} has {reg.channels} channels; a box "
-                                 f"regression has 4 or 4 x {num} (one box per class)")
-        keys = [self.scores_output.key] + ([] if reg is None else [reg.key])
-        self.scan_net = self.dense.subset(*keys)
-
-    def _set_classes(self, card: ModelCard | None, categories, background_class,
-                     object_box) -> None:
-        num = self.scores_output.channels
-        if categories is None:  # a user's model without a class list: indices
-            categories = card.categories if card and card.categories else range(num)
-        self.categories = tuple(str(c) for c in categories)
-        if len(self.categories) != num:
-            raise ParameterError(f"{len(self.categories)} categories given for a model with {num} "
-                             "outputs; pass one name per class")
-        self.background_class = (background_class if background_class is not None
-                                  else card.background_class if card else None)
-        if object_box == "auto":
-            object_box = card_object_box(card, self.geometry.window)
-        self.object_box = None if object_box is None else tuple(float(v) for v in object_box)
-
-    def _check_autocast(self) -> None:
-        dtype = PRECISIONS[self.precision]
-        if dtype is not None and not torch.amp.is_autocast_available(self.device.type):
-            raise ParameterError(f"{self.precision} autocast is not available on "
-                             f"{self.device.type}; use --precision fp32")
-
     def _autocast(self):
         dtype = PRECISIONS[self.precision]
         if dtype is None:
@@ -277,7 +245,8 @@ class Scanner:
 
         Images of one size share their pyramid and go through the net together, up to
         ``batch_size`` (default :attr:`batch_size`) per forward pass (one pass per level); other
-        sizes form their own groups.
+        sizes form their own groups. Each group is launched (:meth:`launch_batch`) before the
+        previous group's results are built, so on a GPU that host work overlaps the device's.
         With a memory budget (``max_memory``) images are scanned one at a time, since the budget
         is planned for one image.
         """
@@ -285,16 +254,62 @@ class Scanner:
         decoded = [as_rgb(image) for image in images]
         step = 1 if self.budget is not None else batch_size
         results: list = [None] * len(decoded)
-        queued: list = []  # (indices, finish): a group is launched before the previous finishes
+        queued: list = []  # (indices, PendingScan): at most one launched ahead
         for group in [*same_size_groups([rgb.shape for rgb, _ in decoded], step), None]:
             if group is not None:
-                queued.append((group, self._launch_group([decoded[i][0] for i in group], [
-                    decoded[i][1] for i in group], scales, progress)))
-            while queued and (group is None or len(queued) > 1 or self.budget is not None):
-                done, finish = queued.pop(0)
-                for i, result in zip(done, finish(), strict=True):
+                queued.append((group, self._launch([decoded[i] for i in group], step, scales,
+                                                   progress)))
+            while queued and (group is None or len(queued) > 1):
+                done, pending = queued.pop(0)
+                for i, result in zip(done, pending.results(), strict=True):
                     results[i] = result
         return results
+
+    def launch_batch(self, images: Sequence[str | Path | np.ndarray | torch.Tensor],
+                     scales: int | str | Sequence[float] | None = None,
+                     progress: bool | None = None, batch_size: int | None = None
+                     ) -> PendingScan:
+        """:meth:`scan_batch` in two halves: launch the images now, build their results later.
+
+        For a caller with other work meanwhile (the command line launches a chunk before it
+        takes and writes the previous chunk's results). Images of one size go through the net
+        together, up to ``batch_size`` (default :attr:`batch_size`) per pass, other sizes in
+        their own passes; on a GPU their levels and one copy of the maps to pinned host memory
+        are queued and this returns without waiting (on the CPU the maps are computed by then).
+        All are in flight together: launch about :attr:`batch_size` images at a time.
+        :meth:`PendingScan.results` waits for the copy and gives one :class:`ScanResult` per
+        image, in input order, as :meth:`scan_batch` does. With a memory budget each image is
+        scanned and its result built before the next starts: nothing is left in flight.
+
+        Examples:
+            >>> import torch, densify
+            >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 4), torch.nn.Flatten())
+            >>> scan = densify.Scanner(net, input_size=(1, 4, 4), mean=(0.5,), std=(0.5,),
+            ...                        scales=[1.0], output_stride=None, device="cpu")
+            >>> images = [torch.rand(1, 8, 8), torch.rand(1, 6, 9), torch.rand(1, 8, 8)]
+            >>> pending = scan.launch_batch(images)      # queued; other work may run here
+            >>> results = pending.results()              # input order
+            >>> [r.image_size for r in results], results[1].maps[0].probs.shape
+            ([(8, 8), (6, 9), (8, 8)], torch.Size([2, 3, 6]))
+            >>> torch.allclose(results[2].maps[0].probs, scan(images[2]).maps[0].probs)
+            True
+        """
+        size = self.batch_size if batch_size is None else batch_size_for(batch_size)
+        return self._launch([as_rgb(image) for image in images], size, scales, progress)
+
+    def _launch(self, decoded: Sequence[tuple[np.ndarray, str | None]], batch_size: int, scales,
+                progress: bool | None) -> PendingScan:
+        """:meth:`launch_batch` of ``(rgb, source)`` pairs; under a budget each group (of one
+        image) is finished before the next is launched."""
+        step = 1 if self.budget is not None else batch_size
+        parts = []
+        for group in same_size_groups([rgb.shape for rgb, _ in decoded], step):
+            finish = self._launch_group([decoded[i][0] for i in group],
+                                        [decoded[i][1] for i in group], scales, progress)
+            if self.budget is not None:
+                finish = functools.partial(list, finish())  # built now: nothing in flight
+            parts.append((group, finish))
+        return PendingScan(parts, len(decoded))
 
     @property
     def preprocess_on_device(self) -> bool:
@@ -308,13 +323,16 @@ class Scanner:
         """Queue the scan of images of one size (one forward pass per level for all of them,
         maps kept on the device) and the copy of their maps to the host; returns the function
         that waits for that copy and builds the results (host work that, on a GPU, overlaps
-        the next group's levels when :meth:`scan_batch` launches that group first)."""
+        the next group's levels when :meth:`scan_batch` or the caller of :meth:`launch_batch`
+        launches those first)."""
         shape = rgbs[0].shape[:2]
         pyramid = self.levels(shape, scales)
         views = [(level, flipped) for level in pyramid
                  for flipped in ((False, True) if self.flip else (False,))]
         images = sum(rgb.nbytes for rgb in rgbs) * (2 if self.flip else 1)
-        self._check_budget(images, [level for level, _ in views])
+        if self.budget is not None:  # refuse an image that a level cannot fit, before any
+            check_budget(self.budget, self.geometry, [level for level, _ in views], images,
+                         self.in_chans * self.dtype.itemsize, self._out_channels)
         show = self.progress if progress is None else progress
         source = LevelSource(rgbs, self.device if self.preprocess_on_device else None, self.flip)
         outs = []
@@ -343,24 +361,6 @@ class Scanner:
                 for n, thumb in enumerate(thumbs)]
 
         return finish
-
-    @property
-    def _out_channels(self) -> int:
-        """Channels of :attr:`scan_net`'s output: the class scores plus any box regression."""
-        boxes = self.boxes_output.channels if self.boxes_output is not None else 0
-        return self.scores_output.channels + boxes
-
-    def _check_budget(self, held: int, pyramid: Sequence[Level]) -> None:
-        """Refuse an image that some scale of ``pyramid`` cannot fit in the memory budget, before
-        scanning any; ``held``: the image's bytes (the same accounting as :meth:`__call__`)."""
-        if self.budget is None:
-            return
-        for level in pyramid:
-            h, w = self.geometry.output_size(*level.input_size)
-            x_bytes = self.in_chans * level.input_size[0] * level.input_size[1] * self.dtype.itemsize
-            self.budget.room(held + 4 * self._out_channels * h * w, x_bytes, f"scale "
-                             f"{level.factor:.3g} ({level.input_size[0]}x{level.input_size[1]})")
-            held += 4 * self._out_channels * h * w
 
     def _forward(self, x: torch.Tensor, held: int = 0) -> torch.Tensor:
         """The dense net on ``x``, tiled when it does not fit in what the memory budget leaves
