@@ -98,20 +98,8 @@ def test_each_group_finishes_after_the_next_is_launched(digits, crops, monkeypat
     """The host work of a group (its copy back, result objects) waits until the next group is
     queued on the device; results stay in input order. Mutation caught: finishing each group
     before launching the next (no overlap) or dropping the last queued group."""
-    events = []
-    original = Scanner._launch_group
-
-    def spy(self, rgbs, *args):
-        events.append(("launch", len(rgbs)))
-        finish = original(self, rgbs, *args)
-
-        def traced():
-            events.append(("finish", len(rgbs)))
-            return finish()
-
-        return traced
-
-    monkeypatch.setattr(Scanner, "_launch_group", spy)
+    events: list = []
+    _trace_groups(monkeypatch, events)
     results = digits.scan_batch(crops, batch_size=2, scales=[1.0])
     assert events == [("launch", 2), ("launch", 1), ("finish", 2), ("launch", 2), ("finish", 1),
                       ("finish", 2)]
