@@ -5,7 +5,9 @@ ResNet's architecture implies and no others, idempotent, and the cuDNN branch ta
 from __future__ import annotations
 
 import copy
+import importlib.util
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -244,3 +246,18 @@ def test_cudnn_branch_casts_to_autocast_dtype_and_keeps_memory_format(spies, mon
         assert args[0].is_contiguous(memory_format=torch.channels_last)
         assert args[1].is_contiguous(memory_format=torch.channels_last)
     assert len(spies) == 2
+
+
+def test_gpu_bench_fuse_part_runs_on_the_cpu():
+    """scripts/gpu_bench.py --parts fuse, on the CPU: it runs, records, and fusion changes
+    nothing there (the GPU figures come from the same function on CUDA)."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / "gpu_bench.py"
+    spec = importlib.util.spec_from_file_location("gpu_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    record = {}
+    row = bench.fused_vs_plain("resnet18", 32, record, device="cpu", size=(224, 256), repeat=1)
+    assert record["fuse"] == [row]
+    assert row["sites"] == sum(expected_sites(zoo.build_model("resnet18")))
+    assert row["fused"]["max_abs_diff"] == 0.0 and row["max_abs_output"] > 0
+    assert row["plain"]["eager_ms"] > 0 and row["fused"]["eager_ms"] > 0
