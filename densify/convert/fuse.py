@@ -144,7 +144,9 @@ def fuse_conv_relu(net: nn.Module) -> int:
 
     A convolution whose output anything else uses (two users) is left alone, and so is a
     subclass of ``Conv2d`` (its forward may differ). Fusing twice fuses nothing more. On the CPU
-    the fused net computes exactly what it did; on CUDA it uses cuDNN's fused kernels.
+    the fused net computes exactly what it did; on CUDA it uses cuDNN's fused kernels. A fused
+    net is for running in Python: ``torch.jit.script`` does not compile it (export the unfused
+    net, :mod:`densify.convert.export`), and ``torch.jit.trace`` records one device's path.
 
     Examples:
         >>> import torch
