@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import operator
 import types
 from pathlib import Path
 
@@ -72,6 +73,14 @@ def test_resnet18_fusing_twice_changes_nothing(resnet18):
     code, names = dense.net.code, [n for n, _ in dense.named_modules()]
     assert fuse_conv_relu(dense) == 0
     assert dense.net.code == code and [n for n, _ in dense.named_modules()] == names
+
+
+def test_nodes_a_dense_net_names_stay(resnet18):
+    dense = fold_batchnorm(convolutionize(resnet18, (3, 224, 224), 32))
+    last_add = [n for n in dense.net.graph.nodes if n.target is operator.add][-1]
+    dense.feature_node = last_add.name  # as if the trunk ended before the last ReLU
+    assert fuse_conv_relu(dense) == sum(expected_sites(resnet18)) - 1
+    assert last_add.name in {n.name for n in dense.net.graph.nodes}
 
 
 def test_fused_module_shares_the_convolution():

@@ -29,6 +29,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dense import DenseNet
+
 __all__ = ["fuse_conv_relu", "ConvReLU2d", "ConvAddReLU2d", "uses_cudnn"]
 
 log = logging.getLogger(__name__)
@@ -137,7 +139,8 @@ def fuse_conv_relu(net: nn.Module) -> int:
       convolution whose output only an addition uses (``+`` or ``torch.add``, either operand
       order), whose result only a ReLU uses, becomes one :class:`ConvAddReLU2d` call on
       ``(x, z)``. The fused call keeps the ReLU node's name (so names such as
-      :attr:`DenseNet.feature_node` stay valid); modules no longer called are removed, so the
+      :attr:`DenseNet.feature_node` stay valid; a site whose convolution or addition a
+      DenseNet names is left alone); modules no longer called are removed, so the
       convolution's parameters move under the fused module's name (``fused_<relu node>.conv``);
     - in an ``nn.Sequential``, a ``Conv2d`` directly followed by an ``nn.ReLU`` becomes a
       :class:`ConvReLU2d` and the ReLU an ``nn.Identity`` (indices are kept).
@@ -165,7 +168,9 @@ def fuse_conv_relu(net: nn.Module) -> int:
     """
     graphs = [m for m in net.modules() if isinstance(m, fx.GraphModule)]
     inside = {id(sub) for gm in graphs for sub in gm.modules()}
-    fused = sum(_fuse_graph(gm) for gm in graphs)
+    named = {id(m.net): {m.feature_node, *m.global_context} for m in net.modules()
+             if isinstance(m, DenseNet)}  # nodes a DenseNet refers to by name stay
+    fused = sum(_fuse_graph(gm, named.get(id(gm), set())) for gm in graphs)
     for module in list(net.modules()):
         if isinstance(module, nn.Sequential) and id(module) not in inside:
             fused += _fuse_sequential(module)
@@ -185,14 +190,15 @@ def _fuse_sequential(seq: nn.Sequential) -> int:
     return fused
 
 
-def _fuse_graph(gm: fx.GraphModule) -> int:
+def _fuse_graph(gm: fx.GraphModule, keep: set[str]) -> int:
+    """Fuse the sites of ``gm`` in place, leaving the nodes named in ``keep``."""
     modules = dict(gm.named_modules())
     fused = 0
     for node in list(gm.graph.nodes):
         if not _is_relu(node, modules):
             continue
         site = _site(node.args[0], modules)
-        if site is None:
+        if site is None or {site.conv.name, getattr(site.add, "name", None)} & keep:
             continue
         conv = modules[site.conv.target]
         name = f"fused_{node.name}"
