@@ -270,3 +270,19 @@ def test_gpu_bench_fuse_part_runs_on_the_cpu():
     assert row["sites"] == sum(expected_sites(zoo.build_model("resnet18")))
     assert row["fused"]["max_abs_diff"] == 0.0 and row["max_abs_output"] > 0
     assert row["plain"]["eager_ms"] > 0 and row["fused"]["eager_ms"] > 0
+
+
+@pytest.mark.slow
+def test_vgg11_fused_equals_unfused():
+    """VGG: a plain chain; every convolution (fc6 and fc7 as convolutions too) before a ReLU."""
+    torch.manual_seed(0)
+    model = zoo.build_model("vgg11").eval()
+    dense = convolutionize(model, (3, 224, 224), 32)
+    fused = copy.deepcopy(dense)
+    pairs = sum(isinstance(m, nn.Conv2d) for m in model.features) + sum(
+        isinstance(a, nn.Linear) and isinstance(b, nn.ReLU)
+        for a, b in zip(model.classifier, model.classifier[1:], strict=False))
+    assert fuse_conv_relu(fused) == pairs == counts(fused)[0]
+    x = torch.rand(1, 3, 257, 290)
+    with torch.inference_mode():
+        assert torch.equal(fused(x), dense(x))
