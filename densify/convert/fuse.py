@@ -44,9 +44,9 @@ def uses_cudnn(conv: nn.Conv2d, x: Tensor, z: Tensor | None = None) -> bool:
 
     True for a batched input ``(N, C_in, H, W)`` on a CUDA device with cuDNN enabled, a
     convolution with zero padding given as numbers (``padding="same"``/``"valid"`` and other
-    padding modes take the original path),
-    autograd not needed (the fused ops have no backward), and ``z`` (the residual, if any) of
-    the convolution's output shape ``(N, C_out, h, w)`` (the fused op does not broadcast).
+    padding modes take the original path), autograd not needed (the fused ops have no
+    backward), and ``z`` (the residual, if any) of the convolution's output shape
+    ``(N, C_out, h, w)`` (the fused op does not broadcast).
     """
     if x.device.type != "cuda" or not torch.backends.cudnn.enabled or x.dim() != 4:
         return False
