@@ -3,6 +3,7 @@ and the CLI on a folder of JPEGs. Sized to run in under 5 minutes on one H100/H2
 
     PYTHONPATH=. python3 scripts/gpu_bench.py --out bench.json            # everything
     PYTHONPATH=. python3 scripts/gpu_bench.py --models resnet50 --parts scanner
+    PYTHONPATH=. python3 scripts/gpu_bench.py --models resnet50,vgg19 --parts fuse    # conv+ReLU fusion
 
 Images: skimage's ``chelsea`` (and friends) resized to 1080 x 1920; random weights (speed does
 not depend on them); bf16 autocast; warm figures (the first calls, which autotune cuDNN, are not
@@ -12,6 +13,8 @@ timed). Each section prints one line per figure and the whole record goes to ``-
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import shutil
 import statistics
@@ -29,8 +32,10 @@ from skimage import data
 import densify
 from densify.bench import count_flops
 from densify.convert.fold import fold_batchnorm
+from densify.convert.fuse import fuse_conv_relu
 
 SIZE = (1080, 1920)
+FUSE_SIZE = (1088, 1920)  # the largest pyramid level of a 1080p image at stride 32
 
 
 def photos(n: int) -> list[np.ndarray]:
@@ -224,6 +229,78 @@ def graphs_and_compile(name: str, stride: int, record: dict, compile_too: bool) 
     record.setdefault("graphs", {})[f"{name}_s{stride}"] = rows
 
 
+def pass_ms(net, x: torch.Tensor, repeat: int) -> tuple[dict, torch.Tensor]:
+    """Milliseconds per ``net(x)``, eager and (on CUDA) as a CUDA graph replay, and the output.
+    Runs on any device (the CPU for a smoke test); call it inside the precision's context."""
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+
+    def ms(fn) -> float:
+        for _ in range(min(3, repeat)):
+            fn()
+        sync()
+        start = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        sync()
+        return (time.perf_counter() - start) / repeat * 1e3
+
+    out = net(x)
+    row = {"eager_ms": ms(lambda: net(x))}
+    if x.is_cuda:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                net(x)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            net(x)
+        row["graph_ms"] = ms(graph.replay)
+        del graph
+    return row, out
+
+
+def fused_vs_plain(name: str, stride: int, record: dict, device: str = "cuda",
+                   size: tuple[int, int] = FUSE_SIZE, repeat: int = 20) -> dict:
+    """The scanner's dense net on one ``size`` input, as it is and with its convolutions and
+    ReLUs (and residual additions) fused (:func:`densify.convert.fuse.fuse_conv_relu`): ms eager
+    and as a CUDA graph replay, and the max |difference| of the outputs (float). On CUDA: bf16
+    autocast, channels_last, cuDNN benchmark, plus the fused net with bf16 weights (no per-call
+    weight casts); elsewhere float32, for a smoke test."""
+    cuda = device == "cuda"
+    scanner = densify.Scanner(name, scales=1, output_stride=stride, device=device,
+                              precision="bf16" if cuda else "fp32", weights="random")
+    plain = scanner.scan_net
+    fused = copy.deepcopy(plain)
+    variants = {"plain": plain, "fused": fused}
+    row = {"model": name, "stride": stride, "input": size, "sites": fuse_conv_relu(fused)}
+    if cuda:
+        variants["fused_bf16_weights"] = copy.deepcopy(fused).to(torch.bfloat16)
+    x = torch.randn(1, 3, *size, device=device).contiguous(memory_format=torch.channels_last)
+    precision = torch.autocast("cuda", torch.bfloat16) if cuda else contextlib.nullcontext()
+    outs = {}
+    with torch.inference_mode(), precision, torch.backends.cudnn.flags(enabled=True, benchmark=True):
+        for label, net in variants.items():
+            try:
+                times, outs[label] = pass_ms(net, x, repeat)
+            except Exception as exc:  # a fused op that fails is one line, not the end of the bench
+                row[label] = {"error": f"{type(exc).__name__}: {exc}"}
+                print(f"  fuse {name} s{stride} {label} failed: {row[label]['error']}", flush=True)
+                continue
+            if label != "plain" and "plain" in outs:
+                times["max_abs_diff"] = float((outs[label].float() - outs["plain"].float()).abs().max())
+            row[label] = times
+    if "plain" in outs:
+        row["max_abs_output"] = float(outs["plain"].float().abs().max())
+    record.setdefault("fuse", []).append(row)
+    print(f"  fuse {name} s{stride} {size[0]}x{size[1]} ({row['sites']} sites): " + "; ".join(
+        f"{label} " + ", ".join(f"{k.removesuffix('_ms')} {v:.3g}{' ms' * k.endswith('_ms')}"
+                                for k, v in row[label].items() if k != "error")
+        for label in variants if "error" not in row[label]), flush=True)
+    return row
+
+
 def agreement(name: str, images: list[np.ndarray], record: dict) -> None:
     """Max |difference| of the maps: CUDA graphs vs eager, batched vs one at a time, device vs
     host pyramid (fp32, stride 32, so that only the path differs)."""
@@ -299,7 +376,8 @@ def main() -> None:
                         ("scanner", scanner_rates, (name, stride, images, record)),
                         ("profile", profile_dense, (name, stride, record)),
                         ("hostprofile", host_profile, (name, stride, images, record)),
-                        ("graphs", graphs_and_compile, (name, stride, record, "compile" in parts)))
+                        ("graphs", graphs_and_compile, (name, stride, record, "compile" in parts)),
+                        ("fuse", fused_vs_plain, (name, stride, record)))
             for part, fn, fn_args in sections:
                 if part not in parts or (part in ("profile", "hostprofile", "graphs") and stride != 32):
                     continue

@@ -6,7 +6,8 @@ Modules, in the order a conversion uses them: :mod:`.graph` (the torch.fx toolki
 structures), :mod:`.stride` (stride-1 final pooling), :mod:`.fields` and :mod:`.geometry` (where
 each cell looks), :mod:`.dense` (:class:`DenseNet`, :func:`convolutionize`), :mod:`.selfcheck`
 (the check every conversion runs), :mod:`.verify` (checks 1-5), :mod:`.export` (TorchScript /
-ONNX), :mod:`.fold` (batch norms folded into convolutions, for speed).
+ONNX), :mod:`.fold` (batch norms folded into convolutions, for speed), :mod:`.fuse` (convolution +
+ReLU fused into one cuDNN call, opt-in).
 """
 
 from ..errors import ConversionError
