@@ -198,22 +198,11 @@ def graphs_and_compile(name: str, stride: int, record: dict, compile_too: bool) 
         for level in scanner.levels(SIZE):
             x = torch.randn(1, 3, *level.input_size, device="cuda").contiguous(
                 memory_format=torch.channels_last)
-            eager = wall_time(lambda x=x: net(x), 20, warmup=3)
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(3):
-                    net(x)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = net(x)
-            replay = wall_time(graph.replay, 20, warmup=3)
-            rows.append({"input": level.input_size, "eager_ms": eager * 1e3,
-                         "graph_ms": replay * 1e3})
-            print(f"  {name} s{stride} level {level.input_size}: eager {eager * 1e3:.2f} ms, "
-                  f"CUDA graph {replay * 1e3:.2f} ms", flush=True)
-            del graph, out
+            row, _ = pass_ms(net, x, 20)
+            eager = row["eager_ms"] / 1e3
+            rows.append({"input": level.input_size, **row})
+            print(f"  {name} s{stride} level {level.input_size}: eager {row['eager_ms']:.2f} ms, "
+                  f"CUDA graph {row['graph_ms']:.2f} ms", flush=True)
         if compile_too:
             start = time.perf_counter()
             compiled = torch.compile(net, dynamic=False)
