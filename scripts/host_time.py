@@ -107,6 +107,8 @@ def main() -> None:
     if args.make:
         make_photos(args.folder, args.make)
     images = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    if len(images) < 2:
+        parser.error(f"{args.folder} needs at least 2 .jpg/.png images (or --make N)")
     timer = NetTimer()
     hooks = [nn.modules.module.register_module_forward_pre_hook(timer.pre),
              nn.modules.module.register_module_forward_hook(timer.post)]
