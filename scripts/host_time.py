@@ -106,6 +106,8 @@ def main() -> None:
     args.extra = argv[cut + 1:]  # options for densify heatmap
     if args.make:
         make_photos(args.folder, args.make)
+    if not args.folder.is_dir():
+        parser.error(f"{args.folder} is not a folder; give one of images, or --make N to fill one")
     images = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     if len(images) < 2:
         parser.error(f"{args.folder} needs at least 2 .jpg/.png images (or --make N)")
