@@ -80,6 +80,13 @@ def main() -> None:
 @click.option("--threads", type=int, default=None)
 def child(slide, store, model, weights, output_stride, tile_cells, threads) -> None:
     """One measurement in this process: prints a JSON line."""
+    from densify.runtime import tuned
+
+    with tuned(threads, rule=False):  # --threads set for the run (else torch's count)
+        _child(slide, store, model, weights, output_stride, tile_cells, threads)
+
+
+def _child(slide, store, model, weights, output_stride, tile_cells, threads) -> None:
     from densify.io.slides import open_slide
     from densify.scan.memory import peak_rss_bytes, rss_bytes
     from densify.scan.stream import scan_slide

@@ -6,7 +6,7 @@
 
 Random weights (timing does not depend on them), skimage's ``chelsea`` photo resized to
 ``--size``; prints the median of ``--repeat`` runs after one warm-up, per combination of
-precision, ``--threads`` (``auto``: the scanner's rule, :mod:`densify.scan.threads`) and
+precision, ``--threads`` (``auto``: the command line's rule, :func:`densify.runtime.tuned`) and
 ``--fold-bn``. ``--busy N`` starts N busy-loop processes for the duration (another user holding
 N cores) and stops them at the end.
 """
@@ -25,12 +25,17 @@ import time
 import torch
 
 from densify.io.image import resize, sample_image
-from densify.runtime import choose_threads
+from densify.runtime import tuned
 from densify.scan.scanner import Scanner
 
 
 def time_one(args, image, precision: str, threads: str, fold_bn: str) -> str:
-    count = choose_threads(None if threads == "auto" else int(threads))  # the CLI's rule
+    # the CLI's rule (or the count), set for this run and restored after it
+    with tuned(None if threads == "auto" else int(threads)) as count:
+        return _timed(args, image, precision, threads, count, fold_bn)
+
+
+def _timed(args, image, precision: str, threads: str, count: int, fold_bn: str) -> str:
     scanner = Scanner(args.model, scales=args.scales, output_stride=args.output_stride,
                       device=args.device, precision=precision, threads=count,
                       fold_bn=fold_bn == "on")

@@ -47,14 +47,16 @@ def test_choose_threads(monkeypatch):
     assert runtime.choose_threads(None) == 1
 
 
-def test_thread_limit_sets_and_restores():
+def test_tuned_sets_a_given_count_and_restores():
     previous = torch.get_num_threads()
     wanted = 2 if previous == 1 else 1
-    with threads.thread_limit(wanted) as count:
+    with runtime.tuned(wanted) as count:
         assert count == wanted and torch.get_num_threads() == wanted
     assert torch.get_num_threads() == previous
-    with threads.thread_limit(None) as count:
+    with runtime.tuned(None, rule=False) as count:
         assert count == previous
+    with pytest.raises(ParameterError, match="positive integer"):
+        threads.check_threads(0)
 
 
 def test_tuned_applies_the_rule_and_restores(monkeypatch):
@@ -67,13 +69,23 @@ def test_tuned_applies_the_rule_and_restores(monkeypatch):
     assert torch.get_num_threads() == previous
 
 
-def test_scanner_scans_with_its_threads():
+def test_scanner_scans_with_the_applications_threads(monkeypatch):
+    """The application sets the count for its run (runtime.tuned); the scanner only checks
+    ``threads`` and never changes torch's count itself."""
     seen = []
     scanner = Scanner("lenet5", scales=[1.0], device="cpu", threads=2)
     scanner.dense.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
     previous = torch.get_num_threads()
-    scanner(np.zeros((40, 40, 3), dtype=np.uint8))
+    with runtime.tuned(scanner.threads):
+        scanner(np.zeros((40, 40, 3), dtype=np.uint8))
     assert seen == [2] and torch.get_num_threads() == previous
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the scanner changed torch's thread count")
+
+    monkeypatch.setattr(torch, "set_num_threads", refuse)
+    scanner(np.zeros((40, 40, 3), dtype=np.uint8))
+    assert seen[-1] == previous
     with pytest.raises(ParameterError, match="threads"):
         Scanner("lenet5", device="cpu", threads=0)
 

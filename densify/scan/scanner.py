@@ -69,7 +69,7 @@ from .prepare import (
 from .pyramid import Level, levels, parse_scales
 from .result import THUMBNAIL_SIDE, ScanResult
 from .settings import ScanSettings
-from .threads import check_threads, thread_limit
+from .threads import check_threads
 from .tiling import HEADROOM, estimate_bytes, format_bytes, forward_tiled, parse_bytes
 
 __all__ = ["PRECISIONS", "PREPROCESS", "Scanner", "PendingScan", "resolve_device", "as_rgb",
@@ -336,10 +336,7 @@ class Scanner:
         show = self.progress if progress is None else progress
         source = LevelSource(rgbs, self.device if self.preprocess_on_device else None, self.flip)
         outs = []
-        threads = (thread_limit(self.threads) if self.device.type == "cpu"
-                   else contextlib.nullcontext())  # the thread rule is for CPU scans only
-        with torch.inference_mode(), self._autocast(), threads, autotune(self.device,
-                                                                          self.autotune):
+        with torch.inference_mode(), self._autocast(), autotune(self.device, self.autotune):
             for level, flipped in tqdm(views, desc="scales", unit="scale", leave=False,
                                        disable=not show):
                 held = images + sum(p.nbytes + (0 if r is None else r.nbytes) for p, r in outs)

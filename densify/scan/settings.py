@@ -33,8 +33,10 @@ class ScanSettings:
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; softmax stays float32).
         max_memory: memory budget (bytes or ``"3GB"``; :mod:`densify.scan.memory`), or None.
-        threads: intra-op CPU threads during each scan (restored after it); None leaves torch's
-            setting alone (the command line picks a count with :mod:`densify.runtime`).
+        threads: the intra-op CPU threads the application scans with; the scanner checks it
+            but never changes torch's count: the application sets it for its run and restores
+            it (:func:`densify.runtime.tuned`; the command line, the bench and the Ray workers
+            do; None: their rule, :func:`densify.runtime.choose_threads`).
         fold_bn: fold batch norms into the convolutions before them.
         progress: a tqdm bar over scales.
         scores, boxes: for multi-output models, the outputs holding class scores and box

@@ -67,7 +67,6 @@ from .memory import level_input
 from .progress import PROGRESS_FILE, fingerprint, merge_tiles, record_tile, resume_state
 from .pyramid import Level, grid_padding
 from .scanner import PRECISIONS, Scanner, to_probabilities
-from .threads import thread_limit
 from .tiling import (
     HEADROOM,
     Tile,
@@ -269,7 +268,6 @@ def _computed(scanner: Scanner, slide: Slide, level: int, scale: Level, tiles: l
         return pool.submit(load, groups[n]) if n < len(groups) else None
 
     with (ThreadPoolExecutor(1) as pool, torch.inference_mode(), autocast,
-          thread_limit(scanner.threads),
           tqdm(total=len(todo), desc="tiles", unit="tile", disable=not progress) as bar):
         ahead = read(0)
         for n, group in enumerate(groups):
@@ -346,6 +344,7 @@ def scan_slide(scanner: Scanner, slide: Slide, store: str | Path, level: int = 0
              level, *scale.size, len(tiles), tile_cells, resumed)
     todo = [i for i in range(len(tiles)) if i not in rows]
     array, keep = _level0(store), list(chosen)
+
     def store_tile(i: int, probs: np.ndarray, det, bad) -> None:
         t = tiles[i]
         array[:, t.rows[0]:t.rows[1], t.cols[0]:t.cols[1]] = probs[keep]
