@@ -12,7 +12,8 @@ net) is timed with global forward hooks. Prints, per image: wall time, time insi
 the rest (the host's share: decoding, on the CPU the pyramid, softmax, maps, heat map, overlay,
 PNG and result-file encoding, records) and the process's CPU time (all threads; steadier than
 wall time on a busy machine). ``--profile`` adds the densify and OpenCV functions that take the
-most of it.
+most of it; ``--results`` adds what a scan's result costs on the host once its maps are there
+(its image scores, one heat map at image size, detections), timed on the first image's result.
 
 On a GPU the host's work is what bounds a folder scan's images/s once the net is fast
 (docs/gpu.md): about cores / CPU time per image. ``free_net`` (``-m host_time:free_net`` with
@@ -92,12 +93,38 @@ def run(folder: Path, model: str, extra: list[str], timer: NetTimer
         return time.perf_counter() - start, timer.total, time.process_time() - cpu
 
 
+def result_costs(image: Path, model: str, extra: list[str], repeat: int = 5) -> dict[str, float]:
+    """Milliseconds the host spends on a scan result of ``image`` once its maps are there:
+    ``top_classes(5)``, the top class's heat map at image size, ``detections()``; and the
+    maps' size in MB (float32)."""
+    import densify
+
+    with tempfile.TemporaryDirectory() as out:
+        with contextlib.redirect_stdout(io.StringIO()):
+            cli.main(["heatmap", str(image), "-m", model, "-w", "random", "-q", "-o", out,
+                      *extra], standalone_mode=False)
+        result = densify.load_result(next(Path(out).glob("*.npz")))
+    top = result.top_classes(1)[0].name
+    costs = {"maps (MB, float32)": sum(4 * m.probs.numel() for m in result.maps) / 1e6}
+    for name, work in [("top_classes(5)", lambda: result.top_classes(5)),
+                       (f"heatmap({top!r})", lambda: result.heatmap(top)),
+                       ("detections()", result.detections)]:
+        work()
+        start = time.perf_counter()
+        for _ in range(repeat):
+            work()
+        costs[name + " ms"] = 1e3 * (time.perf_counter() - start) / repeat
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--results", action="store_true",
+                        help="also time a result's scores, heat map and detections on the host")
     parser.add_argument("--make", type=int, default=0, metavar="N",
                         help="first write N 1080x1920 JPEGs of skimage's photos into FOLDER")
     argv = sys.argv[1:]
@@ -136,6 +163,10 @@ def main() -> None:
     print(f"  per image: {1e3 * wall:.0f} ms wall, {1e3 * net:.0f} ms in the dense net, "
           f"{1e3 * (wall - net):.0f} ms outside it (host); {1e3 * cpu:.0f} ms of CPU time "
           "(all threads)")
+    if args.results:
+        costs = result_costs(images[0], args.model, args.extra)
+        print(f"  a result of {images[0].name} on the host: " + ", ".join(
+            f"{name} {value:.1f}" for name, value in costs.items()))
     if profiler:
         stats = pstats.Stats(profiler)
         stats.sort_stats("tottime")

@@ -252,3 +252,13 @@ def test_an_ensemble_goes_through_the_overlapped_loop(folder, monkeypatch):
     assert events[:6] == [("launch", 0), ("launch", 1), ("launch", 2), ("launch", 3),
                           ("results", 0), ("results", 1)]
     assert len(events) == 16
+
+
+@pytest.mark.parametrize("cores, batch, threads", [(64, 8, 16), (4, 8, 4), (64, 1, 1), (1, 8, 1),
+                                                   (None, 8, 1), (64, 3, 6)])
+def test_finishing_threads_follow_the_images_in_flight_and_the_cores(monkeypatch, cores, batch,
+                                                                     threads):
+    """One thread per image whose outputs can be under way (two chunks), no more than the
+    cores; one without batches."""
+    monkeypatch.setattr(_scanning.os, "cpu_count", lambda: cores)
+    assert _scanning.finishing_threads(batch) == threads

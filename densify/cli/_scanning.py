@@ -48,10 +48,6 @@ from ._reading import read_ahead, read_or_error
 
 log = logging.getLogger(__name__)
 
-#: Threads that finish scanned images (maps painted, files encoded and written) when scanning
-#: in batches.
-MAX_WORKERS = 8
-
 #: Chunks launched ahead: chunk k + 1 is launched before chunk k's results are taken
 #: (:func:`each_image`); none under a memory budget.
 LAUNCH_AHEAD = 1
@@ -97,6 +93,22 @@ def expand(inputs: Iterable[Path], errors: list[tuple[str, str]] | None = None
             if errors is not None:
                 errors.append((str(path), str(exc).splitlines()[0]))
     return found, failed
+
+
+def finishing_threads(batch: int) -> int:
+    """Threads that finish scanned images (maps painted, files encoded and written) when
+    scanning in batches of ``batch``: one per image whose work can be under way at once (the
+    chunk being finished and the one taken after it, :func:`each_image`), at most one per CPU
+    core; 1 without batches. PNG and zlib encoding, most of the host's work per image
+    (docs/gpu.md), release the GIL, so on a many-core GPU host these threads run in parallel.
+
+    Examples:
+        >>> finishing_threads(1), finishing_threads(8) <= 2 * 8
+        (1, True)
+    """
+    if batch <= 1:
+        return 1
+    return max(1, min(os.cpu_count() or 1, (LAUNCH_AHEAD + 1) * batch))
 
 
 def make_scanner(model: ModelChoice | tuple[ModelChoice, ...], settings: ScanSettings
@@ -187,7 +199,7 @@ def each_image(scanner: Scanner | Ensemble, paths: list[Path], quiet: bool,
     items = list(zip(paths, stems(paths), strict=True))
     todo = [path for path, _ in items if str(path.resolve()) not in done]
     batch = max(1, scanner.batch_size)
-    workers = min(MAX_WORKERS, os.cpu_count() or 1) if batch > 1 else 1
+    workers = finishing_threads(batch)
     reader = read_ahead(todo, prefetch and scanner.budget is None, min(4, workers), 2 * batch)
     recorder = Recorder(out, job, errors, len(items), quiet)
     ahead = LAUNCH_AHEAD if scanner.budget is None else 0
