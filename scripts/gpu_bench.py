@@ -4,6 +4,7 @@ and the CLI on a folder of JPEGs. Sized to run in under 5 minutes on one H100/H2
     PYTHONPATH=. python3 scripts/gpu_bench.py --out bench.json            # everything
     PYTHONPATH=. python3 scripts/gpu_bench.py --models resnet50 --parts scanner
     PYTHONPATH=. python3 scripts/gpu_bench.py --models resnet50,vgg19 --parts fuse    # conv+ReLU fusion
+    PYTHONPATH=. python3 scripts/gpu_bench.py --models resnet50 --parts syncs   # host waits at launch
 
 Images: skimage's ``chelsea`` (and friends) resized to 1080 x 1920; random weights (speed does
 not depend on them); bf16 autocast; warm figures (the first calls, which autotune cuDNN, are not
@@ -161,6 +162,33 @@ def scanner_rates(name: str, stride: int, images: list[np.ndarray], record: dict
     print(f"  Scanner {name} s{stride} ({preprocess}): {row['one_at_a_time_images_per_s']:.1f} "
           f"img/s one at a time" + (f", {row['batched_images_per_s']:.1f} img/s batched ({batch})"
                                     if batch else ""), flush=True)
+
+
+def launch_syncs(name: str, stride: int, images: list[np.ndarray], record: dict,
+                 batch: int = 8) -> None:
+    """Host synchronisations while a warm batch is launched (torch's sync debug mode): the
+    device path should queue every level of every image, and the copy of the maps, without one;
+    the only wait is in ``results()``."""
+    import warnings
+
+    scanner = densify.Scanner(name, scales=6, output_stride=stride, device="cuda",
+                              precision="bf16", weights="random")
+    for _ in range(3):  # warm: cuDNN autotuned, graphs captured, constants on the device
+        scanner.scan_batch(images[:batch], batch_size=batch)
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            pending = scanner.launch_batch(images[:batch], batch_size=batch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    pending.results()
+    found = sorted({str(w.message).splitlines()[0] for w in caught})
+    record.setdefault("launch_syncs", []).append(
+        {"model": name, "stride": stride, "batch": batch, "count": len(caught), "kinds": found})
+    print(f"  host syncs while launching {batch} images ({name} s{stride}): {len(caught)}"
+          + "".join(f"\n    {kind}" for kind in found), flush=True)
 
 
 def host_profile(name: str, stride: int, images: list[np.ndarray], record: dict) -> None:
@@ -348,7 +376,7 @@ def cli_folder(name: str, n: int, record: dict, extra: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet50,vgg19")
-    parser.add_argument("--parts", default="dense,profile,scanner,cli")
+    parser.add_argument("--parts", default="dense,profile,scanner,syncs,cli")
     parser.add_argument("--cli-images", type=int, default=200)
     parser.add_argument("--cli-args", default="", help="extra arguments for the CLI run")
     parser.add_argument("--out", type=Path, default=None)
@@ -363,6 +391,7 @@ def main() -> None:
         for stride in (32, 16):
             sections = (("dense", dense_vs_crops, (name, stride, peak, record)),
                         ("scanner", scanner_rates, (name, stride, images, record)),
+                        ("syncs", launch_syncs, (name, stride, images, record)),
                         ("profile", profile_dense, (name, stride, record)),
                         ("hostprofile", host_profile, (name, stride, images, record)),
                         ("graphs", graphs_and_compile, (name, stride, record, "compile" in parts)),

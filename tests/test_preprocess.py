@@ -83,3 +83,29 @@ def test_level_batch_checks_its_input():
         level_batch(torch.zeros(1, 60, 80, 3), level, MEAN, STD)
     with pytest.raises(Exception, match="planned for"):
         level_batch(torch.zeros(1, 61, 80, 3, dtype=torch.uint8), level, MEAN, STD)
+
+
+def test_level_constants_go_to_the_device_once_and_stay_usable_outside_a_scan(monkeypatch):
+    """The taps, mean and std of a level are made (and, on a GPU, copied) once per shape: a
+    second image of the same size makes none. Made during a scan (inference mode), they still
+    serve a differentiable resize afterwards."""
+    from densify.scan import preprocess
+
+    preprocess.device_constants.cache_clear()
+    made = []
+    real = preprocess._constants
+    monkeypatch.setattr(preprocess, "_constants", lambda key, device: made.append(key) or real(
+        key, device))
+    level = levels((60, 80), (28, 28), (4, 4), scales=[0.5, 1.5])
+    images = torch.randint(0, 256, (2, 60, 80, 3), dtype=torch.uint8)
+    with torch.inference_mode():
+        first = [level_batch(images, lv, (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)) for lv in level]
+    assert {key[0] for key in made} == {"taps", "coef", "channels"}
+    count = len(made)
+    with torch.inference_mode():
+        again = [level_batch(images, lv, (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)) for lv in level]
+    assert len(made) == count  # nothing made again
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    x = torch.rand(1, 3, 60, 80, requires_grad=True)
+    preprocess.resize(x, (30, 40)).sum().backward()  # taps made in inference mode above
+    assert x.grad is not None and torch.allclose(x.grad.sum(), torch.tensor(30.0 * 40 * 3))

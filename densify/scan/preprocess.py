@@ -14,7 +14,11 @@ input:
   (``INTER_LINEAR``).
 
 The result is rounded to ``uint8`` values, as OpenCV's is, then normalized with the same float32
-operations as the CPU path and padded with zeros (the mean colour). Tolerance (tested in
+operations as the CPU path and padded with zeros (the mean colour). The taps, the mean and the
+std are copied to the device once per shape and kept there (:func:`device_constants`): a copy
+from ordinary (pageable) host memory may make the host wait for the device's queue, and the
+pyramid's shapes repeat from image to image, so after the first image a level is built without
+any transfer. Tolerance (tested in
 ``tests/test_preprocess.py``): OpenCV computes ``INTER_LINEAR`` in 11-bit fixed point and
 ``INTER_AREA`` in float32 with its own summation order, so a pixel whose exact value lies near
 a rounding boundary may come out one grey level apart; no pixel differs by more than 1/255
@@ -39,8 +43,8 @@ import torch.nn.functional as F
 from ..errors import ParameterError
 from .pyramid import Level
 
-__all__ = ["RESIZE_MODES", "resize_taps", "resize", "resize_grey_levels", "normalize", "level_batch",
-           "upload"]
+__all__ = ["RESIZE_MODES", "resize_taps", "device_constants", "resize", "resize_grey_levels",
+           "normalize", "level_batch", "upload"]
 
 #: The filters :func:`resize` reproduces, named as in the module docstring.
 RESIZE_MODES = ("area", "linear")
@@ -113,12 +117,50 @@ def resize_taps(src: int, dst: int, mode: str) -> tuple[torch.Tensor, torch.Tens
     return torch.from_numpy(index), torch.from_numpy(weight)
 
 
+@functools.lru_cache(maxsize=512)
+def device_constants(key: tuple, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The constant tensors a level is built with, on ``device``, made and copied there once per
+    ``key`` and kept (at most 512 keys, the least recently used dropped first); the caller must
+    not change them. Keys: ``("taps", src, dst, mode)`` (:func:`resize_taps`),
+    ``("coef", src, dst)`` (the linear taps' index and 11-bit integer coefficients),
+    ``("channels", values, in_chans)`` (one mean or std value per channel, ``(1, C, 1, 1)``),
+    ``("gray",)`` (OpenCV's grey weights, ``(1, 3, 1, 1)``).
+
+    Examples:
+        >>> cpu = torch.device("cpu")
+        >>> index, weight = device_constants(("taps", 4, 2, "area"), cpu)
+        >>> device_constants(("taps", 4, 2, "area"), cpu)[1] is weight   # kept, not remade
+        True
+    """
+    with torch.inference_mode(False):  # ordinary tensors, usable outside a scan's inference mode
+        return _constants(key, device)
+
+
+def _constants(key: tuple, device: torch.device) -> tuple[torch.Tensor, ...]:
+    kind, *args = key
+    if kind == "taps":
+        tensors = resize_taps(*args)
+    elif kind == "coef":
+        index, weight = resize_taps(*args, "linear")
+        tensors = index, (weight * _COEF_SCALE).round().int()
+    elif kind == "channels":
+        values, in_chans = args
+        tensors = (torch.tensor(values, dtype=torch.float32).expand(in_chans)
+                   .reshape(1, in_chans, 1, 1),)
+    elif kind == "gray":
+        tensors = (torch.tensor(_GRAY, dtype=torch.float32).view(1, 3, 1, 1),)
+    else:
+        raise ValueError(f"unknown constant {key!r}")
+    if device.type == "cuda":  # through pinned memory: the copy does not wait for the queue
+        return tuple(t.pin_memory().to(device, non_blocking=True) for t in tensors)
+    return tuple(t.to(device) for t in tensors)
+
+
 def _resize_axis(x: torch.Tensor, dim: int, dst: int, mode: str) -> torch.Tensor:
     src = x.shape[dim]
     if src == dst:
         return x
-    index, weight = resize_taps(src, dst, mode)
-    index, weight = index.to(x.device, non_blocking=True), weight.to(x.device, non_blocking=True)
+    index, weight = device_constants(("taps", src, dst, mode), x.device)
     taps = x.index_select(dim, index.flatten())  # the axis becomes dst·T long
     shape = list(x.shape)
     shape[dim:dim + 1] = [dst, index.shape[1]]
@@ -168,9 +210,7 @@ def resize_grey_levels(images: torch.Tensor, size_hw: Sequence[int]) -> torch.Te
 
 
 def _fixed_point_pass(x: torch.Tensor, dim: int, dst: int, vertical: bool = False) -> torch.Tensor:
-    index, weight = resize_taps(x.shape[dim], dst, "linear")
-    coef = (weight * _COEF_SCALE).round().int().to(x.device, non_blocking=True)
-    index = index.to(x.device, non_blocking=True)
+    index, coef = device_constants(("coef", x.shape[dim], dst), x.device)
     view = [1] * (x.ndim + 1)
     view[dim], view[dim + 1] = dst, 2
     shape = list(x.shape)
@@ -190,21 +230,20 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
         raise ParameterError(f"in_chans must be 1 (gray) or 3 (RGB), got {in_chans}")
     x = images.float() / 255.0
     if in_chans == 1:
-        gray = torch.tensor(_GRAY, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-        x = (x * gray).sum(1, keepdim=True)
+        x = (x * device_constants(("gray",), x.device)[0]).sum(1, keepdim=True)
     m = _channel_values(mean, in_chans, "mean", x.device)
     s = _channel_values(std, in_chans, "std", x.device)
     return (x - m) / s
 
 
 def _channel_values(values: Sequence[float], in_chans: int, what: str, device) -> torch.Tensor:
-    t = torch.as_tensor(tuple(values), dtype=torch.float32).flatten()
-    if t.numel() not in (1, in_chans):
-        raise ParameterError(f"{what} has {t.numel()} values but the model takes {in_chans} "
+    flat = tuple(float(v) for v in torch.as_tensor(tuple(values), dtype=torch.float32).flatten())
+    if len(flat) not in (1, in_chans):
+        raise ParameterError(f"{what} has {len(flat)} values but the model takes {in_chans} "
                              "channels; give one value per channel")
-    if what == "std" and bool((t <= 0).any()):
+    if what == "std" and any(v <= 0 for v in flat):
         raise ParameterError(f"std must be positive, got {tuple(values)}")
-    return t.expand(in_chans).reshape(1, in_chans, 1, 1).to(device, non_blocking=True)
+    return device_constants(("channels", flat, in_chans), device)[0]
 
 
 def level_batch(images: torch.Tensor, level: Level, mean: Sequence[float], std: Sequence[float],
