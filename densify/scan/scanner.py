@@ -110,10 +110,10 @@ class Scanner:
     scan (:mod:`densify.scan.memory`): what the process holds once the model is converted is
     measured here, and a scale that does not fit in the rest is computed in stride-aligned,
     overlapping tiles that give the same cells; a budget below the fixed cost plus the smallest
-    tile raises :class:`densify.scan.tiling.TilingError` stating the minimum. ``threads`` None
-    leaves torch's thread count alone (a library call changes nothing process-wide; the command
-    line chooses a count with :mod:`densify.runtime`); a count is set for each call and restored
-    after it. ``scores``/``boxes``: for multi-output models (default: the card's outputs);
+    tile raises :class:`densify.scan.tiling.TilingError` stating the minimum. ``threads`` is
+    checked, never set: a library call changes nothing process-wide, so the application sets
+    torch's count for its run (:func:`densify.runtime.tuned`, as the command line does).
+    ``scores``/``boxes``: for multi-output models (default: the card's outputs);
     regressed boxes then replace the windows in detections.
 
     Examples:
