@@ -11,7 +11,9 @@ minus the cores other processes keep busy right now, at least 1 (:func:`default_
 the environment wins (torch's count is kept). Why not torch's default (one thread per physical
 core): every parallel region of a convolution waits for its slowest OpenMP thread; when another
 process holds a core, the thread scheduled on it runs only in that process's time slices and the
-whole layer waits (measured in docs/performance.md, *Efficiency*).
+whole layer waits (measured in docs/performance.md, *Efficiency*). When several threads of the
+application run torch ops at once, each gets its own OpenMP team of that many threads:
+:func:`shared_threads` divides the count among them.
 
 Allocator (glibc): with a memory budget, blocks of 1 MiB and more are served by ``mmap`` so that
 freed activations leave the process at once (:func:`limit_heap_slack`); with ``keep_memory``
@@ -37,7 +39,8 @@ import time
 from collections.abc import Iterator
 
 __all__ = ["default_threads", "available_cpus", "busy_cores", "choose_threads", "allocator",
-           "retain_freed_memory", "limit_heap_slack", "trim_heap", "restore_allocator", "tuned"]
+           "retain_freed_memory", "limit_heap_slack", "trim_heap", "restore_allocator", "tuned",
+           "shared_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -229,3 +232,34 @@ def tuned(threads: int | None = None, *, keep_memory: bool = False, max_memory=N
         if torch.get_num_threads() != previous:
             torch.set_num_threads(previous)
         restore_allocator()
+
+
+@contextlib.contextmanager
+def shared_threads(workers: int) -> Iterator[int]:
+    """Torch's intra-op thread count divided among ``workers`` threads that run torch ops at
+    once (each gets its own OpenMP team), at least 1, restored on exit; yields the count.
+
+    The command line uses it while a GPU scan's images are finished (heat maps painted,
+    files encoded) in worker threads: without it, 16 workers on a 16-core host would start
+    16 teams of 16 threads.
+
+    Examples:
+        >>> import torch
+        >>> before = torch.get_num_threads()
+        >>> with shared_threads(2 * before) as count:
+        ...     count, torch.get_num_threads()
+        (1, 1)
+        >>> torch.get_num_threads() == before
+        True
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    count = max(1, previous // max(1, int(workers)))
+    if count != previous:
+        torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)

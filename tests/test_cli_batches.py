@@ -262,3 +262,26 @@ def test_finishing_threads_follow_the_images_in_flight_and_the_cores(monkeypatch
     cores; one without batches."""
     monkeypatch.setattr(_scanning.os, "cpu_count", lambda: cores)
     assert _scanning.finishing_threads(batch) == threads
+
+
+@pytest.mark.parametrize("device, shared", [("cuda", True), ("cpu", False)])
+def test_a_gpu_scans_finishing_threads_share_torchs_threads(folder, monkeypatch, device, shared):
+    """On a GPU the host's torch ops run in the finishing threads: torch's count is divided
+    among them there (one OpenMP team each) and restored after; a CPU scan keeps its count."""
+    monkeypatch.setattr(_scanning, "_device_type", lambda scanner: device)
+    monkeypatch.setattr(_scanning.os, "cpu_count", lambda: 64)  # 2 chunks of 2: 4 workers
+    scanner = Scanner("lenet5-digits", scales=2, weights="DEFAULT", device="cpu", batch_size=2)
+    seen: list = []
+
+    def work(path, stem, rgb, result):
+        seen.append(torch.get_num_threads())
+        return _work(path, stem, rgb, result)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(8)
+    try:
+        each_image(scanner, folder[:3], True, work)
+        assert torch.get_num_threads() == 8
+    finally:
+        torch.set_num_threads(before)
+    assert seen == ([2] * 3 if shared else [8] * 3)

@@ -208,6 +208,24 @@ def test_autotuning_is_on_inside_a_cuda_scan_only():
             cudnn.benchmark = False
 
 
+def test_autotuning_leaves_the_callers_other_cudnn_settings_alone():
+    """A caller who turned TF32 off through torch's new API (``fp32_precision``) can scan on
+    CUDA: reading the legacy ``allow_tf32`` flag would raise there; nothing but ``benchmark``
+    changes during the scan."""
+    cudnn = torch.backends.cudnn
+    before = cudnn.conv.fp32_precision, cudnn.deterministic, cudnn.enabled
+    try:
+        cudnn.conv.fp32_precision = "ieee"
+        with autotune(torch.device("cuda"), True):
+            assert cudnn.benchmark is True
+            assert (cudnn.conv.fp32_precision, cudnn.deterministic, cudnn.enabled) == (
+                "ieee", before[1], before[2])
+        assert cudnn.conv.fp32_precision == "ieee" and cudnn.benchmark is False
+    finally:
+        cudnn.conv.fp32_precision = before[0]
+        cudnn.benchmark = False
+
+
 def _fake_capture(log):
     def capture(fn, x, pool):
         log.append(tuple(x.shape))
@@ -237,6 +255,35 @@ def test_the_least_recently_used_graph_is_dropped():
     for x in (a, a, b, b, a, c, c):
         cache(x)
     assert [k[0] for k in cache.graphs] == [(1, 1), (1, 3)]
+
+
+def test_a_dropped_shape_is_not_captured_again():
+    """More shapes than the cache holds: each shape is captured once at most, the dropped ones
+    run eagerly (recapturing would cost a capture, a device wait and emptied caches per pass).
+    Mutation caught: recapturing a dropped shape."""
+    captured: list = []
+    cache = GraphCache(lambda x: x + 1, capacity=2, capture_fn=_fake_capture(captured))
+    shapes = [torch.zeros(1, k) for k in (1, 2, 3)]
+    for _ in range(4):  # cycling through 3 shapes with room for 2
+        for x in shapes:
+            assert torch.equal(cache(x), x + 1)
+    assert sorted(s[1] for s in captured) == [1, 2, 3]  # once each
+    assert [k[0] for k in cache.graphs] == [(1, 2), (1, 3)] and cache.dropped == {
+        GraphCache.key(shapes[0])}
+
+
+def test_a_capture_out_of_memory_runs_eagerly_with_a_warning(caplog):
+    def out_of_memory(fn, x, pool):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    cache = GraphCache(lambda x: x * 3, capture_fn=out_of_memory)
+    x = torch.ones(2)
+    with caplog.at_level("INFO", logger="densify.scan.graphs"):
+        for _ in range(3):
+            assert torch.equal(cache(x), x * 3)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "out of device memory" in warnings[0].getMessage()
+    assert GraphCache.key(x) in cache.failed and not cache.graphs
 
 
 def test_a_failed_capture_runs_eagerly_and_is_not_retried():

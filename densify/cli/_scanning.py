@@ -37,7 +37,7 @@ from ..errors import DensifyError, ImageError, OutputError
 from ..io.image import expand_inputs
 from ..io.records import Recorder, already_done, skipped_record
 from ..models.user import ModelChoice
-from ..runtime import trim_heap, tuned
+from ..runtime import shared_threads, trim_heap, tuned
 from ..scan.engine import PendingScan
 from ..scan.ensemble import Ensemble
 from ..scan.records import PER_IMAGE_ERRORS, error_message, error_record, ok_record
@@ -208,7 +208,10 @@ def each_image(scanner: Scanner | Ensemble, paths: list[Path], quiet: bool,
         for record in chunk_records:
             recorder.add(record.result() if isinstance(record, Future) else record)
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="densify-work") as pool:
+    # on a GPU the host's torch ops are the workers' (heat maps): its threads are shared out
+    on_host = workers > 1 and _device_type(scanner) != "cpu"
+    with (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="densify-work") as pool,
+          shared_threads(workers if on_host else 1)):
         launched: deque = deque()  # chunks on the device whose results are not taken yet
         pending: deque = deque()  # the previous chunk's work runs while this one is taken
         for chunk in itertools.chain(_chunks(items, done, batch), [None]):  # None: the end
@@ -224,6 +227,11 @@ def each_image(scanner: Scanner | Ensemble, paths: list[Path], quiet: bool,
             emit(pending.popleft())
     recorder.close()
     return recorder.records, recorder.failed
+
+
+def _device_type(scanner: Scanner | Ensemble) -> str:
+    """Where ``scanner`` (or the first model of an ensemble) runs: ``"cpu"``, ``"cuda"``, ..."""
+    return (scanner.members[0] if isinstance(scanner, Ensemble) else scanner).device.type
 
 
 def scan_one(scanner: Scanner, path: Path, stem: str, work: Callable[..., dict]) -> dict:

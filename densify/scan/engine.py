@@ -77,9 +77,12 @@ class HostCopy:
     """A group's ``(probs, regression)`` per level on their way to the host.
 
     On CUDA every map of every level and image is concatenated on the device and copied, in one
-    asynchronous transfer started here, into pinned host memory; the device goes on with whatever
-    is queued next (the next group's levels) and :meth:`wait` blocks only until this copy is done.
-    On another device the copy is synchronous; CPU maps are already on the host.
+    asynchronous transfer started here, into a pinned staging buffer; the device goes on with
+    whatever is queued next (the next group's levels) and :meth:`wait` blocks (without spinning
+    a CPU core) only until this copy is done, then copies the maps out into ordinary memory, so
+    that results never hold page-locked memory and the buffer goes back to torch's pinned cache
+    for the next group. On another device the copy is synchronous; CPU maps are already on the
+    host.
     """
 
     def __init__(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor | None]]):
@@ -97,7 +100,7 @@ class HostCopy:
         if flat.is_cuda:
             self.flat = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
             self.flat.copy_(flat, non_blocking=True)
-            self.event = torch.cuda.Event()
+            self.event = torch.cuda.Event(blocking=True)
             self.event.record(torch.cuda.current_stream(flat.device))
         else:
             self.flat = flat.cpu()
@@ -108,6 +111,9 @@ class HostCopy:
             return self.pairs
         if self.event is not None:
             self.event.synchronize()
+            host = torch.empty(self.flat.shape, dtype=self.flat.dtype)  # pageable
+            host.copy_(self.flat)
+            self.flat, self.event = host, None
         parts = iter(p.view(shape) for p, shape in zip(
             self.flat.split([shape.numel() for shape in self.shapes]), self.shapes, strict=True))
         return [(next(parts), next(parts) if r else None) for r in self.regressed]
@@ -173,15 +179,19 @@ def same_size_groups(shapes: Sequence[Sequence[int]], size: int) -> list[list[in
 @contextlib.contextmanager
 def autotune(device: torch.device, enabled: bool = True):
     """cuDNN autotuning (``benchmark``) for this scan on CUDA: the pyramid's shapes repeat from
-    image to image, so the fastest kernel for each is found once; the caller's flags are
-    restored afterwards."""
+    image to image, so the fastest kernel for each is found once; the caller's value is
+    restored afterwards. Only that flag is touched: the caller's other cuDNN settings (TF32,
+    set through the legacy or the new ``fp32_precision`` API, determinism) stay as they are."""
     if device.type != "cuda" or not enabled:
         yield
         return
     backend = torch.backends.cudnn
-    with backend.flags(enabled=backend.enabled, benchmark=True,
-                       deterministic=backend.deterministic, allow_tf32=backend.allow_tf32):
+    caller = backend.benchmark
+    backend.benchmark = True
+    try:
         yield
+    finally:
+        backend.benchmark = caller
 
 
 def check_budget(budget: MemoryBudget, geometry, pyramid: Sequence[Level], held: int,

@@ -9,10 +9,14 @@ for an input shape replays the whole pass with one launch.
 
 Policy (:class:`GraphCache`): a shape is captured the second time it is seen: a folder of photos
 of one size repeats its pyramid's shapes for every image, while a one-off shape is not worth a
-capture (three warm-up passes, which also let cuDNN's autotuning pick its kernels). At most
-``capacity`` graphs are kept, the least recently used dropped first. They share one memory pool,
-since they replay one after another on one stream. A shape whose capture fails runs eagerly from
-then on (logged once). The replayed output is copied out of the graph's static buffer, so a
+capture (three warm-up passes, which also let cuDNN's autotuning pick its kernels; a capture
+also waits for the device and empties torch's memory caches). At most ``capacity`` graphs are
+kept, the least recently used dropped first, and a dropped shape is not captured again but runs
+eagerly (logged once): with more shapes than the cache holds (a folder of many image sizes or
+batch sizes), recapturing would cost a capture per pass. They share one memory pool, since they
+replay one after another on one stream. A shape whose capture fails runs eagerly from then on
+(logged once; at warning level when the device ran out of memory), and the thread is put back
+on the stream it was on. The replayed output is copied out of the graph's static buffer, so a
 result never changes under the caller.
 
 Shape:
@@ -54,15 +58,19 @@ def capture(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, pool=No
     stream, then captured into ``pool``); the callable copies its input into the graph's and
     returns a copy of the output."""
     static_in = x.clone()
+    caller = torch.cuda.current_stream(x.device)
     stream = torch.cuda.Stream(device=x.device)
-    stream.wait_stream(torch.cuda.current_stream(x.device))
+    stream.wait_stream(caller)
     with torch.cuda.stream(stream):
         for _ in range(WARMUP):
             fn(static_in)
-    torch.cuda.current_stream(x.device).wait_stream(stream)
+    caller.wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
-        static_out = fn(static_in)
+    try:  # other threads' CUDA calls (the command line's readers, writers) may go on meanwhile
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+            static_out = fn(static_in)
+    finally:  # a failed capture leaves the thread on the capture stream
+        torch.cuda.set_stream(caller)
     return _Graph(graph, static_in, static_out)
 
 
@@ -83,6 +91,7 @@ class GraphCache:
         self.graphs: OrderedDict[tuple, Callable] = OrderedDict()
         self.seen: Counter[tuple] = Counter()
         self.failed: set[tuple] = set()
+        self.dropped: set[tuple] = set()
         self._pool = None
 
     @staticmethod
@@ -96,7 +105,7 @@ class GraphCache:
             self.graphs.move_to_end(key)
             return graph(x)
         self.seen[key] += 1
-        if key in self.failed or self.seen[key] < self.min_uses:
+        if key in self.failed or key in self.dropped or self.seen[key] < self.min_uses:
             return self.fn(x)
         try:
             if self._pool is None and x.is_cuda:
@@ -104,10 +113,19 @@ class GraphCache:
             graph = self._capture(self.fn, x, self._pool)
         except RuntimeError as exc:  # an op that cannot be captured: stay eager for this shape
             self.failed.add(key)
-            log.info("CUDA graph capture failed for input %s (%s); running it eagerly",
-                     tuple(x.shape), str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if isinstance(exc, torch.OutOfMemoryError):
+                log.warning("no CUDA graph for input %s: out of device memory (%s); it runs "
+                            "eagerly (a smaller batch size leaves room)", tuple(x.shape), why)
+            else:
+                log.info("CUDA graph capture failed for input %s (%s); running it eagerly",
+                         tuple(x.shape), why)
             return self.fn(x)
         self.graphs[key] = graph
         while len(self.graphs) > self.capacity:
-            self.graphs.popitem(last=False)
+            old, _ = self.graphs.popitem(last=False)
+            if not self.dropped:
+                log.info("more input shapes than the %d CUDA graphs kept; shapes dropped from "
+                         "them run eagerly", self.capacity)
+            self.dropped.add(old)
         return graph(x)

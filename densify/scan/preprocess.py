@@ -282,7 +282,9 @@ def upload(rgb: np.ndarray | Sequence[np.ndarray], device: torch.device) -> torc
     size: on CUDA through pinned host memory, asynchronously (the copy overlaps the work already
     queued); elsewhere without a copy where possible."""
     arrays = [rgb] if isinstance(rgb, np.ndarray) else list(rgb)
-    host = torch.from_numpy(np.stack(arrays) if len(arrays) > 1 else arrays[0][None])
     if device.type != "cuda":
-        return host.to(device)
-    return host.pin_memory().to(device, non_blocking=True)
+        return torch.from_numpy(np.stack(arrays) if len(arrays) > 1 else arrays[0][None]).to(device)
+    host = torch.empty((len(arrays), *arrays[0].shape), dtype=torch.uint8, pin_memory=True)
+    for i, array in enumerate(arrays):  # each image copied once, straight into pinned memory
+        host[i].numpy()[...] = array
+    return host.to(device, non_blocking=True)
