@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from densify.convert.dense import available_strides
 from densify.digits import synth
 from densify.models import archs
 from densify.models.catalogue import WEIGHTS_DIR
@@ -191,6 +192,9 @@ def main(seed: int, samples: int, epochs: int, workers: int, out: Path, per_clas
                      "held_out_windows": 10_000, "held_out_split": "eval",
                      "held_out_error": error, "train_seconds": round(time.time() - start)},
         "classifier_tensors_sha256": before,
+        # the facts `densify models` prints (tests/test_catalogue.py checks them)
+        "params": sum(p.numel() for p in model.parameters()),
+        "strides": available_strides(model, tuple(card["input_size"])),
         "sha256": sha256(pt)})
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     print(f"wrote {pt} and {card_path}")

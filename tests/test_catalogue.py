@@ -57,6 +57,16 @@ def test_table_params_and_strides_are_computed_from_the_model(name):
     assert list(spec.strides) == available_strides(model, spec.input_size)
 
 
+@pytest.mark.parametrize("name", [n for n, s in zoo.MODELS.items() if s.family == "project"])
+def test_project_cards_params_and_strides_are_the_models(name):
+    """The shipped models' cards carry what ``densify models`` prints for the others
+    (written by scripts/train_digit_boxes.py)."""
+    spec = zoo.MODELS[name]
+    model = zoo.build_skeleton(name)
+    assert spec.params == sum(p.numel() for p in model.parameters())
+    assert list(spec.strides) == available_strides(model, spec.input_size) != []
+
+
 def test_models_command_prints_the_table_and_one_card():
     result = CliRunner().invoke(main, ["models", "--json", "-"])
     assert result.exit_code == 0, result.output

@@ -214,6 +214,7 @@ def _project_specs() -> dict[str, ModelSpec]:
             functools.partial(_build_project, card["arch"], in_chans),
             tuple(card["input_size"]), len(card["categories"]),
             tuple(card["mean"]), tuple(card["std"]), weights=card["file"], categories_from="card",
+            params=card.get("params"), strides=tuple(card.get("strides", ())),
             card=ModelCard.from_dict(card),
         )
     return specs
