@@ -5,6 +5,7 @@ and the CLI on a folder of JPEGs. Sized to run in under 5 minutes on one H100/H2
     PYTHONPATH=. python3 scripts/gpu_bench.py --models resnet50 --parts scanner
     PYTHONPATH=. python3 scripts/gpu_bench.py --models resnet50,vgg19 --parts fuse    # conv+ReLU fusion
     PYTHONPATH=. python3 scripts/gpu_bench.py --models resnet50 --parts syncs   # host waits at launch
+    PYTHONPATH=. python3 scripts/gpu_bench.py --models resnet50 --parts mixed   # two orientations
 
 Images: skimage's ``chelsea`` (and friends) resized to 1080 x 1920; random weights (speed does
 not depend on them); bf16 autocast; warm figures (the first calls, which autotune cuDNN, are not
@@ -162,6 +163,25 @@ def scanner_rates(name: str, stride: int, images: list[np.ndarray], record: dict
     print(f"  Scanner {name} s{stride} ({preprocess}): {row['one_at_a_time_images_per_s']:.1f} "
           f"img/s one at a time" + (f", {row['batched_images_per_s']:.1f} img/s batched ({batch})"
                                     if batch else ""), flush=True)
+
+
+def mixed_rates(name: str, stride: int, images: list[np.ndarray], record: dict,
+                batch: int = 8) -> None:
+    """``scan_batch`` images/s on a folder of two orientations (landscape and portrait 1080p,
+    shuffled), against the same number of landscape images: groups of varying size are new
+    shapes for cuDNN's autotuning and the CUDA graphs (docs/gpu.md, "Not done")."""
+    rng = np.random.default_rng(0)
+    mixed = [np.ascontiguousarray(im.transpose(1, 0, 2)) if rng.random() < 0.5 else im
+             for im in images[:4 * batch]]
+    scanner = densify.Scanner(name, scales=6, output_stride=stride, device="cuda",
+                              precision="bf16", weights="random")
+    row = {"model": name, "stride": stride, "batch": batch}
+    for label, folder in (("one_size", images[:4 * batch]), ("mixed", mixed)):
+        t = wall_time(lambda f=folder: scanner.scan_batch(f, batch_size=batch), 2, warmup=1)
+        row[f"{label}_images_per_s"] = len(folder) / t
+    record.setdefault("mixed", []).append(row)
+    print(f"  Scanner {name} s{stride} batched ({batch}): one size {row['one_size_images_per_s']:.1f}"
+          f" img/s, two orientations {row['mixed_images_per_s']:.1f} img/s", flush=True)
 
 
 def launch_syncs(name: str, stride: int, images: list[np.ndarray], record: dict,
@@ -392,6 +412,7 @@ def main() -> None:
             sections = (("dense", dense_vs_crops, (name, stride, peak, record)),
                         ("scanner", scanner_rates, (name, stride, images, record)),
                         ("syncs", launch_syncs, (name, stride, images, record)),
+                        ("mixed", mixed_rates, (name, stride, images, record)),
                         ("profile", profile_dense, (name, stride, record)),
                         ("hostprofile", host_profile, (name, stride, images, record)),
                         ("graphs", graphs_and_compile, (name, stride, record, "compile" in parts)),
