@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from densify.scan.engine import autotune
+from densify.scan.ensemble import Ensemble
 from densify.scan.graphs import GraphCache
 from densify.scan.scanner import Scanner
 
@@ -298,3 +299,29 @@ def test_a_failed_capture_runs_eagerly_and_is_not_retried():
     for _ in range(4):
         assert torch.equal(cache(x), x + 1)
     assert len(tries) == 1 and not cache.graphs
+
+
+def test_pinned_results_reach_the_host_copy_only_when_asked(monkeypatch):
+    """Library results are copied out of the pinned staging buffer on a GPU (a caller may keep
+    them); ``pinned_results=True`` (the command line's) leaves them there. The flag's path is
+    checked here, where HostCopy runs its CPU branch."""
+    from densify.cli import _scanning
+    from densify.scan import scanner as scanner_module
+
+    asked: list = []
+    real = scanner_module.HostCopy
+    monkeypatch.setattr(scanner_module, "HostCopy",
+                        lambda outs, pinned=False: asked.append(pinned) or real(outs, pinned))
+    digits = Scanner("lenet5-digits", weights="DEFAULT", scales=1, device="cpu")
+    crop = np.zeros((40, 60, 3), np.uint8)
+    digits(crop)
+    digits.scan_batch([crop, crop])
+    digits.launch_batch([crop]).results()
+    assert len(asked) >= 3 and not any(asked)
+    asked.clear()
+    Ensemble([digits, digits]).launch_batch([crop], pinned_results=True).results()
+    assert asked == [True, True]
+    asked.clear()
+    _scanning.each_image(digits, [ROOT / "demos" / "digits_scene.png"], True,
+                         lambda path, stem, rgb, result: {"files": []})
+    assert asked == [True]

@@ -294,8 +294,10 @@ def _launch_chunk(scanner: Scanner | Ensemble, chunk: list[tuple], reader: Itera
     pending = None
     if scan:
         try:
+            # each result is written and dropped soon: on a GPU its maps may stay pinned
             pending = scanner.launch_batch([rgb for *_, rgb in scan], batch_size=len(scan),
-                                           progress=not quiet and len(scan) == 1)
+                                           progress=not quiet and len(scan) == 1,
+                                           pinned_results=True)
         except PER_IMAGE_ERRORS as exc:
             pending = exc
     return _Launched(chunk, records, scan, pending, time.perf_counter() - start)

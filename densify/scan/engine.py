@@ -81,11 +81,14 @@ class HostCopy:
     whatever is queued next (the next group's levels) and :meth:`wait` blocks (without spinning
     a CPU core) only until this copy is done, then copies the maps out into ordinary memory, so
     that results never hold page-locked memory and the buffer goes back to torch's pinned cache
-    for the next group. On another device the copy is synchronous; CPU maps are already on the
-    host.
+    for the next group; with ``pinned`` the maps stay in the pinned buffer (no copy out: for a
+    caller that drops its results soon). On another device the copy is synchronous; CPU maps
+    are already on the host.
     """
 
-    def __init__(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor | None]]):
+    def __init__(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
+                 pinned: bool = False):
+        self.pinned = pinned
         self.pairs = list(pairs)  # kept only while the maps are host-side already
         self.regressed = [r is not None for _, r in self.pairs]
         tensors = [t for pair in self.pairs for t in pair if t is not None]
@@ -111,9 +114,11 @@ class HostCopy:
             return self.pairs
         if self.event is not None:
             self.event.synchronize()
-            host = torch.empty(self.flat.shape, dtype=self.flat.dtype)  # pageable
-            host.copy_(self.flat)
-            self.flat, self.event = host, None
+            if not self.pinned:
+                host = torch.empty(self.flat.shape, dtype=self.flat.dtype)  # pageable
+                host.copy_(self.flat)
+                self.flat = host
+            self.event = None
         parts = iter(p.view(shape) for p, shape in zip(
             self.flat.split([shape.numel() for shape in self.shapes]), self.shapes, strict=True))
         return [(next(parts), next(parts) if r else None) for r in self.regressed]

@@ -143,11 +143,12 @@ class Ensemble:
 
     def launch_batch(self, images: Sequence[str | Path | np.ndarray | torch.Tensor],
                      scales: int | str | Sequence[float] | None = None,
-                     progress: bool | None = None, batch_size: int | None = None
-                     ) -> PendingScan:
-        """:meth:`scan_batch` in two halves (:meth:`Scanner.launch_batch`): every member
-        launches the images now; ``.results()`` takes the members' results and averages them,
-        one :class:`ScanResult` per image in input order.
+                     progress: bool | None = None, batch_size: int | None = None,
+                     pinned_results: bool = False) -> PendingScan:
+        """:meth:`scan_batch` in two halves (:meth:`Scanner.launch_batch`, whose
+        ``pinned_results`` goes to every member): every member launches the images now;
+        ``.results()`` takes the members' results and averages them, one :class:`ScanResult`
+        per image in input order.
 
         Examples:
             >>> import torch, densify
@@ -164,7 +165,8 @@ class Ensemble:
         """
         decoded = [as_rgb(image) for image in images]
         rgbs = [rgb for rgb, _ in decoded]
-        launched = [m.launch_batch(rgbs, scales, progress, batch_size) for m in self.members]
+        launched = [m.launch_batch(rgbs, scales, progress, batch_size, pinned_results)
+                    for m in self.members]
         sources = [source for _, source in decoded]
         return PendingScan([(range(len(decoded)), lambda: self._combined(
             [pending.results() for pending in launched], sources))], len(decoded))
