@@ -287,3 +287,25 @@ def test_bench_fp16_names_the_precisions_it_times(runner):
     line = _one_line(runner.invoke(main, ["bench", "-m", "lenet5", "-w", "random", "--precision",
                                           "fp16", "--device", "cpu"]), 1)
     assert "fp16" in line and "--precision fp32 or bf16" in line and "unknown" not in line, line
+
+
+@pytest.mark.parametrize("option", ["--save-gt", "--save-detections"])
+def test_evaluate_refuses_an_unwritable_save_path_before_scanning(runner, tmp_path, monkeypatch,
+                                                                 option):
+    """--save-gt / --save-detections were written after every scene was scanned and scored."""
+    from densify.digits import evaluation
+
+    def never(*args, **kwargs):
+        raise AssertionError("scanned before the save path was checked")
+
+    monkeypatch.setattr(evaluation, "evaluate_scenes", never)
+    (tmp_path / "file").write_text("x")
+    line = _one_line(runner.invoke(main, ["evaluate", "--scenes", "1", option,
+                                          str(tmp_path / "file" / "x.json")]), 2)
+    assert f"'{option}'" in line and "is a file, not a directory" in line, line
+
+
+def test_evaluate_size_too_small_for_the_scenes_names_the_size_to_give(runner):
+    line = _one_line(runner.invoke(main, ["evaluate", "--scenes", "1", "--size", "100x100",
+                                          "-q"]), 1)
+    assert "over 180 px on the short side" in line and "--size" in line, line

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-__all__ = ["json_output", "write_json_output"]
+__all__ = ["json_output", "write_json_output", "writable_file"]
 
 
 def _json_target(ctx, param, value: str | None) -> str | None:
@@ -20,6 +20,15 @@ def _json_target(ctx, param, value: str | None) -> str | None:
         problem = _unwritable(Path(value))
         if problem:
             raise click.BadParameter(_cannot_write(value, problem))
+    return value
+
+
+def writable_file(ctx, param, value):
+    """A click callback for an option naming a file to write (a path or None): refuses, when the
+    command line is read, a path that cannot be written (so no work is lost to it)."""
+    problem = None if value is None else _unwritable(Path(value))
+    if problem:
+        raise click.BadParameter(f"cannot write {value} ({problem}); choose another FILE")
     return value
 
 
