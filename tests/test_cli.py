@@ -309,3 +309,27 @@ def test_evaluate_size_too_small_for_the_scenes_names_the_size_to_give(runner):
     line = _one_line(runner.invoke(main, ["evaluate", "--scenes", "1", "--size", "100x100",
                                           "-q"]), 1)
     assert "over 180 px on the short side" in line and "--size" in line, line
+
+
+@pytest.mark.parametrize("detections, words", [
+    ({"image_id": 1}, ["detections are a dict, not a list"]),
+    ([1, 2], ["detection 0 is not a COCO result"]),
+    ([{"image_id": 1, "category_id": 1, "bbox": "x", "score": 0.9}],
+     ["detection 0 is not a COCO result", "bbox [x, y, w, h]"]),
+    ("gt", ["ground truth is not COCO JSON", "annotations with image_id"]),
+])
+def test_evaluate_malformed_coco_files_are_bad_input(runner, tmp_path, detections, words):
+    """Malformed --detections or --gt reached pycocotools: TypeError or KeyError, exit 3 ("a bug
+    in densify")."""
+    pytest.importorskip("pycocotools")
+    gt = {"images": [{"id": 1, "width": 10, "height": 10}], "categories": [{"id": 1, "name": "x"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5],
+                           "area": 25, "iscrowd": 0}]}
+    if detections == "gt":
+        gt["annotations"] = [{"id": 1}]
+        detections = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.9}]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "det.json").write_text(json.dumps(detections))
+    line = _one_line(runner.invoke(main, ["evaluate", "--gt", str(tmp_path / "gt.json"),
+                                          "--detections", str(tmp_path / "det.json")]), 1)
+    assert all(w in line for w in words), line
