@@ -218,13 +218,18 @@ def test_an_input_size_too_small_is_one_line_without_torchs_tracebacks(runner, t
 @pytest.mark.parametrize("content, words", [
     (b"this is text, not tensors\n", ["not a PyTorch weights file"]),
     (None, ["holds a pickled torch.nn.modules.linear.Linear", "not a state dict"]),
+    ("cut", ["not a PyTorch weights file (PytorchStreamReader failed reading zip archive: "
+             "failed finding central directory)"]),
 ])
 def test_a_file_that_is_not_a_state_dict_names_the_fix(runner, tmp_path, content, words):
-    """torch.load's own message (a paragraph about weights_only) is not passed on, and the
-    line says how to save a state dict."""
+    """torch.load's own message (a paragraph about weights_only) is not passed on, nor cut
+    mid-word, and the line says how to save a state dict."""
     path = tmp_path / "w.pt"
     if content is None:
         torch.save(torch.nn.Linear(2, 2), path)  # a whole pickled model
+    elif content == "cut":  # a state dict cut in half (an interrupted download)
+        torch.save(zoo.build_model("lenet5").state_dict(), path)
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
     else:
         path.write_bytes(content)
     line = _one_line(runner.invoke(main, ["verify", "-m", "lenet5", "-w", str(path)]), 1)

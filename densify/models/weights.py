@@ -181,7 +181,7 @@ def _load_failure(exc: BaseException) -> str:
         return f"holds a pickled {found.group(1) if found else 'object'}, not a state dict"
     if "Weights only load failed" in text:
         return "not a PyTorch weights file"
-    return f"not a PyTorch weights file ({_reason(exc)})"
+    return f"not a PyTorch weights file ({_reason(exc).split('. ')[0].rstrip('.')})"
 
 
 def load_state_dict_file(model: nn.Module, path: str | Path, rebuild=None) -> nn.Module:
