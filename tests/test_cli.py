@@ -200,3 +200,141 @@ def test_subprocess_entry_point_errors_cleanly():
     assert proc.returncode == 2
     assert "unknown model 'nosuchnet'" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.splitlines()) == 1 and "--help" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("command", ["verify", "convert"])
+def test_an_input_size_too_small_is_one_line_without_torchs_tracebacks(runner, tmp_path, command):
+    """torch.fx's ShapeProp prints the traceback of the failing node before raising; densify
+    raises one ConversionError line and nothing else reaches stderr."""
+    args = [command, "-m", "lenet5", "-w", "random", "--input-size", "10"]
+    if command == "convert":
+        args += ["-o", str(tmp_path / "x.pt")]
+    result = runner.invoke(main, args)
+    line = _one_line(result, 1)
+    assert "fails on a 1x10x10 input" in line and "Traceback" not in result.stderr, result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"this is text, not tensors\n", ["not a PyTorch weights file"]),
+    (None, ["holds a pickled torch.nn.modules.linear.Linear", "not a state dict"]),
+    ("cut", ["not a PyTorch weights file (PytorchStreamReader failed reading zip archive: "
+             "failed finding central directory)"]),
+])
+def test_a_file_that_is_not_a_state_dict_names_the_fix(runner, tmp_path, content, words):
+    """torch.load's own message (a paragraph about weights_only) is not passed on, nor cut
+    mid-word, and the line says how to save a state dict."""
+    path = tmp_path / "w.pt"
+    if content is None:
+        torch.save(torch.nn.Linear(2, 2), path)  # a whole pickled model
+    elif content == "cut":  # a state dict cut in half (an interrupted download)
+        torch.save(zoo.build_model("lenet5").state_dict(), path)
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    else:
+        path.write_bytes(content)
+    line = _one_line(runner.invoke(main, ["verify", "-m", "lenet5", "-w", str(path)]), 1)
+    assert all(w in line for w in words), line
+    assert "torch.save(model.state_dict(), path)" in line and "weights_only" not in line, line
+
+
+def test_convert_into_an_unwritable_directory_is_bad_input_before_converting(runner, tmp_path,
+                                                                            monkeypatch):
+    """An output directory that refuses files is exit 1 naming -o (it was torch.jit.save's
+    RuntimeError: exit 3, "a bug in densify"), found before the model is converted. Simulated:
+    root writes through permission bits."""
+    import tempfile
+
+    from densify.models import user
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output directory was checked")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(user, "load_model", never)
+    line = _one_line(runner.invoke(main, ["convert", "-m", "lenet5", "-w", "random", "-o",
+                                          str(tmp_path / "x.pt")]), 1)
+    assert str(tmp_path) in line and "Permission denied" in line and "-o" in line, line
+    assert not list(tmp_path.iterdir())
+
+
+def test_convert_to_torchscript_writes_no_deprecation_warnings(runner, tmp_path):
+    """torch 2.9+ deprecates torch.jit.script and save (FutureWarning, four lines on stderr);
+    the .pt output is TorchScript on purpose, so the warnings are not shown."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # as a plain run shows them (pytest would catch them)
+        result = runner.invoke(main, ["convert", "-m", "lenet5", "-w", "random", "-o",
+                                      str(tmp_path / "x.pt")])
+    assert result.exit_code == 0, result.output
+    assert _stderr_lines(result) == [], result.stderr
+    assert not [w for w in caught if "torch.jit" in str(w.message)], [str(w.message) for w in caught]
+    assert (tmp_path / "x.pt").stat().st_size > 0
+
+
+@pytest.mark.parametrize("target, words", [
+    ("file/x.json", ["is a file, not a directory"]),
+    (".", ["it is a directory"]),
+])
+def test_an_unwritable_json_target_is_refused_before_any_work(runner, tmp_path, target, words):
+    """--json to a path that cannot be written: one usage line naming --json (it was found
+    after the work, blamed on -o)."""
+    (tmp_path / "file").write_text("x")
+    line = _one_line(runner.invoke(main, ["models", "--json", str(tmp_path / target)]), 2)
+    assert "'--json'" in line and all(w in line for w in words), line
+    assert "with -o" not in line, line
+
+
+def test_bench_fp16_names_the_precisions_it_times(runner):
+    line = _one_line(runner.invoke(main, ["bench", "-m", "lenet5", "-w", "random", "--precision",
+                                          "fp16", "--device", "cpu"]), 1)
+    assert "fp16" in line and "--precision fp32 or bf16" in line and "unknown" not in line, line
+
+
+@pytest.mark.parametrize("option", ["--save-gt", "--save-detections"])
+def test_evaluate_refuses_an_unwritable_save_path_before_scanning(runner, tmp_path, monkeypatch,
+                                                                 option):
+    """--save-gt / --save-detections were written after every scene was scanned and scored."""
+    from densify.digits import evaluation
+
+    def never(*args, **kwargs):
+        raise AssertionError("scanned before the save path was checked")
+
+    monkeypatch.setattr(evaluation, "evaluate_scenes", never)
+    (tmp_path / "file").write_text("x")
+    line = _one_line(runner.invoke(main, ["evaluate", "--scenes", "1", option,
+                                          str(tmp_path / "file" / "x.json")]), 2)
+    assert f"'{option}'" in line and "is a file, not a directory" in line, line
+
+
+def test_evaluate_size_too_small_for_the_scenes_names_the_size_to_give(runner):
+    line = _one_line(runner.invoke(main, ["evaluate", "--scenes", "1", "--size", "100x100",
+                                          "-q"]), 1)
+    assert "over 180 px on the short side" in line and "--size" in line, line
+
+
+@pytest.mark.parametrize("detections, words", [
+    ({"image_id": 1}, ["detections are a dict, not a list"]),
+    ([1, 2], ["detection 0 is not a COCO result"]),
+    ([{"image_id": 1, "category_id": 1, "bbox": "x", "score": 0.9}],
+     ["detection 0 is not a COCO result", "bbox [x, y, w, h]"]),
+    ("gt", ["ground truth is not COCO JSON", "annotations with image_id"]),
+])
+def test_evaluate_malformed_coco_files_are_bad_input(runner, tmp_path, detections, words):
+    """Malformed --detections or --gt reached pycocotools: TypeError or KeyError, exit 3 ("a bug
+    in densify")."""
+    pytest.importorskip("pycocotools")
+    gt = {"images": [{"id": 1, "width": 10, "height": 10}], "categories": [{"id": 1, "name": "x"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5],
+                           "area": 25, "iscrowd": 0}]}
+    if detections == "gt":
+        gt["annotations"] = [{"id": 1}]
+        detections = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.9}]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "det.json").write_text(json.dumps(detections))
+    line = _one_line(runner.invoke(main, ["evaluate", "--gt", str(tmp_path / "gt.json"),
+                                          "--detections", str(tmp_path / "det.json")]), 1)
+    assert all(w in line for w in words), line

@@ -303,3 +303,33 @@ def test_threads_reach_the_scanner(photos, tmp_path, monkeypatch, command):
     assert [s.threads for s in made] == [1]
     _one_line_error(_invoke(command, [photos / "coffee.jpg", *LENET, "--threads", 0]), "--threads",
                     status=2)
+
+
+@pytest.mark.parametrize("std", ["0", "1,-1,1", "inf"])
+def test_a_std_that_is_not_positive_is_a_usage_error(photos, tmp_path, std):
+    """It was accepted, then every image failed on it in turn (exit 1, a line per image)."""
+    result = _invoke("heatmap", [photos / "coffee.jpg", *LENET, "--std", std, "-o", tmp_path])
+    _one_line_error(result, "--std", "must be positive", status=2)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("factory, words", [
+    ("def factory():\n    raise RuntimeError('no such layer size')\n",
+     ["factory() raised RuntimeError: no such layer size", "fix the factory"]),
+    ("def factory(width):\n    return None\n", ["factory() raised TypeError", "without arguments"]),
+])
+def test_a_user_factory_that_raises_is_bad_input_with_its_traceback_under_v(
+        photos, tmp_path, monkeypatch, caplog, factory, words):
+    """The user's own code failing is not a bug in densify (it was: exit 3, "internal error");
+    -v still shows where it failed (an INFO record with the traceback; pytest's log capture
+    holds it here, a plain run prints it on stderr)."""
+    module = f"mine_factory_{len(factory)}"  # one per case: imported modules stay cached
+    (tmp_path / f"{module}.py").write_text(factory)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = [photos / "coffee.jpg", "--model", f"{module}:factory", "--input-size", "32",
+            "-q", "-o", tmp_path / "out"]
+    _one_line_error(_invoke("heatmap", args), *words)
+    caplog.set_level("INFO")
+    verbose = CliRunner().invoke(main, ["-v", "heatmap", *(str(a) for a in args)])
+    assert verbose.exit_code == 1 and "Traceback (most recent call last)" in caplog.text
+    assert not list((tmp_path / "out").iterdir())

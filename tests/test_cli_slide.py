@@ -107,3 +107,38 @@ def test_a_killed_scan_resumes_from_its_last_tile(slide_file, tmp_path, monkeypa
     names = [f["properties"]["classification"]["name"] for f in json.loads(
         (tmp_path / "tiny_detections.geojson").read_text())["features"]]
     assert sorted(names) == ["3", "5", "7"]
+
+
+def test_a_corrupt_tile_is_missing_cells_and_the_outputs_are_written(slide_file, tmp_path):
+    """The scan marks a corrupt tile's cells missing; the overview drew it black (it raised
+    the tile's error after the GeoJSON was written: exit 1, a stray GeoJSON, no store)."""
+    bad = tmp_path / "bad.ome.tif"
+    bad.write_bytes(slide_file.read_bytes())
+    with tifffile.TiffFile(bad) as tif:
+        page = tif.pages[0]
+        offset, count = page.dataoffsets[1], page.databytecounts[1]  # the tile at x=128, y=0
+    with open(bad, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\x00" * count)
+    r = run(bad, "-o", tmp_path / "out", "-q")
+    assert r.exit_code == 0, r.output
+    assert "1 corrupt tile(s)" in r.output
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert names == {"bad_heatmap.ome.zarr", "bad_detections.geojson", "bad_overview.png"}
+    assert np.isnan(densify.load_result(tmp_path / "out" / "bad_heatmap.ome.zarr").array(0)).any()
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("missing", ["no such file", "check the path"]),
+    ("directory", ["is a directory", "pass the slide file itself"]),
+    ("empty", ["empty file (0 bytes)", "re-export"]),
+])
+def test_a_missing_empty_or_directory_slide_names_the_fix(tmp_path, kind, words):
+    path = tmp_path / "s.tif"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_bytes(b"")
+    r = run(path, "-o", tmp_path / "out")
+    assert r.exit_code == 1 and all(w in r.output for w in words), r.output
+    assert len(r.output.strip().splitlines()) == 1 and not list((tmp_path / "out").iterdir())

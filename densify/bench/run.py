@@ -90,7 +90,8 @@ def run_bench(model: str, size: tuple[int, int] | None = None, output_stride: in
         A JSON-serialisable dict (see the module docstring for the figures).
     """
     if precision not in PRECISIONS:
-        raise ParameterError(f"unknown precision {precision!r}; use fp32 or bf16")
+        raise ParameterError(f"bench times fp32 and bf16 only, not {precision!r}; use "
+                             "--precision fp32 or bf16")
     clf = load_classifier(model, weights)
     window = clf.spec.input_size[1:]
     size = tuple(size) if size is not None else (4 * window[0], 4 * window[1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import click
@@ -29,12 +30,16 @@ def convert(model, weights, output_stride, input_size, head, output) -> None:
         require_extra("onnx", "ONNX export")
     from ..convert.dense import convolutionize
     from ..convert.export import export
-    from ..io.files import atomic_output
+    from ..io.files import atomic_output, ensure_output_dir
     from ..models.user import load_model
 
+    if output.parent.is_dir():  # refused before converting (a missing one: atomic_output's line)
+        ensure_output_dir(output.parent)
     clf = load_model(model, weights, input_size=input_size)
     dense = convolutionize(clf.model, clf.spec.input_size, output_stride=output_stride, head=head)
-    with atomic_output(output) as tmp:
+    with atomic_output(output) as tmp, warnings.catch_warnings():
+        # torch 2.9+ deprecates TorchScript (FutureWarning): the .pt output stays TorchScript
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
         export(dense, tmp)
     g = dense.geometry
     click.echo(f"wrote {output}: window {g.window[0]}x{g.window[1]}, stride {g.stride[0]}, "

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from . import options
+from .json_options import writable_file
 
 __all__ = ["evaluate"]
 
@@ -60,9 +61,9 @@ def _read_json(path: Path, what: str):
 @options.merge_threshold
 @options.top_k
 @options.boxes
-@click.option("--save-gt", type=_JSON_FILE, default=None,
+@click.option("--save-gt", type=_JSON_FILE, default=None, callback=writable_file,
               help="Write the scenes' COCO ground truth here.")
-@click.option("--save-detections", type=_JSON_FILE, default=None,
+@click.option("--save-detections", type=_JSON_FILE, default=None, callback=writable_file,
               help="Write the COCO detections here.")
 @click.option("--gt", "gt_path", type=_JSON_FILE, default=None,
               help="Score this COCO ground truth against --detections instead of scanning scenes.")

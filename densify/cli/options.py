@@ -67,6 +67,14 @@ def _floats(value: str) -> tuple[float, ...]:
                          "0.485,0.456,0.406") from None
 
 
+def _positive_floats(value: str) -> tuple[float, ...]:
+    values = _floats(value)
+    if not all(v > 0 and v != float("inf") for v in values):
+        raise ValueError(f"standard deviations must be positive, got {value!r}; e.g. "
+                         "0.229,0.224,0.225")
+    return values
+
+
 def _classes(value: str) -> tuple[str, ...]:
     from ..models.user import read_classes
 
@@ -308,7 +316,7 @@ mean = click.option(
 
 # Used by: heatmap, detect.
 std = click.option(
-    "--std", default=None, metavar="S1,S2,S3", callback=callback(_floats),
+    "--std", default=None, metavar="S1,S2,S3", callback=callback(_positive_floats),
     help="Per-channel normalization standard deviation (default as --mean).")
 
 # Used by: heatmap, detect.

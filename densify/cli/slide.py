@@ -51,9 +51,9 @@ def _write_outputs(out: Path, stem: str, src, done, scanner, overview_side: int)
     names = [cats[k] for k in det.labels.tolist()]
     files = {"geojson": out / f"{stem}_detections.geojson", "overview": out / f"{stem}_overview.png",
              "store": out / f"{stem}_heatmap.ome.zarr"}
-    write_geojson(files["geojson"], detection_features(det.boxes, det.scores, det.labels, cats))
     picture = overview(src, load_slide_result(done.store), side=overview_side, boxes=det.boxes,
                        labels=names, scores=det.scores)
+    write_geojson(files["geojson"], detection_features(det.boxes, det.scores, det.labels, cats))
     write_image(files["overview"], picture)
     if files["store"].exists():
         shutil.rmtree(files["store"])

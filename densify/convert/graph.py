@@ -11,6 +11,8 @@ converter started from, and any part of it.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
 
 import torch
@@ -81,15 +83,20 @@ def example_input(gm: fx.GraphModule, size) -> torch.Tensor:
 
 
 def propagate_shapes(gm: fx.GraphModule, example: torch.Tensor) -> None:
-    """Annotate every node with ``meta['tensor_meta']`` at the canonical input."""
+    """Annotate every node with ``meta['tensor_meta']`` at the canonical input.
+
+    ShapeProp prints the traceback of a node that fails before raising; that print is swallowed
+    (the failure is raised as one :class:`ConversionError` line).
+    """
     try:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         mode = FakeTensorMode(allow_non_fake_inputs=True)
-        ShapeProp(gm, fake_mode=mode).propagate(mode.from_tensor(example))
+        with contextlib.redirect_stderr(io.StringIO()):
+            ShapeProp(gm, fake_mode=mode).propagate(mode.from_tensor(example))
     except Exception:  # fake tensors unsupported by some op: fall back to a real forward pass
         try:
-            with torch.no_grad():
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                 ShapeProp(gm).propagate(example)
         except RuntimeError as exc:
             root = exc

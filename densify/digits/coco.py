@@ -41,9 +41,33 @@ def _load_gt(ground_truth: dict):
                              "annotations and categories")
     gt = COCO()
     gt.dataset = copy.deepcopy(ground_truth)
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        gt.createIndex()
-    return gt
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            gt.createIndex()
+        names = {c["id"]: c["name"] for c in ground_truth["categories"]}
+    except (KeyError, TypeError, AttributeError) as exc:  # only the user's JSON is read here
+        raise ParameterError(f"ground truth is not COCO JSON ({type(exc).__name__}: {exc}); give "
+                             "images with id, annotations with image_id, category_id and bbox, "
+                             "categories with id and name") from None
+    return gt, names
+
+
+_RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
+
+
+def _check_detections(detections) -> None:
+    """Refuse, in one line, detections that are not a list of COCO results."""
+    if not isinstance(detections, (list, tuple)):
+        raise ParameterError(f"detections are a {type(detections).__name__}, not a list of COCO "
+                             "results; give the list densify detect --json writes")
+    for i, d in enumerate(detections):
+        ok = isinstance(d, dict) and all(k in d for k in _RESULT_KEYS)
+        box = d.get("bbox") if ok else None
+        if not (ok and isinstance(box, (list, tuple)) and len(box) == 4
+                and all(isinstance(v, (int, float)) for v in (*box, d["score"]))):
+            raise ParameterError(f"detection {i} is not a COCO result ({str(d)[:60]}): each needs "
+                                 "image_id, category_id, bbox [x, y, w, h] and score; give the "
+                                 "list densify detect --json writes")
 
 
 def coco_metrics(ground_truth: dict, detections: Sequence[dict]) -> dict:
@@ -56,8 +80,8 @@ def coco_metrics(ground_truth: dict, detections: Sequence[dict]) -> dict:
             ``ground_truth``.
     """
     _, COCOeval = _cocoeval()
-    gt = _load_gt(ground_truth)
-    names = {c["id"]: c["name"] for c in ground_truth["categories"]}
+    gt, names = _load_gt(ground_truth)
+    _check_detections(detections)
     if not detections:
         return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "AR": 0.0,
                 "ap50_per_class": {n: 0.0 for n in names.values()}}

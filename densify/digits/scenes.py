@@ -179,7 +179,10 @@ def make_scene(seed: int, size: tuple[int, int] = (1200, 1600), split: str = "al
     """
     check_split(split, ("train", "eval", "all"))
     if not 0 < heights[0] <= heights[1] or heights[1] >= min(size) / 1.5:
-        raise ParameterError(f"heights {heights} must be increasing, positive and fit in {size}")
+        raise ParameterError(f"digit heights {heights} must be increasing, positive and under "
+                             f"two thirds of the scene's short side; give a size over "
+                             f"{1.5 * heights[1]:g} px on the short side (densify evaluate "
+                             "--size), or lower heights")
     rng = np.random.default_rng(seed)
     image = _scene_background(rng, size, split)
     boxes, labels = _scene_digits(rng, image, split, heights, n_digits, p_string)

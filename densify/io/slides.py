@@ -352,8 +352,10 @@ def open_slide(path: str | Path) -> Slide:
     :class:`OpenSlideSlide` (other formats); :class:`SlideError` in one line otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise SlideError(f"{path}: no such file" if not path.exists() else
-                         f"{path}: is a directory, not a slide file")
+        raise SlideError(f"{path}: no such file; check the path" if not path.exists() else
+                         f"{path}: is a directory, not a slide file; pass the slide file itself")
+    if path.stat().st_size == 0:
+        raise SlideError(f"{path}: empty file (0 bytes); re-export or re-download it")
     with path.open("rb") as f:
         head = f.read(8)
     if head[:4] in _TIFF_MAGIC:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ from torch import nn
 from ..errors import ModelError
 from .catalogue import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 from .weights import Classifier, load_classifier, load_state_dict_file
+
+log = logging.getLogger(__name__)
 
 __all__ = ["is_factory", "load_factory", "load_model", "read_classes", "ModelChoice"]
 
@@ -64,7 +67,13 @@ def load_factory(target: str) -> nn.Module:
     if not callable(obj):
         raise ModelError(f"{target} is a {type(obj).__name__}, not callable; name a function or "
                          "class that returns the model")
-    model = obj()
+    try:
+        model = obj()
+    except Exception as exc:  # the user's code: bad input to densify (its traceback under -v)
+        log.info("%s() raised:", target, exc_info=True)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelError(f"{target}() raised {type(exc).__name__}: {first}; fix the factory (it "
+                         "is called without arguments; rerun with -v for its traceback)") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{target}() returned a {type(model).__name__}, not a torch nn.Module")
     return model

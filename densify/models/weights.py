@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +172,18 @@ def _reason(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:120]
 
 
+def _load_failure(exc: BaseException) -> str:
+    """What ``torch.load(..., weights_only=True)``'s exception says, in a few words (its own
+    message is a paragraph about the ``weights_only`` default)."""
+    text = str(exc)
+    if "Unsupported global" in text:  # a pickled object (a whole model), not tensors
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        return f"holds a pickled {found.group(1) if found else 'object'}, not a state dict"
+    if "Weights only load failed" in text:
+        return "not a PyTorch weights file"
+    return f"not a PyTorch weights file ({_reason(exc).split('. ')[0].rstrip('.')})"
+
+
 def load_state_dict_file(model: nn.Module, path: str | Path, rebuild=None) -> nn.Module:
     """Load a state dict or checkpoint file into ``model``, checking every shape; returns the
     model in eval mode: ``model`` itself, loaded in place, or for a skeleton on the meta device
@@ -184,7 +197,9 @@ def load_state_dict_file(model: nn.Module, path: str | Path, rebuild=None) -> nn
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsError(f"{path}: not a PyTorch weights file ({_reason(exc)})") from None
+        raise WeightsError(f"{path}: {_load_failure(exc)}; save the weights with "
+                           "torch.save(model.state_dict(), path), or pass DEFAULT or random"
+                           ) from None
     state = _unwrap(obj, path)
     own = model.state_dict()
     mismatched = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()

@@ -28,7 +28,7 @@ from ..errors import ResultError
 from ..io.draw import draw_boxes, overlay_heatmap
 from ..io.image import resize, thumbnail
 from ..io.omezarr import open_map_store
-from ..io.slides import Slide
+from ..io.slides import CorruptTileError, Slide
 from .result import class_index
 
 __all__ = ["SlideResult", "load_slide_result", "slide_thumbnail", "overview"]
@@ -91,13 +91,14 @@ def slide_thumbnail(slide: Slide, side: int, block: int = 4096) -> np.ndarray:
     smaller), from the coarsest level at least that large, read ``block`` px at a time (a slide
     without a pyramid is never decoded whole).
 
-    Shape: ``h / w`` follows level 0's aspect, rounded.
+    Shape: ``h / w`` follows level 0's aspect, rounded. Corrupt file tiles are black (the scan
+    marked their cells missing; :class:`~densify.io.slides.CorruptTileError`).
     """
     fit = [lv.index for lv in slide.levels if max(lv.size) >= side]
     level = max(fit) if fit else 0
     height, width = slide.levels[level].size
     if max(height, width) <= 2 * side:
-        return thumbnail(slide.read_region(level, 0, 0, height, width), side)
+        return thumbnail(_read_region(slide, level, 0, 0, height, width), side)
     f = side / max(height, width)
     out = np.zeros((max(1, round(height * f)), max(1, round(width * f)), 3), np.uint8)
     step = max(1, round(block * f))  # output pixels per block; the source spans follow them
@@ -107,9 +108,17 @@ def slide_thumbnail(slide: Slide, side: int, block: int = 4096) -> np.ndarray:
         for x0 in range(0, out.shape[1], step):
             x1 = min(out.shape[1], x0 + step)
             sx0, sx1 = math.floor(x0 / f), min(width, math.ceil(x1 / f))
-            region = slide.read_region(level, sy0, sx0, sy1 - sy0, sx1 - sx0)
+            region = _read_region(slide, level, sy0, sx0, sy1 - sy0, sx1 - sx0)
             out[y0:y1, x0:x1] = resize(region, (y1 - y0, x1 - x0))
     return out
+
+
+def _read_region(slide: Slide, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+    """``slide.read_region``, corrupt tiles left black."""
+    try:
+        return slide.read_region(level, y, x, h, w)
+    except CorruptTileError as exc:
+        return exc.region
 
 
 def _heat_on(result: SlideResult, shape: tuple[int, int], image_size: tuple[int, int],
