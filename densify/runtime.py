@@ -207,6 +207,22 @@ def trim_heap(collect: bool = True) -> None:
 
 
 @contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[int]:
+    """Torch's intra-op thread count set to ``count`` for the block, the previous one restored
+    after it; yields ``count``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if count != previous:
+        torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
 def tuned(threads: int | None = None, *, keep_memory: bool = False, max_memory=None,
           rule: bool = True) -> Iterator[int]:
     """Tune the process for a run, restoring it on exit; yields the thread count.
@@ -217,21 +233,17 @@ def tuned(threads: int | None = None, *, keep_memory: bool = False, max_memory=N
     """
     import torch
 
-    previous = torch.get_num_threads()
-    count = choose_threads(threads) if (threads is not None or rule) else previous
-    if count != previous:
-        torch.set_num_threads(count)
-    if max_memory is not None:
-        limit_heap_slack()
-        trim_heap()
-    elif keep_memory:
-        retain_freed_memory()
-    try:
-        yield count
-    finally:
-        if torch.get_num_threads() != previous:
-            torch.set_num_threads(previous)
-        restore_allocator()
+    count = choose_threads(threads) if (threads is not None or rule) else torch.get_num_threads()
+    with _torch_threads(count):
+        if max_memory is not None:
+            limit_heap_slack()
+            trim_heap()
+        elif keep_memory:
+            retain_freed_memory()
+        try:
+            yield count
+        finally:
+            restore_allocator()
 
 
 @contextlib.contextmanager
@@ -254,12 +266,5 @@ def shared_threads(workers: int) -> Iterator[int]:
     """
     import torch
 
-    previous = torch.get_num_threads()
-    count = max(1, previous // max(1, int(workers)))
-    if count != previous:
-        torch.set_num_threads(count)
-    try:
+    with _torch_threads(max(1, torch.get_num_threads() // max(1, int(workers)))) as count:
         yield count
-    finally:
-        if torch.get_num_threads() != previous:
-            torch.set_num_threads(previous)
