@@ -269,10 +269,12 @@ def test_finishing_threads_follow_the_images_in_flight_and_the_cores(monkeypatch
 @pytest.mark.parametrize("device, shared", [("cuda", True), ("cpu", False)])
 def test_a_gpu_scans_finishing_threads_share_torchs_threads(folder, monkeypatch, device, shared):
     """On a GPU the host's torch ops run in the finishing threads: torch's count is divided
-    among them there (one OpenMP team each) and restored after; a CPU scan keeps its count."""
-    monkeypatch.setattr(_scanning, "_device_type", lambda scanner: device)
+    among them there (one OpenMP team each) and restored after; a CPU scan keeps its count.
+    An ensemble of one CPU scanner that reports ``device`` stands in for a GPU scanner."""
+    monkeypatch.setattr(Ensemble, "device", property(lambda self: torch.device(device)))
     monkeypatch.setattr(_scanning.os, "cpu_count", lambda: 64)  # 2 chunks of 2: 4 workers
-    scanner = Scanner("lenet5-digits", scales=2, weights="DEFAULT", device="cpu", batch_size=2)
+    scanner = Ensemble([Scanner("lenet5-digits", scales=2, weights="DEFAULT", device="cpu",
+                                batch_size=2)])
     seen: list = []
 
     def work(path, stem, rgb, result):

@@ -209,7 +209,7 @@ def each_image(scanner: Scanner | Ensemble, paths: list[Path], quiet: bool,
             recorder.add(record.result() if isinstance(record, Future) else record)
 
     # on a GPU the host's torch ops are the workers' (heat maps): its threads are shared out
-    on_host = workers > 1 and _device_type(scanner) != "cpu"
+    on_host = workers > 1 and scanner.device.type != "cpu"
     with (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="densify-work") as pool,
           shared_threads(workers if on_host else 1)):
         launched: deque = deque()  # chunks on the device whose results are not taken yet
@@ -227,11 +227,6 @@ def each_image(scanner: Scanner | Ensemble, paths: list[Path], quiet: bool,
             emit(pending.popleft())
     recorder.close()
     return recorder.records, recorder.failed
-
-
-def _device_type(scanner: Scanner | Ensemble) -> str:
-    """Where ``scanner`` (or the first model of an ensemble) runs: ``"cpu"``, ``"cuda"``, ..."""
-    return (scanner.members[0] if isinstance(scanner, Ensemble) else scanner).device.type
 
 
 def scan_one(scanner: Scanner, path: Path, stem: str, work: Callable[..., dict]) -> dict:

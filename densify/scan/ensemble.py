@@ -109,6 +109,11 @@ class Ensemble:
         return min(m.batch_size for m in self.members)
 
     @property
+    def device(self) -> torch.device:
+        """The first member's device (members are made with the same settings)."""
+        return self.members[0].device
+
+    @property
     def flip(self) -> bool:
         return any(m.flip for m in self.members)
 
