@@ -19,7 +19,7 @@ def _json_target(ctx, param, value: str | None) -> str | None:
     if value not in (None, "-"):  # refused before any work, not after a long scan
         problem = _unwritable(Path(value))
         if problem:
-            raise click.BadParameter(_cannot_write(value, problem))
+            raise click.BadParameter(_cannot_write(value, problem, stdout=True))
     return value
 
 
@@ -28,12 +28,13 @@ def writable_file(ctx, param, value):
     command line is read, a path that cannot be written (so no work is lost to it)."""
     problem = None if value is None else _unwritable(Path(value))
     if problem:
-        raise click.BadParameter(f"cannot write {value} ({problem}); choose another FILE")
+        raise click.BadParameter(_cannot_write(value, problem))
     return value
 
 
-def _cannot_write(target, problem: str) -> str:
-    return f"cannot write {target} ({problem}); choose another FILE, or - for standard output"
+def _cannot_write(target, problem: str, stdout: bool = False) -> str:
+    return (f"cannot write {target} ({problem}); choose another FILE"
+            + (", or - for standard output" if stdout else ""))
 
 
 def _unwritable(target: Path) -> str | None:
@@ -94,7 +95,7 @@ def write_json_output(target: str | Path | None, data) -> bool:
 
     problem = _unwritable(Path(target))
     if problem:  # it changed since the command line was read
-        raise OutputError(f"--json: {_cannot_write(target, problem)}")
+        raise OutputError(f"--json: {_cannot_write(target, problem, stdout=True)}")
     ensure_output_dir(Path(target).parent)
     write_json(Path(target), data)
     return True
