@@ -51,6 +51,12 @@ def photos(n: int) -> list[np.ndarray]:
     return [base[i % len(base)] for i in range(n)]
 
 
+def bench_scanner(name: str, stride: int, **settings) -> densify.Scanner:
+    """The scanner every whole-scan figure uses: 6 scales, bf16 on CUDA, random weights."""
+    return densify.Scanner(name, scales=6, output_stride=stride, device="cuda", precision="bf16",
+                           weights="random", **settings)
+
+
 def cuda_time(fn, repeat: int, warmup: int = 3) -> float:
     """Median seconds of ``fn()`` over ``repeat`` runs, timed with CUDA events."""
     for _ in range(warmup):
@@ -150,8 +156,7 @@ def profile_dense(name: str, stride: int, record: dict) -> None:
 
 def scanner_rates(name: str, stride: int, images: list[np.ndarray], record: dict,
                   preprocess: str = "auto", batch: int = 8) -> None:
-    scanner = densify.Scanner(name, scales=6, output_stride=stride, device="cuda",
-                              precision="bf16", weights="random", preprocess=preprocess)
+    scanner = bench_scanner(name, stride, preprocess=preprocess)
     one = wall_time(lambda: [scanner(im) for im in images[:10]], 2, warmup=1) / 10
     row = {"model": name, "stride": stride, "preprocess": preprocess,
            "one_at_a_time_images_per_s": 1 / one}
@@ -173,8 +178,7 @@ def mixed_rates(name: str, stride: int, images: list[np.ndarray], record: dict,
     rng = np.random.default_rng(0)
     mixed = [np.ascontiguousarray(im.transpose(1, 0, 2)) if rng.random() < 0.5 else im
              for im in images[:4 * batch]]
-    scanner = densify.Scanner(name, scales=6, output_stride=stride, device="cuda",
-                              precision="bf16", weights="random")
+    scanner = bench_scanner(name, stride)
     row = {"model": name, "stride": stride, "batch": batch}
     for label, folder in (("one_size", images[:4 * batch]), ("mixed", mixed)):
         t = wall_time(lambda f=folder: scanner.scan_batch(f, batch_size=batch), 2, warmup=1)
@@ -191,8 +195,7 @@ def launch_syncs(name: str, stride: int, images: list[np.ndarray], record: dict,
     the only wait is in ``results()``."""
     import warnings
 
-    scanner = densify.Scanner(name, scales=6, output_stride=stride, device="cuda",
-                              precision="bf16", weights="random")
+    scanner = bench_scanner(name, stride)
     for _ in range(3):  # warm: cuDNN autotuned, graphs captured, constants on the device
         scanner.scan_batch(images[:batch], batch_size=batch)
     torch.cuda.synchronize()
@@ -217,8 +220,7 @@ def host_profile(name: str, stride: int, images: list[np.ndarray], record: dict)
     import io
     import pstats
 
-    scanner = densify.Scanner(name, scales=6, output_stride=stride, device="cuda",
-                              precision="bf16", weights="random")
+    scanner = bench_scanner(name, stride)
     for im in images[:3]:
         scanner(im)
     torch.cuda.synchronize()
@@ -237,8 +239,7 @@ def host_profile(name: str, stride: int, images: list[np.ndarray], record: dict)
 def graphs_and_compile(name: str, stride: int, record: dict, compile_too: bool) -> None:
     """Per pyramid level of a 1080p image: eager wall time of the dense pass vs a CUDA graph
     replay (and, with ``compile_too``, torch.compile on the largest level)."""
-    scanner = densify.Scanner(name, scales=6, output_stride=stride, device="cuda",
-                              precision="bf16", weights="random")
+    scanner = bench_scanner(name, stride)
     net = scanner.scan_net
     rows = []
     with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16), \
